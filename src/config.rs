@@ -1,0 +1,351 @@
+//! Optimizer hyperparameters, learning-rate schedules and parameter groups.
+//!
+//! Every default is PyTorch's (`torch.optim.AdamW`), and every schedule is the one of
+//! `torch.optim.lr_scheduler` with the same name.
+
+use crate::error::{hyper, Error, Result};
+use serde_json::{json, Value};
+
+/// A learning-rate schedule, evaluated per scheduler epoch on the device.
+///
+/// The epoch of optimizer step `s` (1-based) is `floor((s - 1) / steps_per_epoch)`, as in a
+/// training loop that calls `scheduler.step()` once every `steps_per_epoch` optimizer steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// The base learning rate at every step.
+    Constant,
+    /// `CosineAnnealingLR(T_max, eta_min)`. Not clamped past `t_max`: the curve climbs back to
+    /// the base lr with period `2 * t_max`, as PyTorch's does.
+    Cosine {
+        /// Half period in epochs.
+        t_max: u32,
+        /// Minimum learning rate (absolute, shared by every group).
+        eta_min: f64,
+    },
+    /// `CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`.
+    CosineWarmRestarts {
+        /// Length of the first cycle in epochs.
+        t_0: u32,
+        /// Factor by which each cycle is longer than the previous one.
+        t_mult: u32,
+        /// Minimum learning rate (absolute, shared by every group).
+        eta_min: f64,
+    },
+    /// Linear warmup then cosine decay (`LambdaLR` with the transformers recipe):
+    /// `k / W` for `k < W`, else `0.5 * (1 + cos(pi * num_cycles * 2 * (k - W) / max(1, N - W)))`,
+    /// multiplied into each group's base lr.
+    WarmupCosine {
+        /// `W`: epochs of linear warmup.
+        warmup_steps: u32,
+        /// `N`: total epochs of the schedule.
+        total_steps: u32,
+        /// Number of cosine half-waves is `2 * num_cycles` (0.5: one decay to zero).
+        num_cycles: f64,
+    },
+}
+
+impl Default for Schedule {
+    /// [`Schedule::Constant`].
+    fn default() -> Self {
+        Schedule::Constant
+    }
+}
+
+impl Schedule {
+    /// Checks every parameter of the schedule.
+    pub fn validate(&self) -> Result<()> {
+        let finite_nonneg = |name, x: f64| {
+            if x.is_finite() && x >= 0.0 {
+                Ok(())
+            } else {
+                Err(hyper(name, format!("must be finite and >= 0, got {x}")))
+            }
+        };
+        match *self {
+            Schedule::Constant => Ok(()),
+            Schedule::Cosine { t_max, eta_min } => {
+                if t_max == 0 {
+                    return Err(hyper("t_max", "must be >= 1"));
+                }
+                finite_nonneg("eta_min", eta_min)
+            }
+            Schedule::CosineWarmRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => {
+                if t_0 == 0 {
+                    return Err(hyper("t_0", "must be >= 1"));
+                }
+                if t_mult == 0 {
+                    return Err(hyper("t_mult", "must be >= 1"));
+                }
+                finite_nonneg("eta_min", eta_min)
+            }
+            Schedule::WarmupCosine {
+                warmup_steps,
+                total_steps,
+                num_cycles,
+            } => {
+                if warmup_steps > total_steps {
+                    return Err(hyper(
+                        "warmup_steps",
+                        format!("must be <= total_steps ({total_steps}), got {warmup_steps}"),
+                    ));
+                }
+                finite_nonneg("num_cycles", num_cycles)
+            }
+        }
+    }
+
+    /// Parses the `schedule` object of the `adamw-trace/1` format, e.g.
+    /// `{"kind": "cosine", "t_max": 60, "eta_min": 0.0}`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        Self::from_json_value(&v)
+    }
+
+    /// Like [`Schedule::from_json`], from an already parsed value.
+    pub fn from_json_value(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::InvalidJson("schedule must be a JSON object".into()))?;
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::InvalidJson("schedule needs a string `kind`".into()))?;
+        let int = |key: &str| -> Result<u32> {
+            let x = obj
+                .get(key)
+                .ok_or_else(|| Error::InvalidJson(format!("schedule `{kind}` needs `{key}`")))?;
+            x.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    Error::InvalidJson(format!("`{key}` must be an integer in 0..2^32, got {x}"))
+                })
+        };
+        let float = |key: &str, default: Option<f64>| -> Result<f64> {
+            match obj.get(key) {
+                None => default
+                    .ok_or_else(|| Error::InvalidJson(format!("schedule `{kind}` needs `{key}`"))),
+                Some(x) => x.as_f64().ok_or_else(|| {
+                    Error::InvalidJson(format!("`{key}` must be a number, got {x}"))
+                }),
+            }
+        };
+        let s = match kind {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine {
+                t_max: int("t_max")?,
+                eta_min: float("eta_min", Some(0.0))?,
+            },
+            "cosine_warm_restarts" => Schedule::CosineWarmRestarts {
+                t_0: int("t_0")?,
+                t_mult: if obj.contains_key("t_mult") { int("t_mult")? } else { 1 },
+                eta_min: float("eta_min", Some(0.0))?,
+            },
+            "warmup_cosine" => Schedule::WarmupCosine {
+                warmup_steps: int("warmup_steps")?,
+                total_steps: int("total_steps")?,
+                num_cycles: float("num_cycles", Some(0.5))?,
+            },
+            other => {
+                return Err(Error::InvalidJson(format!(
+                    "unknown schedule kind `{other}` (expected constant, cosine, cosine_warm_restarts or warmup_cosine)"
+                )))
+            }
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The schedule as the `schedule` object of the trace format.
+    pub fn to_json_value(&self) -> Value {
+        match *self {
+            Schedule::Constant => json!({"kind": "constant"}),
+            Schedule::Cosine { t_max, eta_min } => {
+                json!({"kind": "cosine", "t_max": t_max, "eta_min": eta_min})
+            }
+            Schedule::CosineWarmRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => {
+                json!({"kind": "cosine_warm_restarts", "t_0": t_0, "t_mult": t_mult, "eta_min": eta_min})
+            }
+            Schedule::WarmupCosine {
+                warmup_steps,
+                total_steps,
+                num_cycles,
+            } => json!({"kind": "warmup_cosine", "warmup_steps": warmup_steps,
+                        "total_steps": total_steps, "num_cycles": num_cycles}),
+        }
+    }
+}
+
+/// AdamW hyperparameters plus the learning-rate schedule.
+///
+/// `Default` is PyTorch's `torch.optim.AdamW()`: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+/// weight_decay 1e-2, no amsgrad, no maximize; with a constant schedule stepped every
+/// optimizer step. Derive variants with the `with_*` builder methods:
+///
+/// ```
+/// use wgpu_adamw::{AdamWConfig, Schedule};
+/// let cfg = AdamWConfig::default()
+///     .with_lr(3e-4)
+///     .with_weight_decay(0.1)
+///     .with_schedule(Schedule::Cosine { t_max: 1000, eta_min: 1e-5 });
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Base learning rate of groups that do not set their own.
+    pub lr: f64,
+    /// `(beta1, beta2)`: decay rates of the first and second moments.
+    pub betas: (f64, f64),
+    /// Term added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay of groups that do not set their own.
+    pub weight_decay: f64,
+    /// Use the running maximum of the second moment (AMSGrad).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// Optimizer steps per scheduler epoch (>= 1).
+    pub steps_per_epoch: u32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+            maximize: false,
+            schedule: Schedule::Constant,
+            steps_per_epoch: 1,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Sets the base learning rate.
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        self.lr = lr;
+        self
+    }
+    /// Sets `(beta1, beta2)`.
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.betas = (beta1, beta2);
+        self
+    }
+    /// Sets eps.
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+    /// Sets the decoupled weight decay.
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+    /// Turns AMSGrad on or off.
+    pub fn with_amsgrad(mut self, amsgrad: bool) -> Self {
+        self.amsgrad = amsgrad;
+        self
+    }
+    /// Turns maximize on or off.
+    pub fn with_maximize(mut self, maximize: bool) -> Self {
+        self.maximize = maximize;
+        self
+    }
+    /// Sets the learning-rate schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+    /// Sets how many optimizer steps make one scheduler epoch.
+    pub fn with_steps_per_epoch(mut self, steps_per_epoch: u32) -> Self {
+        self.steps_per_epoch = steps_per_epoch;
+        self
+    }
+
+    /// Checks every hyperparameter (PyTorch's ranges) and the schedule.
+    pub fn validate(&self) -> Result<()> {
+        check_lr("lr", self.lr)?;
+        let (b1, b2) = self.betas;
+        for b in [b1, b2] {
+            if !(b.is_finite() && (0.0..1.0).contains(&b)) {
+                return Err(hyper(
+                    "betas",
+                    format!("each beta must be in [0, 1), got ({b1}, {b2})"),
+                ));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(hyper(
+                "eps",
+                format!("must be finite and > 0, got {}", self.eps),
+            ));
+        }
+        check_weight_decay(self.weight_decay)?;
+        if self.steps_per_epoch == 0 {
+            return Err(hyper("steps_per_epoch", "must be >= 1"));
+        }
+        self.schedule.validate()
+    }
+
+    /// The base learning rate and weight decay a group ends up with.
+    pub fn resolve(&self, group: &GroupConfig) -> (f64, f64) {
+        (
+            group.lr.unwrap_or(self.lr),
+            group.weight_decay.unwrap_or(self.weight_decay),
+        )
+    }
+}
+
+fn check_lr(name: &'static str, lr: f64) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(hyper(name, format!("must be finite and >= 0, got {lr}")))
+    }
+}
+
+fn check_weight_decay(wd: f64) -> Result<()> {
+    if wd.is_finite() && wd >= 0.0 {
+        Ok(())
+    } else {
+        Err(hyper(
+            "weight_decay",
+            format!("must be finite and >= 0, got {wd}"),
+        ))
+    }
+}
+
+/// Per-group overrides, as in a PyTorch param group dict: a `None` falls back to the
+/// optimizer's value. Each group follows the schedule from its own base lr.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GroupConfig {
+    /// This group's base learning rate.
+    pub lr: Option<f64>,
+    /// This group's weight decay.
+    pub weight_decay: Option<f64>,
+}
+
+impl GroupConfig {
+    /// Checks the overrides.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(lr) = self.lr {
+            check_lr("lr", lr)?;
+        }
+        if let Some(wd) = self.weight_decay {
+            check_weight_decay(wd)?;
+        }
+        Ok(())
+    }
+}

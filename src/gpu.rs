@@ -1,0 +1,703 @@
+//! The host driver of the fused kernel: registers the engine's buffers, lays out the
+//! optimizer's own state, and records one optimizer step as one compute pass.
+
+use crate::config::{AdamWConfig, GroupConfig};
+use crate::error::{Error, Result};
+use crate::kernel::{DispatchInfo, Globals, Kernel, CHUNK, COUNTER_WORDS};
+use crate::state::{OptimizerState, TensorState};
+use crate::twin::Counters;
+use std::collections::HashMap;
+
+/// One tensor handed to the optimizer: its parameters and gradients live in the engine's own
+/// buffers, as `len` f32 elements starting at a byte offset. Both buffers need
+/// `BufferUsages::STORAGE`; offsets must be multiples of 4.
+#[derive(Clone, Debug)]
+pub struct TensorBinding {
+    /// Buffer holding the parameters.
+    pub param: wgpu::Buffer,
+    /// Byte offset of the first parameter.
+    pub param_offset: u64,
+    /// Buffer holding the gradients (may be the same buffer as `param`).
+    pub grad: wgpu::Buffer,
+    /// Byte offset of the first gradient.
+    pub grad_offset: u64,
+    /// Number of f32 elements.
+    pub len: u64,
+}
+
+impl TensorBinding {
+    /// A tensor whose parameters and gradients each fill a whole buffer.
+    pub fn whole(param: &wgpu::Buffer, grad: &wgpu::Buffer) -> Self {
+        Self {
+            param: param.clone(),
+            param_offset: 0,
+            grad: grad.clone(),
+            grad_offset: 0,
+            len: param.size() / 4,
+        }
+    }
+}
+
+/// A param group: its hyperparameter overrides and its tensors.
+#[derive(Clone, Debug, Default)]
+pub struct ParamGroup {
+    /// Overrides of the optimizer's lr and weight decay.
+    pub config: GroupConfig,
+    /// The group's tensors.
+    pub tensors: Vec<TensorBinding>,
+}
+
+/// Options of [`GpuAdamW::with_options`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuOptions {
+    /// Use at most this many bytes per storage binding (default: the device's
+    /// `max_storage_buffer_binding_size`). Lowering it exercises the splitting of large
+    /// tensors across bindings without allocating gigabytes.
+    pub max_binding_size: Option<u64>,
+}
+
+/// Where a piece of a tensor's state lives.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    arena: usize,
+    state_offset: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct TensorInfo {
+    group: usize,
+    len: u64,
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug)]
+struct Dispatch {
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+/// The optimizer's state buffers for one moment, split into arenas that each fit a binding.
+#[derive(Debug)]
+struct Arenas {
+    exp_avg: Vec<wgpu::Buffer>,
+    exp_avg_sq: Vec<wgpu::Buffer>,
+    max_exp_avg_sq: Vec<wgpu::Buffer>,
+}
+
+/// AdamW with an on-device learning-rate schedule, updating the engine's buffers in place.
+///
+/// Each optimizer step is one compute pass with one `prologue` dispatch (step counters, the
+/// schedule's lr, bias corrections) and one `update` dispatch per distinct pair of
+/// param/grad buffer windows: an engine that keeps its parameters in one buffer and its
+/// gradients in another gets two dispatches per step, whatever its number of tensors.
+/// Nothing is computed on the host per step and nothing is read back.
+#[derive(Debug)]
+pub struct GpuAdamW {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    config: AdamWConfig,
+    groups: Vec<GroupConfig>,
+    kernel: Kernel,
+    globals: Globals,
+    meta: wgpu::Buffer,
+    arenas: Arenas,
+    tensors: Vec<TensorInfo>,
+    prologue_bind_group: wgpu::BindGroup,
+    dispatches: Vec<Dispatch>,
+    max_binding_size: u64,
+}
+
+/// Splits the chunk table of every dispatch: (param buffer, window), (grad buffer, window), arena.
+type DispatchKey = (wgpu::Buffer, u64, wgpu::Buffer, u64, usize);
+
+fn window_of(offset: u64, buffer_size: u64, limit: u64, stride: u64) -> (u64, u64) {
+    if buffer_size <= limit {
+        return (0, buffer_size);
+    }
+    let start = (offset / stride) * stride;
+    (start, (buffer_size - start).min(limit))
+}
+
+impl GpuAdamW {
+    /// Creates the optimizer on the engine's `device` and `queue` for `groups` of tensors.
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+    ) -> Result<Self> {
+        Self::with_options(device, queue, config, groups, GpuOptions::default())
+    }
+
+    /// [`GpuAdamW::new`] with [`GpuOptions`].
+    pub fn with_options(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        for g in &groups {
+            g.config.validate()?;
+        }
+        if groups.len() > 1 << 16 {
+            return Err(Error::DeviceLimit(format!(
+                "{} param groups; at most 65536 are supported",
+                groups.len()
+            )));
+        }
+        let limits = device.limits();
+        let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        let mut max_binding = u64::from(limits.max_storage_buffer_binding_size)
+            .min(limits.max_buffer_size)
+            .min(1 << 31);
+        if let Some(m) = options.max_binding_size {
+            max_binding = max_binding.min(m);
+        }
+        let max_binding = max_binding / align * align;
+        let stride = (max_binding / 2) / align * align;
+        if stride < align || max_binding < 4 * u64::from(CHUNK) {
+            return Err(Error::DeviceLimit(format!(
+                "max storage binding size {max_binding} is too small"
+            )));
+        }
+        // A piece of a tensor must fit in one window of each of its buffers and in one arena.
+        let max_piece = (max_binding - stride) / 4;
+        let arena_capacity = max_binding / 4;
+
+        validate_bindings(&groups)?;
+
+        let error_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+
+        // Plan: pieces, arenas, chunk tables per dispatch key.
+        let mut tensors = Vec::new();
+        let mut arena_fill: Vec<u64> = vec![0];
+        let mut keys: Vec<DispatchKey> = Vec::new();
+        let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
+        let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
+        for (gi, group) in groups.iter().enumerate() {
+            for t in &group.tensors {
+                let mut pieces = Vec::new();
+                let mut done = 0u64;
+                while done < t.len {
+                    let len = (t.len - done).min(max_piece);
+                    let mut arena = arena_fill.len() - 1;
+                    if arena_fill[arena] + len > arena_capacity {
+                        arena_fill.push(0);
+                        arena += 1;
+                    }
+                    let state_offset = arena_fill[arena];
+                    // Keep every piece's state 256-byte aligned.
+                    arena_fill[arena] = (state_offset + len).div_ceil(64) * 64;
+                    let p_byte = t.param_offset + 4 * done;
+                    let g_byte = t.grad_offset + 4 * done;
+                    let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
+                    let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
+                    let key = (t.param.clone(), p_win, t.grad.clone(), g_win, arena);
+                    let k = *key_index.entry(key.clone()).or_insert_with(|| {
+                        keys.push(key);
+                        chunk_lists.push(Vec::new());
+                        keys.len() - 1
+                    });
+                    let (p0, g0) = ((p_byte - p_win) / 4, (g_byte - g_win) / 4);
+                    for start in (0..len).step_by(CHUNK as usize) {
+                        let count = (len - start).min(u64::from(CHUNK)) as u32;
+                        chunk_lists[k].push([
+                            (p0 + start) as u32,
+                            (g0 + start) as u32,
+                            (state_offset + start) as u32,
+                            count | (gi as u32) << 16,
+                        ]);
+                    }
+                    pieces.push(Piece {
+                        arena,
+                        state_offset,
+                        len,
+                    });
+                    done += len;
+                }
+                tensors.push(TensorInfo {
+                    group: gi,
+                    len: t.len,
+                    pieces,
+                });
+            }
+        }
+
+        let kernel = Kernel::new(device);
+        let n_groups = groups.len() as u32;
+        let total_chunks: usize = chunk_lists.iter().map(Vec::len).sum();
+        let mut globals = Globals::new(&config, n_groups);
+        globals.groups_at = COUNTER_WORDS;
+        globals.scalars_at = globals.groups_at + 4 * n_groups;
+        globals.chunks_at = globals.scalars_at + 4 * n_groups;
+        let meta_words = globals.chunks_at as usize + 4 * total_chunks;
+        let mut meta_init = vec![0u32; meta_words];
+        for (gi, g) in groups.iter().enumerate() {
+            let (lr, wd) = config.resolve(&g.config);
+            let at = globals.groups_at as usize + 4 * gi;
+            meta_init[at] = (lr as f32).to_bits();
+            meta_init[at + 1] = (wd as f32).to_bits();
+        }
+        let mut at = globals.chunks_at as usize;
+        for list in &chunk_lists {
+            for c in list {
+                meta_init[at..at + 4].copy_from_slice(c);
+                at += 4;
+            }
+        }
+        let meta = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-adamw meta"),
+            size: (meta_words * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&meta, 0, bytemuck::cast_slice(&meta_init));
+
+        // Uniforms: globals at 0, then one DispatchInfo per dispatch at aligned offsets.
+        let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
+        let globals_size = std::mem::size_of::<Globals>() as u64;
+        let info_at = |i: usize| globals_size.div_ceil(ualign) * ualign + i as u64 * ualign;
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-adamw uniforms"),
+            size: info_at(keys.len()).max(info_at(0) + ualign),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
+
+        let state_buffer = |label: &str, elems: u64| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (elems * 4).max(16),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let arenas = Arenas {
+            exp_avg: arena_fill
+                .iter()
+                .map(|&n| state_buffer("exp_avg", n))
+                .collect(),
+            exp_avg_sq: arena_fill
+                .iter()
+                .map(|&n| state_buffer("exp_avg_sq", n))
+                .collect(),
+            max_exp_avg_sq: if config.amsgrad {
+                arena_fill
+                    .iter()
+                    .map(|&n| state_buffer("max_exp_avg_sq", n))
+                    .collect()
+            } else {
+                vec![state_buffer("max_exp_avg_sq (unused)", 4)]
+            },
+        };
+        // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
+
+        let prologue_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wgpu-adamw prologue"),
+            layout: &kernel.prologue_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: binding(&uniform, 0, globals_size),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 8,
+                    resource: meta.as_entire_binding(),
+                },
+            ],
+        });
+        let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
+        let mut dispatches = Vec::new();
+        let mut first_chunk = 0u32;
+        for (k, key) in keys.iter().enumerate() {
+            let (param, p_win, grad, g_win, arena) = key;
+            let n_chunks = chunk_lists[k].len() as u32;
+            let grid_x = n_chunks.min(max_dim);
+            let grid_y = n_chunks.div_ceil(grid_x);
+            if grid_y > max_dim {
+                return Err(Error::DeviceLimit(format!(
+                    "{n_chunks} chunks exceed the dispatch grid"
+                )));
+            }
+            let info = DispatchInfo {
+                first_chunk,
+                n_chunks,
+                grid_x,
+                _pad: 0,
+            };
+            queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
+            first_chunk += n_chunks;
+            let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
+            let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
+            let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-adamw update"),
+                layout: &kernel.update_layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: binding(&uniform, 0, globals_size),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: binding(
+                            &uniform,
+                            info_at(k),
+                            std::mem::size_of::<DispatchInfo>() as u64,
+                        ),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: meta.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: binding(param, *p_win, p_size / 4 * 4),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: binding(grad, *g_win, g_size / 4 * 4),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: arenas.exp_avg[*arena].as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 6,
+                        resource: arenas.exp_avg_sq[*arena].as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 7,
+                        resource: vmax.as_entire_binding(),
+                    },
+                ],
+            });
+            dispatches.push(Dispatch {
+                bind_group,
+                grid: (grid_x, grid_y),
+            });
+        }
+
+        if let Some(e) = pollster::block_on(oom_scope.pop()) {
+            return Err(Error::Device(e.to_string()));
+        }
+        if let Some(e) = pollster::block_on(error_scope.pop()) {
+            return Err(Error::Device(e.to_string()));
+        }
+        Ok(Self {
+            device: device.clone(),
+            queue: queue.clone(),
+            config,
+            groups: groups.iter().map(|g| g.config).collect(),
+            kernel,
+            globals,
+            meta,
+            arenas,
+            tensors,
+            prologue_bind_group,
+            dispatches,
+            max_binding_size: max_binding,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Per-group overrides, in group order.
+    pub fn groups(&self) -> &[GroupConfig] {
+        &self.groups
+    }
+
+    /// The kernel's uniform block, as uploaded.
+    pub fn globals(&self) -> &Globals {
+        &self.globals
+    }
+
+    /// Number of `update` dispatches per step (one per distinct param/grad buffer window and
+    /// state arena; independent of the number of tensors).
+    pub fn dispatches_per_step(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Bytes per storage binding this optimizer splits its work at.
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding_size
+    }
+
+    /// Number of registered tensors.
+    pub fn num_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Records one optimizer step into `pass`, an open compute pass of the engine's.
+    pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.kernel.prologue);
+        pass.set_bind_group(0, &self.prologue_bind_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        pass.set_pipeline(&self.kernel.update);
+        for d in &self.dispatches {
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+        }
+    }
+
+    /// Records one optimizer step as its own compute pass in `encoder`. Record as many steps
+    /// as you like (between the engine's own passes) and submit once: the counters live on
+    /// the device, so K recorded steps equal K submitted ones bit for bit.
+    pub fn encode_step(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-adamw step"),
+            timestamp_writes: None,
+        });
+        self.record_step(&mut pass);
+    }
+
+    /// Records and submits one step. Does not wait for it.
+    pub fn step(&self) -> wgpu::SubmissionIndex {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.encode_step(&mut encoder);
+        self.queue.submit([encoder.finish()])
+    }
+
+    /// Reads back the learning rate each group used at the last step (0 before the first).
+    pub fn read_lr(&self) -> Result<Vec<f32>> {
+        let at = u64::from(self.globals.scalars_at) * 4;
+        let words: Vec<u32> = self.read_words(&self.meta, at, 16 * self.groups.len() as u64)?;
+        Ok(words.chunks(4).map(|s| f32::from_bits(s[0])).collect())
+    }
+
+    /// Reads back the step counters.
+    pub fn read_counters(&self) -> Result<Counters> {
+        let w = self.read_words(&self.meta, 0, 8)?;
+        Ok(Counters {
+            sched: w[0],
+            adam: w[1],
+        })
+    }
+
+    /// Reads back the whole state (for checkpoints and tests).
+    pub fn state(&self) -> Result<OptimizerState> {
+        let read_all = |bufs: &[wgpu::Buffer]| -> Result<Vec<Vec<f32>>> {
+            bufs.iter()
+                .map(|b| {
+                    let w = self.read_words(b, 0, b.size())?;
+                    Ok(bytemuck::cast_slice(&w).to_vec())
+                })
+                .collect()
+        };
+        let m = read_all(&self.arenas.exp_avg)?;
+        let v = read_all(&self.arenas.exp_avg_sq)?;
+        let vmax = if self.config.amsgrad {
+            Some(read_all(&self.arenas.max_exp_avg_sq)?)
+        } else {
+            None
+        };
+        let gather = |arenas: &[Vec<f32>], t: &TensorInfo| -> Vec<f32> {
+            let mut out = Vec::with_capacity(t.len as usize);
+            for p in &t.pieces {
+                let s = p.state_offset as usize;
+                out.extend_from_slice(&arenas[p.arena][s..s + p.len as usize]);
+            }
+            out
+        };
+        Ok(OptimizerState {
+            config: self.config,
+            groups: self.groups.clone(),
+            counters: self.read_counters()?,
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| TensorState {
+                    group: t.group,
+                    exp_avg: gather(&m, t),
+                    exp_avg_sq: gather(&v, t),
+                    max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t)),
+                })
+                .collect(),
+        })
+    }
+
+    /// Restores a state read by [`GpuAdamW::state`] or from a checkpoint. The state must
+    /// match this optimizer's tensors; on a mismatch nothing is changed.
+    pub fn load_state(&self, state: &OptimizerState) -> Result<()> {
+        let shape: Vec<(usize, usize)> = self
+            .tensors
+            .iter()
+            .map(|t| (t.group, t.len as usize))
+            .collect();
+        state.check_matches(&self.config, &self.groups, &shape)?;
+        for (t, s) in self.tensors.iter().zip(&state.tensors) {
+            let mut done = 0usize;
+            for p in &t.pieces {
+                let range = done..done + p.len as usize;
+                let at = p.state_offset * 4;
+                let write = |bufs: &[wgpu::Buffer], data: &[f32]| {
+                    self.queue.write_buffer(
+                        &bufs[p.arena],
+                        at,
+                        bytemuck::cast_slice(&data[range.clone()]),
+                    )
+                };
+                write(&self.arenas.exp_avg, &s.exp_avg);
+                write(&self.arenas.exp_avg_sq, &s.exp_avg_sq);
+                if let Some(vmax) = &s.max_exp_avg_sq {
+                    write(&self.arenas.max_exp_avg_sq, vmax);
+                }
+                done += p.len as usize;
+            }
+        }
+        let counters = [state.counters.sched, state.counters.adam];
+        self.queue
+            .write_buffer(&self.meta, 0, bytemuck::cast_slice(&counters));
+        self.queue.submit([]);
+        Ok(())
+    }
+
+    /// Saves the state to a checkpoint file (atomically; see [`OptimizerState::save`]).
+    pub fn save_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.state()?.save(path)
+    }
+
+    /// Loads a checkpoint saved by either backend into this optimizer.
+    pub fn load_checkpoint(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.load_state(&OptimizerState::load(path)?)
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` (which needs `COPY_SRC`) back to the host.
+    pub fn read_words(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u32>> {
+        read_buffer(&self.device, &self.queue, buffer, offset, size)
+    }
+}
+
+/// Copies `size` bytes (a multiple of 4) at `offset` of `buffer` back to the host and waits.
+/// `buffer` needs `BufferUsages::COPY_SRC`.
+pub fn read_buffer(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<u32>> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("wgpu-adamw readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+    queue.submit([encoder.finish()]);
+    let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    match pollster::block_on(rx.receive()) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(Error::Readback(e.to_string())),
+        None => return Err(Error::Readback("map callback dropped".into())),
+    }
+    let data = staging
+        .get_mapped_range(..)
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    let out = bytemuck::pod_collect_to_vec(&data);
+    drop(data);
+    staging.unmap();
+    Ok(out)
+}
+
+fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
+fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
+    let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> = HashMap::new();
+    let mut index = 0usize;
+    for g in groups {
+        for t in &g.tensors {
+            let err = |reason: String| Error::InvalidTensor {
+                tensor: index,
+                reason,
+            };
+            for (what, buf, off) in [
+                ("param", &t.param, t.param_offset),
+                ("grad", &t.grad, t.grad_offset),
+            ] {
+                if off % 4 != 0 {
+                    return Err(err(format!("{what} offset {off} is not a multiple of 4")));
+                }
+                if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+                    return Err(err(format!("{what} buffer lacks BufferUsages::STORAGE")));
+                }
+                let end = t.len.checked_mul(4).and_then(|b| b.checked_add(off));
+                if end.is_none_or(|e| e > buf.size()) {
+                    return Err(err(format!(
+                        "{what} range of {} elements at byte {off} runs past the buffer's end ({} bytes)",
+                        t.len,
+                        buf.size()
+                    )));
+                }
+            }
+            if t.len > 0 {
+                ranges.entry(t.param.clone()).or_default().push((
+                    t.param_offset,
+                    t.param_offset + 4 * t.len,
+                    index,
+                ));
+            }
+            index += 1;
+        }
+    }
+    for list in ranges.values_mut() {
+        list.sort_unstable();
+        for w in list.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::InvalidTensor {
+                    tensor: w[1].2,
+                    reason: format!("its parameters overlap those of tensor {}", w[0].2),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GpuAdamW {
+    /// Records a copy of the last step's per-group scalars into `dst` at `offset`: 16 bytes
+    /// per group, `[lr, 1 - lr*wd, lr / bc1, sqrt(bc2)]` as f32. Lets a loop log the lr of every
+    /// step without waiting on the device; `dst` needs `COPY_DST`.
+    pub fn encode_copy_step_scalars(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        offset: u64,
+    ) {
+        encoder.copy_buffer_to_buffer(
+            &self.meta,
+            u64::from(self.globals.scalars_at) * 4,
+            dst,
+            offset,
+            16 * self.groups.len() as u64,
+        );
+    }
+}

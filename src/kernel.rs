@@ -1,0 +1,237 @@
+//! The fused kernel `shaders/adamw.wgsl`: its uniform struct, its constants and the pipelines
+//! that run it. [`crate::twin`] is its CPU twin.
+
+use crate::config::{AdamWConfig, Schedule};
+use bytemuck::{Pod, Zeroable};
+
+/// The WGSL source of the fused AdamW + schedule kernel.
+pub const SHADER_SOURCE: &str = include_str!("../shaders/adamw.wgsl");
+
+/// Elements one workgroup of the `update` entry point handles (`WORKGROUP * ELEMS_PER_THREAD`).
+pub const CHUNK: u32 = 1024;
+/// Invocations per workgroup of `update`.
+pub const WORKGROUP: u32 = 256;
+/// `Globals::flags` bit: AMSGrad.
+pub const FLAG_AMSGRAD: u32 = 1;
+/// `Globals::flags` bit: maximize.
+pub const FLAG_MAXIMIZE: u32 = 2;
+/// Words at the start of the `meta` buffer that hold the step counters.
+pub const COUNTER_WORDS: u32 = 8;
+/// Value of `Globals::cycles2` when `2 * num_cycles` is not a small integer.
+pub const CYCLES2_NOT_INTEGER: u32 = u32::MAX;
+/// Stand-in for `ln(0)` when a beta is 0 (keeps infinities out of the shader).
+const LN_ZERO: f32 = -1.0e4;
+
+/// The kernel's uniform block (`struct Globals` in the WGSL): everything that does not change
+/// from step to step, prepared on the host in f64 and rounded once to f32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct Globals {
+    /// 0 constant, 1 cosine, 2 cosine warm restarts, 3 warmup + cosine.
+    pub kind: u32,
+    /// Optimizer steps per scheduler epoch.
+    pub steps_per_epoch: u32,
+    /// `t_max`, `t_0` or `warmup_steps`.
+    pub period: u32,
+    /// `t_mult` of warm restarts.
+    pub t_mult: u32,
+    /// `total_steps` of warmup + cosine.
+    pub total_steps: u32,
+    /// `2 * num_cycles` when it is an integer in `0..=65535`, else [`CYCLES2_NOT_INTEGER`].
+    pub cycles2: u32,
+    /// [`FLAG_AMSGRAD`] | [`FLAG_MAXIMIZE`].
+    pub flags: u32,
+    /// Number of param groups.
+    pub n_groups: u32,
+    /// `eta_min` of the cosine schedules.
+    pub eta_min: f32,
+    /// `2 * num_cycles` as f32.
+    pub cycles2_f: f32,
+    /// eps.
+    pub eps: f32,
+    /// beta1 rounded to f32.
+    pub beta1: f32,
+    /// beta2 rounded to f32 (PyTorch multiplies the f32 moment by f32(beta2) too).
+    pub beta2: f32,
+    /// `1 - beta1` computed in f64.
+    pub one_minus_beta1: f32,
+    /// `1 - beta2` computed in f64 (in f32 it is 1.3e-5 off for beta2 = 0.999).
+    pub one_minus_beta2: f32,
+    /// `f32(1 - beta1) - 1` in f32: `torch.lerp`'s coefficient for weights >= 0.5.
+    pub lerp_big_coeff: f32,
+    /// `ln(beta1)` computed in f64.
+    pub ln_beta1: f32,
+    /// `ln(beta2)` computed in f64.
+    pub ln_beta2: f32,
+    /// Word offset of the group table in `meta`.
+    pub groups_at: u32,
+    /// Word offset of the per-step scalars in `meta`.
+    pub scalars_at: u32,
+    /// Word offset of the chunk table in `meta`.
+    pub chunks_at: u32,
+    /// Always 0: the kernel xors intermediates with it so no compiler can simplify the
+    /// error-free transformations of its emulated fma.
+    pub zero: u32,
+    /// Padding to a multiple of 16 bytes.
+    pub _pad: [u32; 2],
+}
+
+impl Globals {
+    /// The uniform block for `config` with `n_groups` groups; the `meta` offsets are left 0.
+    pub fn new(config: &AdamWConfig, n_groups: u32) -> Self {
+        let (b1, b2) = config.betas;
+        let ln = |b: f64| if b > 0.0 { b.ln() as f32 } else { LN_ZERO };
+        let omb1 = (1.0 - b1) as f32;
+        let mut g = Globals {
+            steps_per_epoch: config.steps_per_epoch.max(1),
+            flags: u32::from(config.amsgrad) * FLAG_AMSGRAD
+                | u32::from(config.maximize) * FLAG_MAXIMIZE,
+            n_groups,
+            eps: config.eps as f32,
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+            one_minus_beta1: omb1,
+            one_minus_beta2: (1.0 - b2) as f32,
+            lerp_big_coeff: omb1 - 1.0,
+            ln_beta1: ln(b1),
+            ln_beta2: ln(b2),
+            cycles2: CYCLES2_NOT_INTEGER,
+            ..Default::default()
+        };
+        match config.schedule {
+            Schedule::Constant => g.kind = 0,
+            Schedule::Cosine { t_max, eta_min } => {
+                g.kind = 1;
+                g.period = t_max;
+                g.eta_min = eta_min as f32;
+            }
+            Schedule::CosineWarmRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => {
+                g.kind = 2;
+                g.period = t_0;
+                g.t_mult = t_mult;
+                g.eta_min = eta_min as f32;
+            }
+            Schedule::WarmupCosine {
+                warmup_steps,
+                total_steps,
+                num_cycles,
+            } => {
+                g.kind = 3;
+                g.period = warmup_steps;
+                g.total_steps = total_steps;
+                let m = 2.0 * num_cycles;
+                g.cycles2_f = m as f32;
+                if m.fract() == 0.0 && (0.0..=65535.0).contains(&m) {
+                    g.cycles2 = m as u32;
+                }
+            }
+        }
+        g
+    }
+}
+
+/// The `DispatchInfo` uniform of one `update` dispatch: which chunks of the chunk table it
+/// covers and the width of its 2-D grid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct DispatchInfo {
+    /// Index of its first chunk in the chunk table.
+    pub first_chunk: u32,
+    /// Number of chunks.
+    pub n_chunks: u32,
+    /// Workgroups along x (the grid is `grid_x * ceil(n_chunks / grid_x)`).
+    pub grid_x: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// The compiled kernel: both pipelines and their bind group layouts.
+#[derive(Debug)]
+pub struct Kernel {
+    /// Layout of the prologue's bind group: globals, meta (read-write).
+    pub prologue_layout: wgpu::BindGroupLayout,
+    /// Layout of an update bind group: globals, dispatch info, meta, param, grad, m, v, v_max.
+    pub update_layout: wgpu::BindGroupLayout,
+    /// The `prologue` entry point.
+    pub prologue: wgpu::ComputePipeline,
+    /// The `update` entry point.
+    pub update: wgpu::ComputePipeline,
+}
+
+fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: wgpu::BufferSize::new(size),
+        },
+        count: None,
+    }
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: wgpu::BufferSize::new(4),
+        },
+        count: None,
+    }
+}
+
+impl Kernel {
+    /// Compiles the shader and builds both pipelines on `device`.
+    pub fn new(device: &wgpu::Device) -> Self {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("wgpu-adamw kernel"),
+            source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
+        });
+        let globals_size = std::mem::size_of::<Globals>() as u64;
+        let prologue_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("wgpu-adamw prologue"),
+            entries: &[uniform_entry(0, globals_size), storage_entry(8, false)],
+        });
+        let mut entries = vec![
+            uniform_entry(0, globals_size),
+            uniform_entry(1, std::mem::size_of::<DispatchInfo>() as u64),
+            storage_entry(2, true),
+        ];
+        entries.extend((3..8).map(|b| storage_entry(b, false)));
+        let update_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("wgpu-adamw update"),
+            entries: &entries,
+        });
+        let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(layout)],
+                immediate_size: 0,
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let prologue = pipeline(&prologue_layout, "prologue");
+        let update = pipeline(&update_layout, "update");
+        Self {
+            prologue_layout,
+            update_layout,
+            prologue,
+            update,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The optimizer's whole state (config, counters, moments) and its checkpoint file.
+//!
+//! A checkpoint is a safetensors file: `exp_avg/{i}`, `exp_avg_sq/{i}` and (amsgrad)
+//! `max_exp_avg_sq/{i}` per tensor `i` in registration order, `counters` (U32
+//! `[scheduler_steps, adam_steps]`), and the config as JSON in the metadata. Both backends
+//! read and write the same format, so a run can move between them.
+
+use crate::config::{AdamWConfig, GroupConfig, Schedule};
+use crate::error::{Error, Result};
+use crate::twin::Counters;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Format tag in a checkpoint's metadata.
+pub const CHECKPOINT_FORMAT: &str = "wgpu-adamw-checkpoint/1";
+
+/// The moments of one tensor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TensorState {
+    /// Index of the tensor's param group.
+    pub group: usize,
+    /// First moment.
+    pub exp_avg: Vec<f32>,
+    /// Second moment.
+    pub exp_avg_sq: Vec<f32>,
+    /// Running maximum of the second moment (amsgrad only).
+    pub max_exp_avg_sq: Option<Vec<f32>>,
+}
+
+/// Everything needed to resume an optimizer bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// Hyperparameters and schedule.
+    pub config: AdamWConfig,
+    /// Per-group overrides.
+    pub groups: Vec<GroupConfig>,
+    /// Step counters (schedule position and Adam's `t`).
+    pub counters: Counters,
+    /// Per-tensor moments, in registration order.
+    pub tensors: Vec<TensorState>,
+}
+
+fn opt_json(x: Option<f64>) -> Value {
+    x.map_or(Value::Null, |v| json!(v))
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The JSON `optimizer` object of a config, as in the trace format.
+pub fn optimizer_json(c: &AdamWConfig) -> Value {
+    json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+           "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize})
+}
+
+/// Parses the trace format's `optimizer` object (missing keys take PyTorch's defaults).
+pub fn parse_optimizer_json(o: &Value) -> Result<AdamWConfig> {
+    let d = AdamWConfig::default();
+    let o = o
+        .as_object()
+        .ok_or_else(|| Error::InvalidJson("`optimizer` must be an object".into()))?;
+    let num = |k: &str, dflt: f64| -> Result<f64> {
+        match o.get(k) {
+            None => Ok(dflt),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::InvalidJson(format!("`{k}` must be a number, got {v}"))),
+        }
+    };
+    let flag = |k: &str| -> Result<bool> {
+        match o.get(k) {
+            None => Ok(false),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| Error::InvalidJson(format!("`{k}` must be a boolean, got {v}"))),
+        }
+    };
+    let betas = match o.get("betas") {
+        None => d.betas,
+        Some(v) => match v
+            .as_array()
+            .map(|a| a.iter().map(Value::as_f64).collect::<Vec<_>>())
+        {
+            Some(b) if b.len() == 2 && b.iter().all(Option::is_some) => {
+                (b[0].unwrap(), b[1].unwrap())
+            }
+            _ => {
+                return Err(Error::InvalidJson(format!(
+                    "`betas` must be [b1, b2], got {v}"
+                )))
+            }
+        },
+    };
+    Ok(AdamWConfig {
+        lr: num("lr", d.lr)?,
+        betas,
+        eps: num("eps", d.eps)?,
+        weight_decay: num("weight_decay", d.weight_decay)?,
+        amsgrad: flag("amsgrad")?,
+        maximize: flag("maximize")?,
+        ..d
+    })
+}
+
+impl OptimizerState {
+    /// Serializes the state into safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let counters = [self.counters.sched, self.counters.adam];
+        let counter_bytes: &[u8] = bytemuck::cast_slice(&counters);
+        let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
+        views.push((
+            "counters".into(),
+            TensorView::new(Dtype::U32, vec![2], counter_bytes)
+                .map_err(|e| Error::Device(format!("safetensors: {e}")))?,
+        ));
+        for (i, t) in self.tensors.iter().enumerate() {
+            views.push((format!("exp_avg/{i}"), view(&t.exp_avg)?));
+            views.push((format!("exp_avg_sq/{i}"), view(&t.exp_avg_sq)?));
+            if let Some(m) = &t.max_exp_avg_sq {
+                views.push((format!("max_exp_avg_sq/{i}"), view(m)?));
+            }
+        }
+        let config = json!({
+            "optimizer": optimizer_json(&self.config),
+            "schedule": self.config.schedule.to_json_value(),
+            "steps_per_epoch": self.config.steps_per_epoch,
+            "groups": self.groups.iter().map(|g| json!({"lr": opt_json(g.lr), "weight_decay": opt_json(g.weight_decay)})).collect::<Vec<_>>(),
+            "tensor_groups": self.tensors.iter().map(|t| t.group).collect::<Vec<_>>(),
+        });
+        let meta = HashMap::from([
+            ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
+            ("config".to_string(), config.to_string()),
+        ]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Device(format!("safetensors: {e}")))
+    }
+
+    /// Parses safetensors bytes written by [`OptimizerState::to_bytes`]; `path` names the
+    /// source in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+            return Err(bad(path, format!("not a {CHECKPOINT_FORMAT} file")));
+        }
+        let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
+            .map_err(|e| bad(path, format!("bad config metadata: {e}")))?;
+        let wrap = |e: Error| bad(path, e.to_string());
+        let mut config = parse_optimizer_json(&cfg["optimizer"]).map_err(wrap)?;
+        config.schedule = Schedule::from_json_value(&cfg["schedule"]).map_err(wrap)?;
+        config.steps_per_epoch = cfg["steps_per_epoch"]
+            .as_u64()
+            .and_then(|k| u32::try_from(k).ok())
+            .ok_or_else(|| bad(path, "bad steps_per_epoch"))?;
+        config.validate().map_err(wrap)?;
+        let groups = cfg["groups"]
+            .as_array()
+            .ok_or_else(|| bad(path, "missing groups"))?
+            .iter()
+            .map(|g| GroupConfig {
+                lr: g["lr"].as_f64(),
+                weight_decay: g["weight_decay"].as_f64(),
+            })
+            .collect::<Vec<_>>();
+        for g in &groups {
+            g.validate().map_err(wrap)?;
+        }
+        let tensor_groups = cfg["tensor_groups"]
+            .as_array()
+            .ok_or_else(|| bad(path, "missing tensor_groups"))?
+            .iter()
+            .map(|g| g.as_u64().map(|g| g as usize).filter(|&g| g < groups.len()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad(path, "bad tensor_groups"))?;
+        let counters = read_u32s(&st, "counters", path)?;
+        if counters.len() != 2 {
+            return Err(bad(path, "`counters` must hold 2 values"));
+        }
+        let mut tensors = Vec::with_capacity(tensor_groups.len());
+        for (i, &group) in tensor_groups.iter().enumerate() {
+            let exp_avg = read_f32s(&st, &format!("exp_avg/{i}"), path)?;
+            let exp_avg_sq = read_f32s(&st, &format!("exp_avg_sq/{i}"), path)?;
+            let max_exp_avg_sq = if config.amsgrad {
+                Some(read_f32s(&st, &format!("max_exp_avg_sq/{i}"), path)?)
+            } else {
+                None
+            };
+            let n = exp_avg.len();
+            if exp_avg_sq.len() != n || max_exp_avg_sq.as_ref().is_some_and(|m| m.len() != n) {
+                return Err(bad(
+                    path,
+                    format!("tensor {i}: moments of different lengths"),
+                ));
+            }
+            tensors.push(TensorState {
+                group,
+                exp_avg,
+                exp_avg_sq,
+                max_exp_avg_sq,
+            });
+        }
+        if st.len() != 1 + tensors.len() * (2 + usize::from(config.amsgrad)) {
+            return Err(bad(path, "unexpected extra tensors"));
+        }
+        Ok(Self {
+            config,
+            groups,
+            counters: Counters {
+                sched: counters[0],
+                adam: counters[1],
+            },
+            tensors,
+        })
+    }
+
+    /// Writes the checkpoint atomically: to a temporary file beside `path`, then renamed over
+    /// it, so a crash mid-save leaves any previous checkpoint intact.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_bytes()?;
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })
+    }
+
+    /// Reads a checkpoint written by [`OptimizerState::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Checks that this state fits an optimizer with `config`, `groups` and tensors of
+    /// `lens` elements (each with its group index).
+    pub fn check_matches(
+        &self,
+        config: &AdamWConfig,
+        groups: &[GroupConfig],
+        tensors: &[(usize, usize)],
+    ) -> Result<()> {
+        let mismatch = |s: String| Err(Error::CheckpointMismatch(s));
+        if self.config.amsgrad != config.amsgrad {
+            return mismatch(format!(
+                "amsgrad is {} in the checkpoint, {} here",
+                self.config.amsgrad, config.amsgrad
+            ));
+        }
+        if self.groups.len() != groups.len() {
+            return mismatch(format!(
+                "{} param groups in the checkpoint, {} here",
+                self.groups.len(),
+                groups.len()
+            ));
+        }
+        if self.tensors.len() != tensors.len() {
+            return mismatch(format!(
+                "{} tensors in the checkpoint, {} here",
+                self.tensors.len(),
+                tensors.len()
+            ));
+        }
+        for (i, (t, &(group, len))) in self.tensors.iter().zip(tensors).enumerate() {
+            if t.exp_avg.len() != len || t.group != group {
+                return mismatch(format!(
+                    "tensor {i}: {} elements in group {} in the checkpoint, {len} in group {group} here",
+                    t.exp_avg.len(),
+                    t.group
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn view(data: &[f32]) -> Result<TensorView<'_>> {
+    TensorView::new(Dtype::F32, vec![data.len()], bytemuck::cast_slice(data))
+        .map_err(|e| Error::Device(format!("safetensors: {e}")))
+}
+
+fn read_f32s(st: &safetensors::SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<f32>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+    if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
+        return Err(bad(path, format!("`{name}` must be a 1-D F32 tensor")));
+    }
+    Ok(bytemuck::pod_collect_to_vec(t.data()))
+}
+
+fn read_u32s(st: &safetensors::SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<u32>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+    if t.dtype() != Dtype::U32 || t.shape().len() != 1 {
+        return Err(bad(path, format!("`{name}` must be a 1-D U32 tensor")));
+    }
+    Ok(bytemuck::pod_collect_to_vec(t.data()))
+}

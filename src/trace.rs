@@ -1,0 +1,559 @@
+//! PyTorch traces in the `adamw-trace/1` format: reading, replaying on either backend, and
+//! comparing against the recorded values with the format's tolerances.
+
+use crate::config::{AdamWConfig, GroupConfig, Schedule};
+use crate::context::GpuContext;
+use crate::cpu::{CpuAdamW, CpuParamGroup};
+use crate::error::{Error, Result};
+use crate::gpu::{read_buffer, GpuAdamW, ParamGroup, TensorBinding};
+use crate::state::{parse_optimizer_json, OptimizerState};
+use safetensors::tensor::Dtype;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Parameter tolerance: `|x - torch| <= PARAM_ATOL + PARAM_RTOL * |torch|`.
+pub const PARAM_ATOL: f64 = 1e-6;
+/// See [`PARAM_ATOL`].
+pub const PARAM_RTOL: f64 = 1e-5;
+/// Moment tolerance: `|x - torch| <= MOMENT_RTOL * |torch|`.
+pub const MOMENT_RTOL: f64 = 1e-5;
+/// LR tolerance: `|x - torch| <= LR_RTOL * |torch| + LR_MAX_RTOL * max(lr)`.
+pub const LR_RTOL: f64 = 1e-6;
+/// See [`LR_RTOL`].
+pub const LR_MAX_RTOL: f64 = 1e-9;
+
+/// One parameter tensor of a trace.
+#[derive(Clone, Debug)]
+pub struct TraceParam {
+    /// Its name (`w0`, `emb`, ...).
+    pub name: String,
+    /// Its group index.
+    pub group: usize,
+    /// Values before step 1.
+    pub init: Vec<f32>,
+    /// Gradient of each step (index 0 is step 1).
+    pub grads: Vec<Vec<f32>>,
+    /// PyTorch's parameter after the last step.
+    pub final_param: Vec<f32>,
+    /// PyTorch's first moment after the last step.
+    pub final_exp_avg: Vec<f32>,
+    /// PyTorch's second moment after the last step.
+    pub final_exp_avg_sq: Vec<f32>,
+    /// PyTorch's running max of the second moment (amsgrad traces).
+    pub final_max_exp_avg_sq: Option<Vec<f32>>,
+}
+
+/// A whole `adamw-trace/1` file.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Optimizer config and schedule.
+    pub config: AdamWConfig,
+    /// Per-group overrides.
+    pub groups: Vec<GroupConfig>,
+    /// Number of optimizer steps.
+    pub steps: u32,
+    /// Parameters, group by group, in the config's order.
+    pub params: Vec<TraceParam>,
+    /// The lr PyTorch used at each step, per group.
+    pub lr: Vec<Vec<f64>>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Trace {
+    /// Reads and checks a trace file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses a trace from bytes; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some("adamw-trace/1") {
+            return Err(bad(path, "metadata `format` is not `adamw-trace/1`"));
+        }
+        let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
+            .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
+        let wrap = |e: Error| bad(path, e.to_string());
+        let has_amp = st.names().iter().any(|n| n.starts_with("grad_scale/"));
+        if has_amp || !cfg["max_grad_norm"].is_null() || !cfg["amp"].is_null() {
+            return Err(Error::Unsupported(format!(
+                "{}: AMP loss scaling / gradient clipping (`grad_scale/S`, `max_grad_norm`) is not supported yet",
+                path.display()
+            )));
+        }
+        let mut config = parse_optimizer_json(&cfg["optimizer"]).map_err(wrap)?;
+        config.schedule = Schedule::from_json_value(&cfg["schedule"]).map_err(wrap)?;
+        config.steps_per_epoch = match &cfg["steps_per_epoch"] {
+            Value::Null => 1,
+            v => v
+                .as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("`steps_per_epoch` must be a positive integer, got {v}"),
+                    )
+                })?,
+        };
+        config.validate().map_err(wrap)?;
+        let steps = cfg["steps"]
+            .as_u64()
+            .and_then(|k| u32::try_from(k).ok())
+            .ok_or_else(|| bad(path, "`steps` must be a non-negative integer"))?;
+        let groups_json = cfg["groups"]
+            .as_array()
+            .ok_or_else(|| bad(path, "`groups` must be a list"))?;
+        let f32s = |name: &str, n: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [n] {
+                return Err(bad(
+                    path,
+                    format!(
+                        "`{name}` must be F32 [{n}], is {:?} {:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(bytemuck::pod_collect_to_vec(t.data()))
+        };
+        let mut groups = Vec::new();
+        let mut params = Vec::new();
+        for (gi, g) in groups_json.iter().enumerate() {
+            let num = |k: &str| -> Result<Option<f64>> {
+                match &g[k] {
+                    Value::Null => Ok(None),
+                    v => v
+                        .as_f64()
+                        .map(Some)
+                        .ok_or_else(|| bad(path, format!("group {gi}: `{k}` must be a number"))),
+                }
+            };
+            let gc = GroupConfig {
+                lr: num("lr")?,
+                weight_decay: num("weight_decay")?,
+            };
+            gc.validate().map_err(wrap)?;
+            groups.push(gc);
+            let list = g["params"]
+                .as_array()
+                .ok_or_else(|| bad(path, format!("group {gi}: `params` must be a list")))?;
+            for p in list {
+                let (name, n) = match (p[0].as_str(), p[1].as_u64()) {
+                    (Some(name), Some(n)) if p.as_array().is_some_and(|a| a.len() == 2) => {
+                        (name.to_string(), n as usize)
+                    }
+                    _ => return Err(bad(path, format!("group {gi}: bad param entry {p}"))),
+                };
+                let grads = (1..=steps)
+                    .map(|s| f32s(&format!("grad/{s}/{name}"), n))
+                    .collect::<Result<Vec<_>>>()?;
+                params.push(TraceParam {
+                    group: gi,
+                    init: f32s(&format!("init/{name}"), n)?,
+                    grads,
+                    final_param: f32s(&format!("final/{name}"), n)?,
+                    final_exp_avg: f32s(&format!("final_exp_avg/{name}"), n)?,
+                    final_exp_avg_sq: f32s(&format!("final_exp_avg_sq/{name}"), n)?,
+                    final_max_exp_avg_sq: if config.amsgrad {
+                        Some(f32s(&format!("final_max_exp_avg_sq/{name}"), n)?)
+                    } else {
+                        None
+                    },
+                    name,
+                });
+            }
+        }
+        if groups.is_empty() {
+            return Err(bad(path, "no param groups"));
+        }
+        let lr = (0..groups.len())
+            .map(|gi| {
+                let name = format!("lr/{gi}");
+                let t = st
+                    .tensor(&name)
+                    .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+                if t.dtype() != Dtype::F64 || t.shape() != [steps as usize] {
+                    return Err(bad(path, format!("`{name}` must be F64 [{steps}]")));
+                }
+                Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+            groups,
+            steps,
+            params,
+            lr,
+        })
+    }
+}
+
+/// Which implementation replays a trace.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend<'a> {
+    /// The fused kernel on this device.
+    Gpu(&'a GpuContext),
+    /// The CPU reference.
+    Cpu,
+}
+
+/// What a replay produced, in the trace's own terms.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOutput {
+    /// Final parameters, per trace param.
+    pub params: Vec<Vec<f32>>,
+    /// Final state (moments per trace param).
+    pub exp_avg: Vec<Vec<f32>>,
+    /// See `exp_avg`.
+    pub exp_avg_sq: Vec<Vec<f32>>,
+    /// See `exp_avg` (amsgrad only).
+    pub max_exp_avg_sq: Option<Vec<Vec<f32>>>,
+    /// The lr used at each step, per group.
+    pub lr: Vec<Vec<f32>>,
+}
+
+/// Replays `trace`. With `checkpoint_at = Some((k, file))`, the state after step `k` is saved
+/// to `file`, a fresh optimizer is built from that file, and it finishes the run.
+pub fn replay(
+    trace: &Trace,
+    backend: Backend<'_>,
+    checkpoint_at: Option<(u32, &Path)>,
+) -> Result<ReplayOutput> {
+    if let Some((k, _)) = checkpoint_at {
+        if k > trace.steps {
+            return Err(Error::ShapeMismatch(format!(
+                "checkpoint step {k} is past the trace's {} steps",
+                trace.steps
+            )));
+        }
+    }
+    match backend {
+        Backend::Cpu => replay_cpu(trace, checkpoint_at),
+        Backend::Gpu(ctx) => replay_gpu(trace, ctx, checkpoint_at),
+    }
+}
+
+fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
+    trace
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(gi, &config)| CpuParamGroup {
+            config,
+            lens: trace
+                .params
+                .iter()
+                .filter(|p| p.group == gi)
+                .map(|p| p.init.len())
+                .collect(),
+        })
+        .collect()
+}
+
+fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<ReplayOutput> {
+    let mut opt = CpuAdamW::new(trace.config, cpu_groups(trace))?;
+    let mut params: Vec<Vec<f32>> = trace.params.iter().map(|p| p.init.clone()).collect();
+    let mut lr = vec![Vec::with_capacity(trace.steps as usize); trace.groups.len()];
+    for s in 0..trace.steps as usize {
+        if let Some((k, file)) = checkpoint_at {
+            if s == k as usize {
+                opt.save_checkpoint(file)?;
+                opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
+            }
+        }
+        let grads: Vec<&[f32]> = trace.params.iter().map(|p| p.grads[s].as_slice()).collect();
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+        opt.step(&mut views, &grads)?;
+        for (g, l) in lr.iter_mut().zip(opt.lr()) {
+            g.push(l);
+        }
+    }
+    if let Some((k, file)) = checkpoint_at {
+        if k == trace.steps {
+            opt.save_checkpoint(file)?;
+            opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
+        }
+    }
+    let st = opt.state();
+    Ok(output_from_state(params, st, lr))
+}
+
+fn output_from_state(params: Vec<Vec<f32>>, st: OptimizerState, lr: Vec<Vec<f32>>) -> ReplayOutput {
+    let amsgrad = st.config.amsgrad;
+    let mut out = ReplayOutput {
+        params,
+        lr,
+        max_exp_avg_sq: amsgrad.then(Vec::new),
+        ..Default::default()
+    };
+    for t in st.tensors {
+        out.exp_avg.push(t.exp_avg);
+        out.exp_avg_sq.push(t.exp_avg_sq);
+        if let (Some(v), Some(out_v)) = (t.max_exp_avg_sq, out.max_exp_avg_sq.as_mut()) {
+            out_v.push(v);
+        }
+    }
+    out
+}
+
+fn replay_gpu(
+    trace: &Trace,
+    ctx: &GpuContext,
+    checkpoint_at: Option<(u32, &Path)>,
+) -> Result<ReplayOutput> {
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    // All params in one buffer and all grads in another, packed with no padding: most
+    // tensors then start at offsets that are not multiples of 16 bytes.
+    let mut offsets = Vec::new();
+    let mut total = 0u64;
+    for p in &trace.params {
+        offsets.push(total * 4);
+        total += p.init.len() as u64;
+    }
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (total * 4).max(16),
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (pbuf, gbuf) = (buffer("trace params"), buffer("trace grads"));
+    let init: Vec<f32> = trace
+        .params
+        .iter()
+        .flat_map(|p| p.init.iter().copied())
+        .collect();
+    queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&init));
+    let groups: Vec<ParamGroup> = trace
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(gi, &config)| ParamGroup {
+            config,
+            tensors: trace
+                .params
+                .iter()
+                .zip(&offsets)
+                .filter(|(p, _)| p.group == gi)
+                .map(|(p, &off)| TensorBinding {
+                    param: pbuf.clone(),
+                    param_offset: off,
+                    grad: gbuf.clone(),
+                    grad_offset: off,
+                    len: p.init.len() as u64,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut opt = GpuAdamW::new(device, queue, trace.config, groups.clone())?;
+    let n_groups = trace.groups.len() as u64;
+    let lr_log = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("trace lr log"),
+        size: (16 * n_groups * u64::from(trace.steps)).max(16),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let mut grads = Vec::with_capacity(total as usize);
+    for s in 0..trace.steps as usize {
+        if let Some((k, file)) = checkpoint_at {
+            if s == k as usize {
+                opt.save_checkpoint(file)?;
+                let state = OptimizerState::load(file)?;
+                opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
+                opt.load_state(&state)?;
+            }
+        }
+        grads.clear();
+        grads.extend(trace.params.iter().flat_map(|p| p.grads[s].iter().copied()));
+        queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
+        let mut encoder = device.create_command_encoder(&Default::default());
+        opt.encode_step(&mut encoder);
+        opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64);
+        queue.submit([encoder.finish()]);
+    }
+    if let Some((k, file)) = checkpoint_at {
+        if k == trace.steps {
+            opt.save_checkpoint(file)?;
+            let state = OptimizerState::load(file)?;
+            opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
+            opt.load_state(&state)?;
+        }
+    }
+    let flat: Vec<f32> =
+        bytemuck::cast_slice(&read_buffer(device, queue, &pbuf, 0, total * 4)?).to_vec();
+    let params = trace
+        .params
+        .iter()
+        .zip(&offsets)
+        .map(|(p, &off)| flat[(off / 4) as usize..(off / 4) as usize + p.init.len()].to_vec())
+        .collect();
+    let log = read_buffer(device, queue, &lr_log, 0, lr_log.size())?;
+    let lr = (0..n_groups as usize)
+        .map(|gi| {
+            (0..trace.steps as usize)
+                .map(|s| f32::from_bits(log[4 * (s * n_groups as usize + gi)]))
+                .collect()
+        })
+        .collect();
+    Ok(output_from_state(params, opt.state()?, lr))
+}
+
+/// The worst error of one kind of value, as a multiple of its tolerance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Worst {
+    /// Largest `|x - torch| / tolerance` (<= 1 passes).
+    pub ratio: f64,
+    /// Largest `|x - torch|`.
+    pub abs: f64,
+    /// Where the worst ratio is (`name[index]` or `lr/g[step]`).
+    pub at: String,
+}
+
+impl Worst {
+    fn add(&mut self, x: f64, want: f64, tol: f64, at: impl FnOnce() -> String) {
+        let err = (x - want).abs();
+        let ratio = if err == 0.0 {
+            0.0
+        } else if tol > 0.0 {
+            err / tol
+        } else {
+            f64::INFINITY
+        };
+        let ratio = if x.is_nan() != want.is_nan() {
+            f64::INFINITY
+        } else {
+            ratio
+        };
+        self.abs = self.abs.max(if err.is_nan() { 0.0 } else { err });
+        if ratio > self.ratio || (self.at.is_empty() && ratio >= self.ratio) {
+            self.ratio = ratio;
+            self.at = at();
+        }
+    }
+}
+
+/// Worst errors of a replay against the trace, per kind.
+#[derive(Clone, Debug, Default)]
+pub struct Comparison {
+    /// Final parameters.
+    pub params: Worst,
+    /// First moments.
+    pub exp_avg: Worst,
+    /// Second moments.
+    pub exp_avg_sq: Worst,
+    /// AMSGrad maxima (amsgrad traces only).
+    pub max_exp_avg_sq: Option<Worst>,
+    /// Learning rates of every step.
+    pub lr: Worst,
+}
+
+impl Comparison {
+    /// Every kind within tolerance.
+    pub fn passed(&self) -> bool {
+        let ok = |w: &Worst| w.ratio <= 1.0;
+        ok(&self.params)
+            && ok(&self.exp_avg)
+            && ok(&self.exp_avg_sq)
+            && self.max_exp_avg_sq.as_ref().is_none_or(ok)
+            && ok(&self.lr)
+    }
+
+    /// The rows `(kind, worst)` for printing.
+    pub fn rows(&self) -> Vec<(&'static str, &Worst)> {
+        let mut rows = vec![
+            ("params", &self.params),
+            ("exp_avg", &self.exp_avg),
+            ("exp_avg_sq", &self.exp_avg_sq),
+        ];
+        if let Some(w) = &self.max_exp_avg_sq {
+            rows.push(("max_exp_avg_sq", w));
+        }
+        rows.push(("lr", &self.lr));
+        rows
+    }
+}
+
+/// Compares a replay with the trace's recorded PyTorch values.
+pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
+    let mut c = Comparison {
+        max_exp_avg_sq: trace.config.amsgrad.then(Worst::default),
+        ..Default::default()
+    };
+    let cmp = |w: &mut Worst, got: &[f32], want: &[f32], name: &str, atol: f64, rtol: f64| {
+        for (i, (&x, &t)) in got.iter().zip(want).enumerate() {
+            let t = f64::from(t);
+            w.add(f64::from(x), t, atol + rtol * t.abs(), || {
+                format!("{name}[{i}]")
+            });
+        }
+    };
+    for (i, p) in trace.params.iter().enumerate() {
+        cmp(
+            &mut c.params,
+            &out.params[i],
+            &p.final_param,
+            &p.name,
+            PARAM_ATOL,
+            PARAM_RTOL,
+        );
+        cmp(
+            &mut c.exp_avg,
+            &out.exp_avg[i],
+            &p.final_exp_avg,
+            &p.name,
+            0.0,
+            MOMENT_RTOL,
+        );
+        cmp(
+            &mut c.exp_avg_sq,
+            &out.exp_avg_sq[i],
+            &p.final_exp_avg_sq,
+            &p.name,
+            0.0,
+            MOMENT_RTOL,
+        );
+        if let (Some(w), Some(want), Some(got)) = (
+            c.max_exp_avg_sq.as_mut(),
+            &p.final_max_exp_avg_sq,
+            out.max_exp_avg_sq.as_ref(),
+        ) {
+            cmp(w, &got[i], want, &p.name, 0.0, MOMENT_RTOL);
+        }
+    }
+    for (g, (want, got)) in trace.lr.iter().zip(&out.lr).enumerate() {
+        let max = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+        for (s, (&t, &x)) in want.iter().zip(got).enumerate() {
+            c.lr.add(
+                f64::from(x),
+                t,
+                LR_RTOL * t.abs() + LR_MAX_RTOL * max,
+                || format!("lr/{g}[step {}]", s + 1),
+            );
+        }
+    }
+    c
+}

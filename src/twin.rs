@@ -1,0 +1,282 @@
+//! The CPU twin of `shaders/adamw.wgsl`: the same functions, in the same order of f32
+//! operations, so the two can be read side by side and compared element by element.
+//!
+//! [`crate::CpuAdamW`] is built from these functions; tests compare them with the kernel and
+//! with the f64 closed forms of [`crate::schedule`].
+
+use crate::kernel::{Globals, FLAG_AMSGRAD, FLAG_MAXIMIZE};
+
+const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
+const LN2_HI: f32 = 0.693_145_751_953_125;
+const LN2_LO: f32 = 1.428_606_765_330_187e-6;
+const INV_LN2: f32 = std::f64::consts::LOG2_E as f32;
+
+/// `expm1(x)` for `x <= 0`, as the kernel computes it (no builtin `exp`).
+pub fn expm1_neg(x: f32) -> f32 {
+    if x > -0.346_573_59 {
+        return expm1_poly(x);
+    }
+    if x < -104.0 {
+        return -1.0;
+    }
+    let n = (x * INV_LN2).round_ties_even();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    ldexp(1.0 + expm1_poly(r), n as i32) - 1.0
+}
+
+fn ldexp(x: f32, n: i32) -> f32 {
+    // n is in [-151, 0] here; the kernel's result is at least 2^-150, far below what matters.
+    if n < -126 {
+        return x * f32::from_bits(((n + 126 + 127) as u32) << 23) * f32::from_bits(1 << 23);
+    }
+    x * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// Taylor series of `expm1` to `x^8 / 8!` for `|x| <= ln(2)/2`.
+pub fn expm1_poly(x: f32) -> f32 {
+    let p = c(1.0 / 5040.0) + x * c(1.0 / 40320.0);
+    let q = c(1.0 / 120.0) + x * (c(1.0 / 720.0) + x * p);
+    let s = c(1.0 / 6.0) + x * (c(1.0 / 24.0) + x * q);
+    x * (1.0 + x * (0.5 + x * s))
+}
+
+/// A WGSL abstract-float constant as the shader compiler rounds it to f32.
+const fn c(x: f64) -> f32 {
+    x as f32
+}
+
+/// `sin(t)` for `|t| <= pi/4`.
+pub fn sin_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    t * (1.0
+        + t2 * (c(-1.0 / 6.0)
+            + t2 * (c(1.0 / 120.0) + t2 * (c(-1.0 / 5040.0) + t2 * c(1.0 / 362880.0)))))
+}
+
+/// `cos(t)` for `|t| <= pi/4`.
+pub fn cos_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    1.0 + t2 * (-0.5 + t2 * (c(1.0 / 24.0) + t2 * (c(-1.0 / 720.0) + t2 * c(1.0 / 40320.0))))
+}
+
+/// `cos^2(pi/2 * a/b)` given `a` and `d = b - a`.
+pub fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
+    let c = if a <= d {
+        cos_poly(HALF_PI * (a / b))
+    } else {
+        sin_poly(HALF_PI * (d / b))
+    };
+    c * c
+}
+
+/// `cos^2(pi/2 * (n + rem/period))`, where only the parity of `n` matters.
+pub fn cos_sq_phase(n_odd: bool, rem: u32, period: u32) -> f32 {
+    let a = rem as f32;
+    let d = (period - rem) as f32;
+    if n_odd {
+        return cos_sq_half_pi(d, a, period as f32);
+    }
+    cos_sq_half_pi(a, d, period as f32)
+}
+
+/// `x` rounded to its 12 leading mantissa bits (Veltkamp's split, done on the bits).
+fn hi12(x: f32) -> f32 {
+    f32::from_bits(x.to_bits().wrapping_add(0x800) & 0xffff_f000)
+}
+
+/// `(s, e)` with `s = a + b` rounded and `s + e = a + b` exactly (Knuth's TwoSum).
+#[inline(always)]
+pub fn two_sum(a: f32, b: f32) -> (f32, f32) {
+    let s = a + b;
+    let bb = s - a;
+    (s, (a - (s - bb)) + (b - bb))
+}
+
+/// `(hi, lo)` with `hi = a * b` rounded and `hi + lo = a * b` exactly (Dekker).
+#[inline(always)]
+pub fn two_prod(a: f32, b: f32) -> (f32, f32) {
+    let (ah, bh) = (hi12(a), hi12(b));
+    let (al, bl) = (a - ah, b - bh);
+    let p = ah * bh;
+    let q = ah * bl + al * bh;
+    let z = p + q;
+    let zz = ((p - z) + q) + al * bl;
+    let hi = z + zz;
+    (hi, zz - (hi - z))
+}
+
+/// `a + b` rounded to odd.
+#[inline(always)]
+pub fn add_round_odd(a: f32, b: f32) -> f32 {
+    let (s, e) = two_sum(a, b);
+    let bits = s.to_bits();
+    if e == 0.0 || bits & 1 == 1 {
+        return s;
+    }
+    let away = (e > 0.0) == (s > 0.0);
+    f32::from_bits(if away { bits + 1 } else { bits - 1 })
+}
+
+/// `a * b + c` with one rounding, emulated as the kernel does it (WGSL's `fma` may be
+/// unfused); equals `f32::mul_add` wherever nothing overflows or goes subnormal.
+#[inline(always)]
+pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+    let (uh, ul) = two_prod(a, b);
+    let (th, tl) = two_sum(c, uh);
+    th + add_round_odd(tl, ul)
+}
+
+/// The schedule's factor at `epoch` (see the kernel's `schedule_factor`).
+pub fn schedule_factor(g: &Globals, epoch: u32) -> f32 {
+    match g.kind {
+        1 => {
+            let t = g.period;
+            cos_sq_phase((epoch / t) & 1 == 1, epoch % t, t)
+        }
+        2 => {
+            let mut t_cur = epoch;
+            let mut t_i = g.period;
+            if g.t_mult == 1 {
+                return cos_sq_phase(false, t_cur % t_i, t_i);
+            }
+            while t_cur >= t_i {
+                t_cur -= t_i;
+                let next = u64::from(t_i) * u64::from(g.t_mult);
+                if next > u64::from(u32::MAX) {
+                    // The kernel splits T_i and T_i - T_cur into two u32 words.
+                    let (hi, lo) = ((next >> 32) as u32, next as u32);
+                    let borrow = u32::from(lo < t_cur);
+                    let d = (hi - borrow) as f32 * 4294967296.0 + lo.wrapping_sub(t_cur) as f32;
+                    let b = hi as f32 * 4294967296.0 + lo as f32;
+                    return cos_sq_half_pi(t_cur as f32, d, b);
+                }
+                t_i = next as u32;
+            }
+            cos_sq_phase(false, t_cur, t_i)
+        }
+        3 => {
+            let w = g.period;
+            if epoch < w {
+                return epoch as f32 / w as f32;
+            }
+            let span = if g.total_steps > w {
+                g.total_steps - w
+            } else {
+                1
+            };
+            let k = epoch - w;
+            if g.cycles2 != u32::MAX {
+                let q = k / span;
+                let rem = k % span;
+                let wide = u64::from(g.cycles2) * u64::from(rem);
+                let n_odd = ((g.cycles2 & q & 1) as u64 ^ ((wide / u64::from(span)) & 1)) == 1;
+                return cos_sq_phase(n_odd, (wide % u64::from(span)) as u32, span);
+            }
+            let y = g.cycles2_f * (k as f32 / span as f32);
+            let n = y.floor();
+            let frac = y - n;
+            if (n as u32) & 1 == 1 {
+                return cos_sq_half_pi(1.0 - frac, frac, 1.0);
+            }
+            cos_sq_half_pi(frac, 1.0 - frac, 1.0)
+        }
+        _ => 1.0,
+    }
+}
+
+/// The learning rate at `epoch` for a group with base lr `base_lr`.
+pub fn schedule_lr(g: &Globals, base_lr: f32, epoch: u32) -> f32 {
+    let factor = schedule_factor(g, epoch);
+    match g.kind {
+        1 | 2 => g.eta_min + (base_lr - g.eta_min) * factor,
+        3 => base_lr * factor,
+        _ => base_lr,
+    }
+}
+
+/// The optimizer's step counters, as the kernel keeps them in its `meta` buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Scheduler steps taken (optimizer steps, including skipped ones).
+    pub sched: u32,
+    /// Adam steps taken: `t` of the last update.
+    pub adam: u32,
+}
+
+/// Per-group scalars of one step, as the kernel's prologue writes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepScalars {
+    /// The learning rate of this step.
+    pub lr: f32,
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bc2_sqrt: f32,
+}
+
+/// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step;
+/// advances the counters.
+pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> Vec<StepScalars> {
+    let epoch = counters.sched / g.steps_per_epoch;
+    let t = counters.adam.wrapping_add(1) as f32;
+    let bc1 = -expm1_neg(t * g.ln_beta1);
+    let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
+    let scalars = groups
+        .iter()
+        .map(|&(base_lr, wd)| {
+            let lr = schedule_lr(g, base_lr, epoch);
+            StepScalars {
+                lr,
+                decay: 1.0 - lr * wd,
+                step_size: lr / bc1,
+                bc2_sqrt,
+            }
+        })
+        .collect();
+    counters.sched = counters.sched.wrapping_add(1);
+    counters.adam = counters.adam.wrapping_add(1);
+    scalars
+}
+
+/// The kernel's per-element update. `max_exp_avg_sq` is only touched with amsgrad.
+#[inline(always)]
+pub fn update_element(
+    g: &Globals,
+    s: &StepScalars,
+    param: &mut f32,
+    grad: f32,
+    exp_avg: &mut f32,
+    exp_avg_sq: &mut f32,
+    max_exp_avg_sq: Option<&mut f32>,
+) {
+    let gr = if g.flags & FLAG_MAXIMIZE != 0 {
+        -grad
+    } else {
+        grad
+    };
+    let p = *param * s.decay;
+    let m_old = *exp_avg;
+    // torch.lerp(m, g, w) as PyTorch's vectorized CPU kernel computes it: one fused
+    // multiply-add, fma(w, g - m, m) for w < 0.5 else fma(w - 1, g - m, g). Unfused, m loses
+    // its relative accuracy wherever it cancels towards zero.
+    let (coeff, base) = if g.one_minus_beta1 < 0.5 {
+        (g.one_minus_beta1, m_old)
+    } else {
+        (g.lerp_big_coeff, gr)
+    };
+    let m = fma_exact(coeff, gr - m_old, base);
+    let v = *exp_avg_sq * g.beta2 + g.one_minus_beta2 * gr * gr;
+    let mut v_hat = v;
+    if g.flags & FLAG_AMSGRAD != 0 {
+        if let Some(vmax) = max_exp_avg_sq {
+            v_hat = vmax.max(v);
+            *vmax = v_hat;
+        }
+    }
+    let denom = v_hat.sqrt() / s.bc2_sqrt + g.eps;
+    *param = p - s.step_size * (m / denom);
+    *exp_avg = m;
+    *exp_avg_sq = v;
+}
