@@ -381,3 +381,22 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
     }
 }
+
+// ---------------------------------------------------------------- schedule probe
+//
+// The lr of arbitrary optimizer steps, through the same `schedule_lr` the prologue uses:
+// probe_io[0] holds the base lr's bits, probe_io[1..] step numbers (1-based), replaced by
+// their lr's bits.
+
+@group(0) @binding(9) var<storage, read_write> probe_io: array<u32>;
+
+@compute @workgroup_size(64)
+fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + 1u;
+    if (i >= arrayLength(&probe_io)) {
+        return;
+    }
+    let step = probe_io[i];
+    let epoch = (step - 1u) / g.steps_per_epoch;
+    probe_io[i] = bitcast<u32>(schedule_lr(bitcast<f32>(probe_io[0]), epoch));
+}

@@ -45,6 +45,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod kernel;
+pub mod probe;
 pub mod schedule;
 pub mod state;
 pub mod trace;
@@ -55,6 +56,7 @@ pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};
 pub use gpu::{read_buffer, GpuAdamW, GpuOptions, ParamGroup, TensorBinding};
+pub use probe::{schedule_lrs_cpu, schedule_lrs_gpu};
 pub use state::{OptimizerState, TensorState};
 pub use twin::Counters;
 /// The `wgpu` this crate is built against: use it to create the buffers you hand over.

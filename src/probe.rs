@@ -1,0 +1,104 @@
+//! The learning rate of arbitrary steps, computed by the kernel's own schedule code on the
+//! device (the `schedule_probe` entry point), or by its CPU twin.
+
+use crate::config::AdamWConfig;
+use crate::error::{Error, Result};
+use crate::gpu::read_buffer;
+use crate::kernel::{Globals, SHADER_SOURCE};
+use crate::twin;
+
+/// The lr of each optimizer step in `steps` (1-based, each >= 1) for a group with base lr
+/// `base_lr`, evaluated on the device.
+pub fn schedule_lrs_gpu(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    config: &AdamWConfig,
+    base_lr: f64,
+    steps: &[u32],
+) -> Result<Vec<f32>> {
+    config.validate()?;
+    if steps.contains(&0) {
+        return Err(Error::ShapeMismatch("steps are 1-based".into()));
+    }
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("wgpu-adamw schedule probe"),
+        source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("schedule_probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("schedule_probe"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let globals = Globals::new(config, 1);
+    let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe globals"),
+        size: std::mem::size_of::<Globals>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
+    let mut io = Vec::with_capacity(steps.len() + 1);
+    io.push((base_lr as f32).to_bits());
+    io.extend_from_slice(steps);
+    let io_buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("probe io"),
+        size: (io.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&io_buf, 0, bytemuck::cast_slice(&io));
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: uniform.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 9,
+                resource: io_buf.as_entire_binding(),
+            },
+        ],
+    });
+    let mut encoder = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        let groups = (steps.len() as u32).div_ceil(64);
+        let max = device.limits().max_compute_workgroups_per_dimension;
+        pass.dispatch_workgroups(groups.min(max), groups.div_ceil(max).max(1), 1);
+    }
+    queue.submit([encoder.finish()]);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Device(e.to_string()));
+    }
+    let out = read_buffer(device, queue, &io_buf, 0, io_buf.size())?;
+    Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
+}
+
+/// The same as [`schedule_lrs_gpu`], on the CPU twin of the kernel.
+pub fn schedule_lrs_cpu(config: &AdamWConfig, base_lr: f64, steps: &[u32]) -> Result<Vec<f32>> {
+    config.validate()?;
+    let g = Globals::new(config, 1);
+    steps
+        .iter()
+        .map(|&s| {
+            if s == 0 {
+                return Err(Error::ShapeMismatch("steps are 1-based".into()));
+            }
+            Ok(twin::schedule_lr(
+                &g,
+                base_lr as f32,
+                (s - 1) / g.steps_per_epoch,
+            ))
+        })
+        .collect()
+}
