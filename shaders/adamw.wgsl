@@ -17,11 +17,11 @@ struct Globals {
     period: u32,          // t_max | t_0 | warmup_steps
     t_mult: u32,
     total_steps: u32,
-    cycles2: u32,         // 2 * num_cycles when that is an integer in [0, 65535], else 0xffffffff
+    cycles_num: u32,      // 2 * num_cycles = cycles_num / 2^cycles_shift
     flags: u32,           // bit 0: amsgrad, bit 1: maximize
     n_groups: u32,
     eta_min: f32,
-    cycles2_f: f32,       // 2 * num_cycles
+    cycles_shift: u32,
     eps: f32,
     beta1: f32,
     beta2: f32,
@@ -133,21 +133,22 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
     return vec2<u32>(hi, lo);
 }
 
-// (hi * 2^32 + lo) divided by m > 0: (quotient is odd, remainder). Bit-serial long division.
-fn divmod_parity(hi: u32, lo: u32, m: u32) -> vec2<u32> {
+// (hi * 2^32 + lo) divided by m > 0: (low 32 bits of the quotient, remainder).
+// Bit-serial long division.
+fn divmod64(hi: u32, lo: u32, m: u32) -> vec2<u32> {
     var rem = 0u;
-    var q_bit = 0u;
+    var q = 0u;
     for (var i = 0u; i < 64u; i++) {
         let bit = select((lo >> (63u - i)) & 1u, (hi >> (31u - i)) & 1u, i < 32u);
         let carry = rem >> 31u;
         rem = (rem << 1u) | bit;
-        q_bit = 0u;
+        q = q << 1u;
         if (carry == 1u || rem >= m) {
             rem = rem - m;
-            q_bit = 1u;
+            q = q | 1u;
         }
     }
-    return vec2<u32>(q_bit, rem);
+    return vec2<u32>(q, rem);
 }
 
 // ---------------------------------------------------------------- exact fused multiply-add
@@ -250,24 +251,24 @@ fn schedule_factor(epoch: u32) -> f32 {
                 return f32(epoch) / f32(w);
             }
             let span = select(1u, g.total_steps - w, g.total_steps > w);
+            // Phase pi * (2 num_cycles) * k / span, with 2 num_cycles = cycles_num / 2^cycles_shift
+            // (exact for integers and dyadic values, else to 2^-32): with
+            // cycles_num * k = Q * span + R, the phase is pi * (Q + R/span) / 2^shift, reduced
+            // modulo 2 pi in integers.
             let k = epoch - w;
-            if (g.cycles2 != 0xffffffffu) {
-                // phase pi * m * k / span with m = 2 * num_cycles an integer: reduce in integers.
-                let q = k / span;
-                let rem = k % span;
-                let wide = mul_wide(g.cycles2, rem);
-                let qr = divmod_parity(wide.x, wide.y, span);
-                let n_odd = ((g.cycles2 & q & 1u) ^ qr.x) == 1u;
-                return cos_sq_phase(n_odd, qr.y, span);
+            let wide = mul_wide(g.cycles_num, k);
+            let qr = divmod64(wide.x, wide.y, span);
+            let sh = g.cycles_shift;
+            let q = qr.x & ((2u << sh) - 1u);
+            let low = q & ((1u << sh) - 1u);
+            let r = f32(qr.y) / f32(span);
+            let a = f32(low) + r;
+            let d = f32(((1u << sh) - 1u) - low) + f32(span - qr.y) / f32(span);
+            let b = f32(1u << sh);
+            if ((q >> sh) == 1u) {
+                return cos_sq_half_pi(d, a, b);
             }
-            let y = g.cycles2_f * (f32(k) / f32(span));
-            let n = floor(y);
-            let frac = y - n;
-            let n_odd = (u32(n) & 1u) == 1u;
-            if (n_odd) {
-                return cos_sq_half_pi(1.0 - frac, frac, 1.0);
-            }
-            return cos_sq_half_pi(frac, 1.0 - frac, 1.0);
+            return cos_sq_half_pi(a, d, b);
         }
         default: {
             return 1.0;

@@ -17,8 +17,6 @@ pub const FLAG_AMSGRAD: u32 = 1;
 pub const FLAG_MAXIMIZE: u32 = 2;
 /// Words at the start of the `meta` buffer that hold the step counters.
 pub const COUNTER_WORDS: u32 = 8;
-/// Value of `Globals::cycles2` when `2 * num_cycles` is not a small integer.
-pub const CYCLES2_NOT_INTEGER: u32 = u32::MAX;
 /// Stand-in for `ln(0)` when a beta is 0 (keeps infinities out of the shader).
 const LN_ZERO: f32 = -1.0e4;
 
@@ -37,16 +35,16 @@ pub struct Globals {
     pub t_mult: u32,
     /// `total_steps` of warmup + cosine.
     pub total_steps: u32,
-    /// `2 * num_cycles` when it is an integer in `0..=65535`, else [`CYCLES2_NOT_INTEGER`].
-    pub cycles2: u32,
+    /// `2 * num_cycles = cycles_num / 2^cycles_shift` (warmup + cosine).
+    pub cycles_num: u32,
     /// [`FLAG_AMSGRAD`] | [`FLAG_MAXIMIZE`].
     pub flags: u32,
     /// Number of param groups.
     pub n_groups: u32,
     /// `eta_min` of the cosine schedules.
     pub eta_min: f32,
-    /// `2 * num_cycles` as f32.
-    pub cycles2_f: f32,
+    /// See `cycles_num`.
+    pub cycles_shift: u32,
     /// eps.
     pub eps: f32,
     /// beta1 rounded to f32.
@@ -95,7 +93,6 @@ impl Globals {
             lerp_big_coeff: omb1 - 1.0,
             ln_beta1: ln(b1),
             ln_beta2: ln(b2),
-            cycles2: CYCLES2_NOT_INTEGER,
             ..Default::default()
         };
         match config.schedule {
@@ -123,15 +120,22 @@ impl Globals {
                 g.kind = 3;
                 g.period = warmup_steps;
                 g.total_steps = total_steps;
-                let m = 2.0 * num_cycles;
-                g.cycles2_f = m as f32;
-                if m.fract() == 0.0 && (0.0..=65535.0).contains(&m) {
-                    g.cycles2 = m as u32;
-                }
+                (g.cycles_num, g.cycles_shift) = dyadic(2.0 * num_cycles);
             }
         }
         g
     }
+}
+
+/// `(num, shift)` with `num / 2^shift` the closest such fraction to `x` (0 <= x < 2^32),
+/// `num < 2^32`, `shift <= 31` as large as possible: exact for integers and dyadic rationals.
+pub fn dyadic(x: f64) -> (u32, u32) {
+    let mut shift = 31;
+    while shift > 0 && (x * f64::from(1u32 << shift)).round() >= 4294967296.0 {
+        shift -= 1;
+    }
+    let num = (x * f64::from(1u32 << shift)).round().min(4294967295.0);
+    (num as u32, shift)
 }
 
 /// The `DispatchInfo` uniform of one `update` dispatch: which chunks of the chunk table it

@@ -165,20 +165,22 @@ pub fn schedule_factor(g: &Globals, epoch: u32) -> f32 {
                 1
             };
             let k = epoch - w;
-            if g.cycles2 != u32::MAX {
-                let q = k / span;
-                let rem = k % span;
-                let wide = u64::from(g.cycles2) * u64::from(rem);
-                let n_odd = ((g.cycles2 & q & 1) as u64 ^ ((wide / u64::from(span)) & 1)) == 1;
-                return cos_sq_phase(n_odd, (wide % u64::from(span)) as u32, span);
+            let wide = u64::from(g.cycles_num) * u64::from(k);
+            let (q, rem) = (
+                (wide / u64::from(span)) as u32,
+                (wide % u64::from(span)) as u32,
+            );
+            let sh = g.cycles_shift;
+            let q = q & (2u32 << sh).wrapping_sub(1);
+            let low = q & ((1u32 << sh) - 1);
+            let r = rem as f32 / span as f32;
+            let a = low as f32 + r;
+            let d = (((1u32 << sh) - 1) - low) as f32 + (span - rem) as f32 / span as f32;
+            let b = (1u32 << sh) as f32;
+            if q >> sh == 1 {
+                return cos_sq_half_pi(d, a, b);
             }
-            let y = g.cycles2_f * (k as f32 / span as f32);
-            let n = y.floor();
-            let frac = y - n;
-            if (n as u32) & 1 == 1 {
-                return cos_sq_half_pi(1.0 - frac, frac, 1.0);
-            }
-            cos_sq_half_pi(frac, 1.0 - frac, 1.0)
+            cos_sq_half_pi(a, d, b)
         }
         _ => 1.0,
     }

@@ -1,0 +1,347 @@
+//! The fused kernel against its CPU twin: randomized shapes and hyperparameters, K steps per
+//! submit, splitting across bindings, and the engine-buffer registration rules.
+
+mod common;
+
+use common::{read_f32, storage_buffer, Rng};
+use wgpu_adamw::{
+    AdamWConfig, CpuAdamW, CpuParamGroup, Error, GpuAdamW, GpuOptions, GroupConfig, ParamGroup,
+    Schedule, TensorBinding,
+};
+
+/// A random model: groups of tensors laid out in one param arena and one grad arena at
+/// random (4-byte aligned, often unaligned to 16) offsets.
+struct Model {
+    groups: Vec<(GroupConfig, Vec<(u64, usize)>)>, // (offset in elements, len)
+    total: usize,
+}
+
+fn random_model(rng: &mut Rng, max_len: u64) -> Model {
+    let mut groups = Vec::new();
+    let mut at = rng.range(0, 5);
+    for _ in 0..rng.range(1, 4) {
+        let gc = GroupConfig {
+            lr: (rng.unit() < 0.5).then(|| 10f64.powf(-2.0 - 2.0 * rng.unit())),
+            weight_decay: (rng.unit() < 0.5).then(|| rng.unit() * 0.2),
+        };
+        let mut tensors = Vec::new();
+        for _ in 0..rng.range(1, 8) {
+            let len = rng.range(1, max_len) as usize;
+            tensors.push((at, len));
+            at += len as u64 + rng.range(0, 7);
+        }
+        groups.push((gc, tensors));
+    }
+    Model {
+        groups,
+        total: at as usize + 3,
+    }
+}
+
+fn random_config(rng: &mut Rng) -> AdamWConfig {
+    let schedule = match rng.range(0, 4) {
+        0 => Schedule::Constant,
+        1 => Schedule::Cosine {
+            t_max: rng.range(1, 20) as u32,
+            eta_min: 1e-5 * rng.unit(),
+        },
+        2 => Schedule::CosineWarmRestarts {
+            t_0: rng.range(1, 6) as u32,
+            t_mult: rng.range(1, 4) as u32,
+            eta_min: 1e-5 * rng.unit(),
+        },
+        _ => {
+            let w = rng.range(0, 5) as u32;
+            Schedule::WarmupCosine {
+                warmup_steps: w,
+                total_steps: w + rng.range(0, 20) as u32,
+                num_cycles: [0.5, 1.0, 0.3, 2.5][rng.range(0, 4) as usize],
+            }
+        }
+    };
+    AdamWConfig::default()
+        .with_lr(10f64.powf(-1.0 - 3.0 * rng.unit()))
+        .with_betas(
+            [0.9, 0.5, 0.3, 0.0][rng.range(0, 4) as usize],
+            [0.999, 0.95, 0.9999][rng.range(0, 3) as usize],
+        )
+        .with_eps([1e-8, 1e-6, 1e-3][rng.range(0, 3) as usize])
+        .with_weight_decay(rng.unit() * 0.1)
+        .with_amsgrad(rng.unit() < 0.5)
+        .with_maximize(rng.unit() < 0.3)
+        .with_schedule(schedule)
+        .with_steps_per_epoch(rng.range(1, 4) as u32)
+}
+
+/// Relative agreement expected between the kernel and its twin: the same formulas, where only
+/// WGSL's division and sqrt (2.5 ulp allowed) may round differently from the CPU's.
+fn close(gpu: f32, cpu: f32) -> bool {
+    gpu == cpu || (gpu - cpu).abs() <= 4e-6 * cpu.abs().max(1e-30) + 1e-30
+}
+
+fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_per_submit: usize) {
+    let ctx = common::gpu();
+    let mut rng = Rng(seed);
+    let model = random_model(&mut rng, max_len);
+    let config = random_config(&mut rng);
+    let init: Vec<f32> = (0..model.total).map(|_| rng.normal()).collect();
+    let pbuf = storage_buffer(&ctx.device, &ctx.queue, &init);
+    let gbuf = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; model.total]);
+    let gpu_groups = model
+        .groups
+        .iter()
+        .map(|(gc, ts)| ParamGroup {
+            config: *gc,
+            tensors: ts
+                .iter()
+                .map(|&(off, len)| TensorBinding {
+                    param: pbuf.clone(),
+                    param_offset: off * 4,
+                    grad: gbuf.clone(),
+                    grad_offset: off * 4,
+                    len: len as u64,
+                })
+                .collect(),
+        })
+        .collect();
+    let opt = GpuAdamW::with_options(&ctx.device, &ctx.queue, config, gpu_groups, options).unwrap();
+    if options.max_binding_size.is_some() {
+        assert!(
+            opt.dispatches_per_step() > 1,
+            "the split case should need several bindings"
+        );
+    }
+    let cpu_groups = model
+        .groups
+        .iter()
+        .map(|(gc, ts)| CpuParamGroup {
+            config: *gc,
+            lens: ts.iter().map(|t| t.1).collect(),
+        })
+        .collect();
+    let mut cpu = CpuAdamW::new(config, cpu_groups).unwrap();
+    let mut host = init.clone();
+    let offsets: Vec<(u64, usize)> = model.groups.iter().flat_map(|g| g.1.clone()).collect();
+    let mut step = 0;
+    while step < steps {
+        // Gradients for `steps_per_submit` steps go to separate buffers, copied into the grad
+        // arena between the steps of one command encoder.
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut keep = Vec::new();
+        for _ in 0..steps_per_submit.min(steps - step) {
+            let grads = rng.grads(model.total);
+            let staging = storage_buffer(&ctx.device, &ctx.queue, &grads);
+            encoder.copy_buffer_to_buffer(&staging, 0, &gbuf, 0, model.total as u64 * 4);
+            opt.encode_step(&mut encoder);
+            keep.push(staging);
+            let gs: Vec<&[f32]> = offsets
+                .iter()
+                .map(|&(o, l)| &grads[o as usize..o as usize + l])
+                .collect();
+            let mut ps: Vec<Vec<f32>> = offsets
+                .iter()
+                .map(|&(o, l)| host[o as usize..o as usize + l].to_vec())
+                .collect();
+            let mut views: Vec<&mut [f32]> = ps.iter_mut().map(|v| v.as_mut_slice()).collect();
+            cpu.step(&mut views, &gs).unwrap();
+            for (&(o, l), p) in offsets.iter().zip(&ps) {
+                host[o as usize..o as usize + l].copy_from_slice(p);
+            }
+            step += 1;
+        }
+        ctx.queue.submit([encoder.finish()]);
+    }
+    let got = read_f32(&ctx, &pbuf, 0, model.total);
+    for (i, (&g, &c)) in got.iter().zip(&host).enumerate() {
+        assert!(
+            close(g, c),
+            "seed {seed} {config:?}: param {i}: gpu {g} cpu {c}"
+        );
+    }
+    let gs = opt.state().unwrap();
+    let cs = cpu.state();
+    assert_eq!(gs.counters, cs.counters);
+    for (t, (a, b)) in gs.tensors.iter().zip(&cs.tensors).enumerate() {
+        for (x, y) in a
+            .exp_avg
+            .iter()
+            .zip(&b.exp_avg)
+            .chain(a.exp_avg_sq.iter().zip(&b.exp_avg_sq))
+        {
+            assert!(
+                close(*x, *y),
+                "seed {seed}: tensor {t}: moment gpu {x} cpu {y}"
+            );
+        }
+        if let (Some(a), Some(b)) = (&a.max_exp_avg_sq, &b.max_exp_avg_sq) {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    close(*x, *y),
+                    "seed {seed}: tensor {t}: max_exp_avg_sq gpu {x} cpu {y}"
+                );
+            }
+        }
+    }
+    for (g, c) in opt.read_lr().unwrap().iter().zip(cpu.lr()) {
+        assert!(close(*g, c), "seed {seed}: lr gpu {g} cpu {c}");
+    }
+}
+
+#[test]
+fn randomized_models_match_the_cpu_twin() {
+    for seed in 1..=12 {
+        run_case(seed, GpuOptions::default(), 3000, 7, 1);
+    }
+}
+
+#[test]
+fn many_steps_in_one_submit_match_the_cpu_twin() {
+    for seed in 100..104 {
+        run_case(seed, GpuOptions::default(), 2000, 9, 4);
+    }
+}
+
+#[test]
+fn tensors_larger_than_a_binding_are_split() {
+    // A 64 KiB binding limit: windows of 64 KiB over the arenas, pieces of <= 8K elements,
+    // several state arenas; tensors up to 40K elements cross many windows.
+    let options = GpuOptions {
+        max_binding_size: Some(64 << 10),
+    };
+    for seed in 200..203 {
+        run_case(seed, options, 40_000, 3, 2);
+    }
+}
+
+/// K steps recorded into one encoder and submitted once equal K submitted steps, bit for bit.
+#[test]
+fn k_steps_per_submit_are_bit_identical_to_k_submits() {
+    let ctx = common::gpu();
+    let mut rng = Rng(7);
+    let n = 5000;
+    let init: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let grads = rng.grads(n);
+    let config =
+        AdamWConfig::default()
+            .with_amsgrad(true)
+            .with_schedule(Schedule::CosineWarmRestarts {
+                t_0: 2,
+                t_mult: 2,
+                eta_min: 1e-5,
+            });
+    let run = |per_submit: usize| {
+        let p = storage_buffer(&ctx.device, &ctx.queue, &init);
+        let g = storage_buffer(&ctx.device, &ctx.queue, &grads);
+        let opt = GpuAdamW::new(
+            &ctx.device,
+            &ctx.queue,
+            config,
+            vec![ParamGroup {
+                tensors: vec![TensorBinding::whole(&p, &g)],
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        for _ in 0..16 / per_submit {
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            for _ in 0..per_submit {
+                opt.encode_step(&mut encoder);
+            }
+            ctx.queue.submit([encoder.finish()]);
+        }
+        (
+            read_f32(&ctx, &p, 0, n),
+            opt.state().unwrap(),
+            opt.read_lr().unwrap(),
+        )
+    };
+    let one = run(1);
+    let sixteen = run(16);
+    assert_eq!(one.1.counters.adam, 16);
+    assert_eq!(
+        one.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        sixteen.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(one.1, sixteen.1);
+    assert_eq!(one.2, sixteen.2);
+}
+
+#[test]
+fn dispatches_do_not_grow_with_the_number_of_tensors() {
+    let ctx = common::gpu();
+    let n_tensors = 300;
+    let total = n_tensors * 37;
+    let p = storage_buffer(&ctx.device, &ctx.queue, &vec![1.0; total]);
+    let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.5; total]);
+    let tensors = (0..n_tensors as u64)
+        .map(|i| TensorBinding {
+            param: p.clone(),
+            param_offset: i * 148,
+            grad: g.clone(),
+            grad_offset: i * 148,
+            len: 37,
+        })
+        .collect();
+    let opt = GpuAdamW::new(
+        &ctx.device,
+        &ctx.queue,
+        AdamWConfig::default(),
+        vec![ParamGroup {
+            tensors,
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    assert_eq!(opt.num_tensors(), n_tensors);
+    assert_eq!(opt.dispatches_per_step(), 1);
+}
+
+#[test]
+fn bad_registrations_are_typed_errors() {
+    let ctx = common::gpu();
+    let p = storage_buffer(&ctx.device, &ctx.queue, &[0.0; 64]);
+    let g = storage_buffer(&ctx.device, &ctx.queue, &[0.0; 64]);
+    let uniform_only = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 256,
+        usage: wgpu::BufferUsages::UNIFORM,
+        mapped_at_creation: false,
+    });
+    let t =
+        |param: &wgpu::Buffer, param_offset, grad: &wgpu::Buffer, grad_offset, len| TensorBinding {
+            param: param.clone(),
+            param_offset,
+            grad: grad.clone(),
+            grad_offset,
+            len,
+        };
+    let cases = vec![
+        vec![t(&p, 2, &g, 0, 4)],                       // unaligned offset
+        vec![t(&p, 0, &g, 0, 65)],                      // past the end
+        vec![t(&p, 0, &g, 200, 16)],                    // grad range past the end
+        vec![t(&uniform_only, 0, &g, 0, 4)],            // no STORAGE usage
+        vec![t(&p, 0, &g, 0, 8), t(&p, 16, &g, 64, 8)], // overlapping params
+    ];
+    for tensors in cases {
+        let r = GpuAdamW::new(
+            &ctx.device,
+            &ctx.queue,
+            AdamWConfig::default(),
+            vec![ParamGroup {
+                tensors,
+                ..Default::default()
+            }],
+        );
+        assert!(matches!(r, Err(Error::InvalidTensor { .. })), "{r:?}");
+    }
+    let r = GpuAdamW::new(
+        &ctx.device,
+        &ctx.queue,
+        AdamWConfig::default().with_betas(1.0, 0.999),
+        vec![],
+    );
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { name: "betas", .. })),
+        "{r:?}"
+    );
+}
