@@ -1,0 +1,266 @@
+//! The `wgpu-adamw` binary end to end: exit statuses, output files, schedules.
+
+use safetensors::tensor::{Dtype, TensorView};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data")
+        .join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgpu-adamw"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wgpu-adamw-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn replay_passes_every_trace_on_both_backends_with_a_checkpoint() {
+    for trace in [
+        "cosine_default",
+        "cosine_amsgrad_groups",
+        "warm_restarts",
+        "warmup_cosine_epochs",
+    ] {
+        for backend in ["gpu", "cpu"] {
+            let path = data(&format!("{trace}.safetensors"));
+            let o = run(&[
+                "replay",
+                path.to_str().unwrap(),
+                "--backend",
+                backend,
+                "--checkpoint-at",
+                "17",
+            ]);
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{trace} {backend}: {stdout}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(stdout.contains("PASS"), "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn replay_writes_results_under_the_traces_names() {
+    let out = tmp("out.safetensors");
+    let o = run(&[
+        "replay",
+        data("cosine_amsgrad_groups.safetensors").to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let trace_bytes = std::fs::read(data("cosine_amsgrad_groups.safetensors")).unwrap();
+    let trace = safetensors::SafeTensors::deserialize(&trace_bytes).unwrap();
+    for name in [
+        "final/emb",
+        "final_exp_avg/proj",
+        "final_exp_avg_sq/ln",
+        "final_max_exp_avg_sq/bias",
+        "lr/0",
+        "lr/1",
+    ] {
+        let (a, b) = (st.tensor(name).unwrap(), trace.tensor(name).unwrap());
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
+    }
+    // The lr the device used at each step is PyTorch's to within the format's tolerance.
+    let lr: Vec<f64> = st
+        .tensor("lr/1")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let want: Vec<f64> = trace
+        .tensor("lr/1")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for (x, t) in lr.iter().zip(&want) {
+        assert!((x - t).abs() <= 1e-6 * t.abs() + 1e-9 * 1e-3, "{x} vs {t}");
+    }
+    std::fs::remove_file(&out).unwrap();
+}
+
+#[test]
+fn replay_exits_1_outside_tolerance() {
+    // The same trace with one recorded final parameter moved by 1e-4.
+    let bytes = std::fs::read(data("warm_restarts.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    let w = owned.iter_mut().find(|t| t.0 == "final/w").unwrap();
+    let x = f32::from_le_bytes(w.3[..4].try_into().unwrap()) + 1e-4;
+    w.3[..4].copy_from_slice(&x.to_le_bytes());
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let path = tmp("moved.safetensors");
+    safetensors::serialize_to_file(views, meta.metadata().clone(), &path).unwrap();
+    let o = run(&["replay", path.to_str().unwrap(), "--backend", "cpu"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("w[0]"));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn unusable_input_exits_2_with_one_line() {
+    let garbage = tmp("garbage.safetensors");
+    std::fs::write(
+        &garbage,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
+    let missing = tmp("missing.safetensors");
+    for args in [
+        vec!["replay", garbage.to_str().unwrap(), "--backend", "cpu"],
+        vec!["replay", missing.to_str().unwrap(), "--backend", "cpu"],
+        vec![
+            "schedule",
+            "--schedule",
+            "{\"kind\":\"linear\"}",
+            "--base-lr",
+            "1",
+            "--steps",
+            "1",
+            "--backend",
+            "cpu",
+        ],
+        vec![
+            "schedule",
+            "--schedule",
+            "{\"kind\":\"cosine\",\"t_max\":0}",
+            "--base-lr",
+            "1",
+            "--steps",
+            "1",
+            "--backend",
+            "cpu",
+        ],
+        vec![
+            "schedule",
+            "--schedule",
+            "{\"kind\":\"constant\"}",
+            "--base-lr",
+            "1",
+            "--steps",
+            "0",
+            "--backend",
+            "cpu",
+        ],
+        vec![
+            "schedule",
+            "--schedule",
+            "{\"kind\":\"constant\"}",
+            "--base-lr",
+            "1",
+            "--steps",
+            "4294967296",
+            "--backend",
+            "cpu",
+        ],
+    ] {
+        let o = run(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+    std::fs::remove_file(&garbage).unwrap();
+}
+
+#[test]
+fn schedule_prints_the_devices_lr_per_step() {
+    let json = r#"{"kind":"cosine","t_max":10,"eta_min":0.0}"#;
+    for backend in ["gpu", "cpu"] {
+        let o = run(&[
+            "schedule",
+            "--schedule",
+            json,
+            "--base-lr",
+            "0.5",
+            "--steps",
+            "1..3,11,21,4294967295",
+            "--backend",
+            backend,
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        let rows: Vec<(u64, f64)> = text
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (s, lr) = l.split_once(',').unwrap();
+                (s.parse().unwrap(), lr.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [1, 2, 3, 11, 21, 4294967295]
+        );
+        for (s, lr) in rows {
+            let e = ((s - 1) % 20) as f64;
+            let want = 0.5 * (1.0 + (std::f64::consts::PI * e / 10.0).cos()) / 2.0;
+            assert!(
+                (lr - want).abs() <= 1e-6 * want + 1e-9 * 0.5,
+                "{backend} step {s}: {lr} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_adapter_is_one_line_naming_the_software_adapter() {
+    // Hide every Vulkan driver: wgpu then finds no adapter at all.
+    let o = Command::new(env!("CARGO_BIN_EXE_wgpu-adamw"))
+        .args([
+            "replay",
+            data("warm_restarts.safetensors").to_str().unwrap(),
+        ])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("WGPU_BACKEND", "vulkan")
+        .env("VK_DRIVER_FILES", "/nonexistent.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("mesa-vulkan-drivers") && stderr.contains("--backend cpu"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,156 @@
+//! The WGSL itself: naga validates it, its uniform structs match the Rust ones byte for byte,
+//! and the numerical building blocks of the CPU twin are checked against f64.
+
+mod common;
+
+use common::Rng;
+use std::mem::{offset_of, size_of};
+use wgpu_adamw::kernel::{dyadic, DispatchInfo, Globals, SHADER_SOURCE};
+use wgpu_adamw::twin;
+
+fn module() -> naga::Module {
+    naga::front::wgsl::parse_str(SHADER_SOURCE).expect("the WGSL parses")
+}
+
+#[test]
+fn naga_validates_the_shader() {
+    let m = module();
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&m)
+    .expect("the WGSL validates without optional capabilities");
+    let entries: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
+    for e in ["prologue", "update", "schedule_probe"] {
+        assert!(entries.contains(&e), "{e} missing");
+    }
+}
+
+fn wgsl_layout(name: &str) -> (Vec<(String, u32)>, u32) {
+    let m = module();
+    let (_, ty) = m
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))
+        .unwrap();
+    match &ty.inner {
+        naga::TypeInner::Struct { members, span } => (
+            members
+                .iter()
+                .map(|mb| (mb.name.clone().unwrap(), mb.offset))
+                .collect(),
+            *span,
+        ),
+        other => panic!("{name} is {other:?}"),
+    }
+}
+
+#[test]
+fn globals_layout_matches_the_shader() {
+    let (members, span) = wgsl_layout("Globals");
+    assert_eq!(span as usize, size_of::<Globals>());
+    let rust: &[(&str, usize)] = &[
+        ("kind", offset_of!(Globals, kind)),
+        ("steps_per_epoch", offset_of!(Globals, steps_per_epoch)),
+        ("period", offset_of!(Globals, period)),
+        ("t_mult", offset_of!(Globals, t_mult)),
+        ("total_steps", offset_of!(Globals, total_steps)),
+        ("cycles_num", offset_of!(Globals, cycles_num)),
+        ("flags", offset_of!(Globals, flags)),
+        ("n_groups", offset_of!(Globals, n_groups)),
+        ("eta_min", offset_of!(Globals, eta_min)),
+        ("cycles_shift", offset_of!(Globals, cycles_shift)),
+        ("eps", offset_of!(Globals, eps)),
+        ("beta1", offset_of!(Globals, beta1)),
+        ("beta2", offset_of!(Globals, beta2)),
+        ("one_minus_beta1", offset_of!(Globals, one_minus_beta1)),
+        ("one_minus_beta2", offset_of!(Globals, one_minus_beta2)),
+        ("lerp_big_coeff", offset_of!(Globals, lerp_big_coeff)),
+        ("ln_beta1", offset_of!(Globals, ln_beta1)),
+        ("ln_beta2", offset_of!(Globals, ln_beta2)),
+        ("groups_at", offset_of!(Globals, groups_at)),
+        ("scalars_at", offset_of!(Globals, scalars_at)),
+        ("chunks_at", offset_of!(Globals, chunks_at)),
+        ("zero", offset_of!(Globals, zero)),
+    ];
+    let named: Vec<(String, u32)> = members
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with('_'))
+        .collect();
+    assert_eq!(named.len(), rust.len(), "{named:?}");
+    for ((wn, wo), (rn, ro)) in named.iter().zip(rust) {
+        assert_eq!((wn.as_str(), *wo as usize), (*rn, *ro));
+    }
+}
+
+#[test]
+fn dispatch_info_layout_matches_the_shader() {
+    let (members, span) = wgsl_layout("DispatchInfo");
+    assert_eq!(span as usize, size_of::<DispatchInfo>());
+    let rust = [
+        ("first_chunk", offset_of!(DispatchInfo, first_chunk)),
+        ("n_chunks", offset_of!(DispatchInfo, n_chunks)),
+        ("grid_x", offset_of!(DispatchInfo, grid_x)),
+    ];
+    for ((wn, wo), (rn, ro)) in members.iter().zip(rust) {
+        assert_eq!((wn.as_str(), *wo as usize), (rn, ro));
+    }
+}
+
+#[test]
+fn emulated_fma_is_correctly_rounded() {
+    let mut rng = Rng(99);
+    let mut f = |rng: &mut Rng| {
+        let e = 100 + rng.range(0, 50) as u32; // 2^-27 .. 2^22: no overflow, no subnormals
+        f32::from_bits((rng.next_u64() as u32 & 0x807f_ffff) | (e << 23))
+    };
+    for _ in 0..1_000_000 {
+        let (a, b, c) = (f(&mut rng), f(&mut rng), f(&mut rng));
+        assert_eq!(
+            twin::fma_exact(a, b, c).to_bits(),
+            a.mul_add(b, c).to_bits(),
+            "{a:e} * {b:e} + {c:e}"
+        );
+    }
+    assert_eq!(twin::fma_exact(0.0, 3.0, -2.5), -2.5);
+    assert_eq!(twin::fma_exact(0.1, -0.7, 0.0), 0.1f32.mul_add(-0.7, 0.0));
+}
+
+#[test]
+fn bias_corrections_are_relatively_accurate() {
+    // 1 - beta^t = -expm1(t ln beta), against f64, from t = 1 (where it cancels) to 2^32 - 1.
+    for beta in [0.9f64, 0.95, 0.999, 0.9999, 0.5] {
+        let ln = beta.ln() as f32;
+        for t in (1..2000u64).chain([1 << 20, 1 << 24, (1 << 24) + 1, 4_294_967_295]) {
+            let got = -twin::expm1_neg(t as f32 * ln);
+            let want = -(t as f32 as f64 * f64::from(ln)).exp_m1();
+            assert!(
+                ((f64::from(got) - want) / want).abs() < 4e-7,
+                "beta {beta} t {t}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn polynomials_match_f64() {
+    for i in 0..=10_000 {
+        let t = std::f32::consts::FRAC_PI_4 * i as f32 / 10_000.0;
+        assert!(
+            (f64::from(twin::sin_poly(t)) - f64::from(t).sin()).abs()
+                < 1.2e-7 * f64::from(t).sin().max(1e-30) + 1e-30
+        );
+        assert!((f64::from(twin::cos_poly(t)) - f64::from(t).cos()).abs() < 1.2e-7);
+    }
+}
+
+#[test]
+fn dyadic_cycles_are_exact_or_close() {
+    assert_eq!(dyadic(1.0), (1 << 31, 31));
+    assert_eq!(dyadic(3.0), (3 << 30, 30));
+    let (n, s) = dyadic(0.6);
+    assert!((f64::from(n) / f64::from(1u32 << s) - 0.6).abs() <= 2f64.powi(-32));
+    let (n, s) = dyadic(70_000.0);
+    assert_eq!(f64::from(n) / f64::from(1u32 << s), 70_000.0);
+}
