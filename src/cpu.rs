@@ -269,17 +269,18 @@ fn update_slice(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             unsafe { update_slice_avx2(g, s, p, grad, m, v, vmax) };
             return;
         }
     }
-    update_slice_generic(g, s, p, grad, m, v, vmax);
+    update_slice_generic::<false>(g, s, p, grad, m, v, vmax);
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn update_slice_avx2(
     g: &Globals,
     s: &StepScalars,
@@ -289,12 +290,13 @@ unsafe fn update_slice_avx2(
     v: &mut [f32],
     vmax: Option<&mut [f32]>,
 ) {
-    update_slice_generic(g, s, p, grad, m, v, vmax);
+    update_slice_generic::<true>(g, s, p, grad, m, v, vmax);
 }
 
 /// Dispatches on the loop-invariant flags so that each loop body is branch-free.
+/// `HW_FMA`: the target has a hardware fma (see [`update_run`]).
 #[inline(always)]
-fn update_slice_generic(
+fn update_slice_generic<const HW_FMA: bool>(
     g: &Globals,
     s: &StepScalars,
     p: &mut [f32],
@@ -306,23 +308,69 @@ fn update_slice_generic(
     let maximize = g.flags & FLAG_MAXIMIZE != 0;
     let small = g.one_minus_beta1 < 0.5;
     let vmax = vmax.filter(|_| g.flags & FLAG_AMSGRAD != 0);
+    // The hardware fma equals the emulated one for a coefficient in this range and the
+    // operands `fma_fast_ok` checks (see there).
+    let coeff = if small {
+        g.one_minus_beta1
+    } else {
+        g.lerp_big_coeff
+    };
+    let fast = HW_FMA && (FMA_COEFF_MIN..=FMA_COEFF_MAX).contains(&coeff.abs());
+    macro_rules! go {
+        ($ams:literal, $max:literal, $small:literal, $x:expr) => {
+            if fast {
+                update_run::<$ams, $max, $small, HW_FMA>(g, s, p, grad, m, v, $x)
+            } else {
+                update_run::<$ams, $max, $small, false>(g, s, p, grad, m, v, $x)
+            }
+        };
+    }
     match (vmax, maximize, small) {
-        (Some(x), false, true) => update_run::<true, false, true>(g, s, p, grad, m, v, x),
-        (Some(x), false, false) => update_run::<true, false, false>(g, s, p, grad, m, v, x),
-        (Some(x), true, true) => update_run::<true, true, true>(g, s, p, grad, m, v, x),
-        (Some(x), true, false) => update_run::<true, true, false>(g, s, p, grad, m, v, x),
-        (None, false, true) => update_run::<false, false, true>(g, s, p, grad, m, v, &mut []),
-        (None, false, false) => update_run::<false, false, false>(g, s, p, grad, m, v, &mut []),
-        (None, true, true) => update_run::<false, true, true>(g, s, p, grad, m, v, &mut []),
-        (None, true, false) => update_run::<false, true, false>(g, s, p, grad, m, v, &mut []),
+        (Some(x), false, true) => go!(true, false, true, x),
+        (Some(x), false, false) => go!(true, false, false, x),
+        (Some(x), true, true) => go!(true, true, true, x),
+        (Some(x), true, false) => go!(true, true, false, x),
+        (None, false, true) => go!(false, false, true, &mut []),
+        (None, false, false) => go!(false, false, false, &mut []),
+        (None, true, true) => go!(false, true, true, &mut []),
+        (None, true, false) => go!(false, true, false, &mut []),
     }
 }
 
+/// Range of `|coeff|` (the lerp weight) for which the hardware fma may stand in for
+/// [`twin::fma_exact`].
+const FMA_COEFF_MIN: f32 = 1.0 / 256.0;
+const FMA_COEFF_MAX: f32 = 4.0;
+/// Smallest `|b|`: with `|coeff| >= 2^-8`, every partial product of Dekker's `two_prod` has
+/// its lowest bit at or above `2^(-8 - 90 - 46) = 2^-144`, so it is exact.
+const FMA_B_MIN: f32 = 8.077_936e-28; // 2^-90
+/// Largest `|b|` and `|c|`: nothing in the emulation comes near overflow.
+const FMA_ABS_MAX: f32 = 1.267_650_6e30; // 2^100
+/// Smallest `|result|`: the result and the emulation's last additions stay normal.
+const FMA_RESULT_MIN: f32 = 7.888_609e-31; // 2^-100
+
+/// Whether `a.mul_add(b, c) == twin::fma_exact(a, b, c)` is guaranteed, for `|a|` in
+/// `FMA_COEFF_MIN..=FMA_COEFF_MAX` and `r = a.mul_add(b, c)`: the emulation (Dekker's exact
+/// product, then Boldo and Melquiond's sum with rounding to odd) is correctly rounded
+/// wherever no partial product underflows and nothing overflows or goes subnormal, which
+/// these bounds ensure. Zeros, subnormals, infinities and NaN take the emulated path.
+#[inline(always)]
+fn fma_fast_ok(b: f32, c: f32, r: f32) -> bool {
+    let (b, c, r) = (b.abs(), c.abs(), r.abs());
+    // `&`, not `&&`: no branches, so the check vectorizes.
+    (FMA_B_MIN..=FMA_ABS_MAX).contains(&b) & (c <= FMA_ABS_MAX) & (r >= FMA_RESULT_MIN)
+}
+
+/// Elements per block of [`update_run`]'s fast path (one AVX2 vector).
+const BLOCK: usize = 8;
+
 /// [`twin::update_element`] over a run, with its flags as constants. Keep the two in step:
-/// a test compares them bit for bit.
+/// a test compares them bit for bit. With `HW_FMA`, each block of [`BLOCK`] elements first
+/// tries the hardware fma and keeps it only when [`fma_fast_ok`] holds for every lane; else
+/// the block is recomputed with the emulated fma.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool>(
+fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool, const HW_FMA: bool>(
     g: &Globals,
     s: &StepScalars,
     p: &mut [f32],
@@ -334,34 +382,103 @@ fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool>(
     let n = p.len();
     let (grad, m, v) = (&grad[..n], &mut m[..n], &mut v[..n]);
     let vmax = if AMSGRAD { &mut vmax[..n] } else { vmax };
-    let (coeff, beta2, omb2, eps) = (
-        if SMALL {
-            g.one_minus_beta1
-        } else {
-            g.lerp_big_coeff
-        },
-        g.beta2,
-        g.one_minus_beta2,
-        g.eps,
-    );
-    let (decay, step_size, bc2_sqrt) = (s.decay, s.step_size, s.bc2_sqrt);
-    for i in 0..n {
+    let coeff = if SMALL {
+        g.one_minus_beta1
+    } else {
+        g.lerp_big_coeff
+    };
+    let k = Consts {
+        beta2: g.beta2,
+        omb2: g.one_minus_beta2,
+        eps: g.eps,
+        decay: s.decay,
+        step_size: s.step_size,
+        bc2_sqrt: s.bc2_sqrt,
+    };
+    let mut i = 0;
+    if HW_FMA {
+        while i + BLOCK <= n {
+            let mut new_m = [0f32; BLOCK];
+            let mut ok = true;
+            for j in 0..BLOCK {
+                let gr = if MAXIMIZE { -grad[i + j] } else { grad[i + j] };
+                let m_old = m[i + j];
+                let base = if SMALL { m_old } else { gr };
+                let b = gr - m_old;
+                let r = coeff.mul_add(b, base);
+                ok &= fma_fast_ok(b, base, r);
+                new_m[j] = r;
+            }
+            if !ok {
+                for (j, nm) in new_m.iter_mut().enumerate() {
+                    let gr = if MAXIMIZE { -grad[i + j] } else { grad[i + j] };
+                    let m_old = m[i + j];
+                    let base = if SMALL { m_old } else { gr };
+                    *nm = fma_exact(coeff, gr - m_old, base);
+                }
+            }
+            for (j, &mi) in new_m.iter().enumerate() {
+                let x = if AMSGRAD {
+                    Some(&mut vmax[i + j])
+                } else {
+                    None
+                };
+                finish::<MAXIMIZE>(
+                    &k,
+                    &mut p[i + j],
+                    grad[i + j],
+                    mi,
+                    &mut m[i + j],
+                    &mut v[i + j],
+                    x,
+                );
+            }
+            i += BLOCK;
+        }
+    }
+    for i in i..n {
         let gr = if MAXIMIZE { -grad[i] } else { grad[i] };
-        let pd = p[i] * decay;
         let m_old = m[i];
         let base = if SMALL { m_old } else { gr };
         let mi = fma_exact(coeff, gr - m_old, base);
-        let vi = v[i] * beta2 + omb2 * gr * gr;
-        let mut v_hat = vi;
-        if AMSGRAD {
-            v_hat = vmax[i].max(vi);
-            vmax[i] = v_hat;
-        }
-        let denom = v_hat.sqrt() / bc2_sqrt + eps;
-        p[i] = pd - step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
+        let x = if AMSGRAD { Some(&mut vmax[i]) } else { None };
+        finish::<MAXIMIZE>(&k, &mut p[i], grad[i], mi, &mut m[i], &mut v[i], x);
     }
+}
+
+/// The loop-invariant scalars of [`update_run`].
+struct Consts {
+    beta2: f32,
+    omb2: f32,
+    eps: f32,
+    decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+/// The rest of [`twin::update_element`] once the new `exp_avg` is known.
+#[inline(always)]
+fn finish<const MAXIMIZE: bool>(
+    k: &Consts,
+    p: &mut f32,
+    grad: f32,
+    mi: f32,
+    m: &mut f32,
+    v: &mut f32,
+    vmax: Option<&mut f32>,
+) {
+    let gr = if MAXIMIZE { -grad } else { grad };
+    let pd = *p * k.decay;
+    let vi = *v * k.beta2 + k.omb2 * gr * gr;
+    let mut v_hat = vi;
+    if let Some(x) = vmax {
+        v_hat = x.max(vi);
+        *x = v_hat;
+    }
+    let denom = v_hat.sqrt() / k.bc2_sqrt + k.eps;
+    *p = pd - k.step_size * (mi / denom);
+    *m = mi;
+    *v = vi;
 }
 
 /// [`twin::fma_exact`] with its rounding to odd written without a branch, so it vectorizes.
@@ -433,6 +550,41 @@ mod tests {
     }
 
     #[test]
+    fn hardware_fma_equals_the_emulation_where_allowed() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut checked = 0u32;
+        for &a in &[0.1f32, -0.9, 0.3, -0.7, 1.0 / 256.0, 4.0, 0.5, -0.5] {
+            for _ in 0..400_000 {
+                let r = rnd();
+                // Magnitudes over the whole allowed range, and near-cancelling pairs.
+                let b = f32::from_bits(
+                    (r as u32 & 0x807f_ffff) | ((((r >> 32) % 200) as u32 + 27) << 23),
+                );
+                let c = if r >> 60 & 1 == 0 {
+                    f32::from_bits(
+                        (rnd() as u32 & 0x807f_ffff) | ((((r >> 40) % 200) as u32 + 27) << 23),
+                    )
+                } else {
+                    -(a * b) * (1.0 + (rnd() % 64) as f32 * f32::EPSILON)
+                };
+                let fast = a.mul_add(b, c);
+                if fma_fast_ok(b, c, fast) {
+                    checked += 1;
+                    let slow = twin::fma_exact(a, b, c);
+                    assert_eq!(fast.to_bits(), slow.to_bits(), "fma({a:e}, {b:e}, {c:e})");
+                }
+            }
+        }
+        assert!(checked > 1_000_000);
+    }
+
+    #[test]
     fn vectorized_runs_match_the_twin_bit_for_bit() {
         let n = 4099;
         for (case, (amsgrad, maximize, beta1)) in [
@@ -456,6 +608,21 @@ mod tests {
             let s = twin::prologue(&g, &[(1e-3, 1e-2)], &mut counters)[0];
             for seed in 0..4u64 {
                 let seed = seed + 10 * case as u64;
+                // Odd seeds: ordinary values, which take the hardware fma; even seeds: every
+                // bit pattern, which mostly takes the emulation.
+                let values = |n: usize, seed: u64| -> Vec<f32> {
+                    let v = values(n, seed);
+                    if seed % 2 == 0 {
+                        return v;
+                    }
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            ((x.to_bits() >> 9) as f32 / (1u32 << 23) as f32 - 0.5)
+                                * [1e-3, 0.02, 1.0][i % 3]
+                        })
+                        .collect()
+                };
                 let grad = values(n, seed);
                 let (mut p1, mut m1, mut v1, mut x1) = (
                     values(n, seed + 100),

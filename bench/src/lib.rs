@@ -1,0 +1,698 @@
+//! The bundled benchmark of [`wgpu_adamw`]: on the default adapter, for each workload, the
+//! fused step against a copy kernel that moves the same bytes (the device's achievable
+//! roofline), an unfused baseline (one kernel per elementwise operation, as PyTorch's
+//! single-tensor path) and the CPU reference; plus the cost of K steps in one submit and the
+//! CPU time to record one step. `cargo bench` and `wgpu-adamw bench` both run [`run`].
+//!
+//! The benchmark measures and reports; it never asserts a timing. Its workloads carry the
+//! names of `shared/tools/torch_adamw_bench.py`, so the two reports can be read side by side.
+
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod workloads;
+
+use anyhow::{Context as _, Result};
+use device::{Array, BaselineArrays, CopyKernel, Hyper, Timer, Timing, Unfused};
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Instant;
+use wgpu_adamw::{
+    wgpu, AdamWConfig, CpuAdamW, CpuParamGroup, GpuAdamW, GpuContext, ParamGroup, Schedule,
+    TensorBinding,
+};
+pub use workloads::{gpt2_shapes, workloads, Workload};
+
+/// Steps recorded into one submit for `k_submit_ms_per_step`.
+pub const K: usize = 16;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The quick set (`flat_2^20`, `flat_2^22`, `gpt2_d256`, `flat_2^22_amsgrad`) instead of
+    /// the full one.
+    pub quick: bool,
+    /// Timed steps per measurement (the median is reported; at least 10).
+    pub iters: usize,
+    /// Untimed warm-up steps before each measurement.
+    pub warmup: usize,
+    /// Times a K-step submit this many times (median).
+    pub k_reps: usize,
+    /// Time the CPU reference too.
+    pub cpu: bool,
+    /// Time with submit + wait even where timestamp queries exist.
+    pub force_wall: bool,
+    /// A progress line on stderr.
+    pub progress: bool,
+    /// Only the workloads whose names contain one of these (all when empty).
+    pub filter: Vec<String>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            quick: false,
+            iters: 10,
+            warmup: 2,
+            k_reps: 3,
+            cpu: true,
+            force_wall: false,
+            progress: true,
+            filter: Vec::new(),
+        }
+    }
+}
+
+/// The adapter the benchmark ran on.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// Adapter name.
+    pub name: String,
+    /// Backend (`Vulkan`, `Metal`, ...).
+    pub backend: String,
+    /// Device type (`DiscreteGpu`, `Cpu`, ...).
+    pub device_type: String,
+}
+
+/// One workload's measurements. Times are medians in milliseconds per step.
+#[derive(Clone, Debug)]
+pub struct WorkloadResult {
+    /// Workload name (the PyTorch script's).
+    pub name: String,
+    /// Parameters.
+    pub params: u64,
+    /// Tensors.
+    pub tensors: usize,
+    /// Whether the step ran with amsgrad.
+    pub amsgrad: bool,
+    /// Bytes one step must move: 28 per parameter, 36 with amsgrad.
+    pub bytes_per_step: u64,
+    /// This crate's fused step, schedule on device.
+    pub fused_ms: f64,
+    /// The copy kernel over the same bytes: the achievable roofline.
+    pub copy_ms: f64,
+    /// One kernel per elementwise operation per tensor, lr uploaded every step.
+    pub unfused_ms: f64,
+    /// The CPU reference ([`CpuAdamW`]), when timed.
+    pub cpu_ms: Option<f64>,
+    /// Fused step on one flat tensor of the same total size (multi-tensor workloads only).
+    pub flat_fused_ms: Option<f64>,
+    /// Per step, with [`K`] steps recorded into one submit.
+    pub k_submit_ms_per_step: f64,
+    /// CPU microseconds to record one step.
+    pub encode_us: f64,
+    /// `update` dispatches per fused step.
+    pub fused_dispatches: usize,
+    /// Dispatches per unfused step.
+    pub unfused_dispatches: usize,
+}
+
+fn gbps(bytes: u64, ms: f64) -> f64 {
+    bytes as f64 / (ms * 1e6)
+}
+
+impl WorkloadResult {
+    /// Fused throughput in GB/s of [`Self::bytes_per_step`].
+    pub fn fused_gbps(&self) -> f64 {
+        gbps(self.bytes_per_step, self.fused_ms)
+    }
+    /// Copy throughput in GB/s.
+    pub fn copy_gbps(&self) -> f64 {
+        gbps(self.bytes_per_step, self.copy_ms)
+    }
+    /// `copy_ms / fused_ms`: the fraction of the roofline the fused step reaches.
+    pub fn fused_vs_copy(&self) -> f64 {
+        self.copy_ms / self.fused_ms
+    }
+    /// `unfused_ms / fused_ms`.
+    pub fn speedup_vs_unfused(&self) -> f64 {
+        self.unfused_ms / self.fused_ms
+    }
+    /// `flat_fused_ms / fused_ms`: throughput of this tensor set relative to one flat tensor
+    /// of the same size.
+    pub fn shaped_vs_flat(&self) -> Option<f64> {
+        self.flat_fused_ms.map(|f| f / self.fused_ms)
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The adapter.
+    pub adapter: AdapterReport,
+    /// How GPU times were measured.
+    pub timing: Timing,
+    /// Quick set or full.
+    pub quick: bool,
+    /// Timed steps per measurement.
+    pub iters: usize,
+    /// CPU threads of the reference.
+    pub cpu_threads: usize,
+    /// Seconds since the Unix epoch at the end of the run.
+    pub unix_time: u64,
+    /// One entry per workload.
+    pub workloads: Vec<WorkloadResult>,
+}
+
+/// Prints a progress line on stderr, overwritten in place on a terminal; elsewhere one line
+/// per finished workload.
+struct Progress {
+    on: bool,
+    tty: bool,
+    prefix: String,
+    started: Instant,
+}
+
+impl Progress {
+    fn set(&mut self, prefix: String) {
+        self.prefix = prefix;
+        self.started = Instant::now();
+    }
+    fn tick(&self, what: &str, i: usize, n: usize) {
+        if self.on && self.tty {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "\r\x1b[2K{} {what} {i}/{n} ({:.0} s)",
+                self.prefix,
+                self.started.elapsed().as_secs_f64()
+            );
+            let _ = e.flush();
+        }
+    }
+    fn done(&self) {
+        if self.on && self.tty {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        } else if self.on {
+            eprintln!(
+                "{} done in {:.0} s",
+                self.prefix,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `warmup` untimed and `iters` timed single-step submits; the median in ms.
+fn time_steps(
+    timer: &Timer,
+    opts: &BenchOptions,
+    progress: &Progress,
+    what: &str,
+    before: &mut dyn FnMut(),
+    record: &mut device::Recorder<'_>,
+) -> Result<f64> {
+    let n = opts.warmup + opts.iters;
+    let mut times = Vec::with_capacity(opts.iters);
+    for i in 0..n {
+        progress.tick(what, i, n);
+        let ms = timer.time(1, before, record)?;
+        if i >= opts.warmup {
+            times.push(ms);
+        }
+    }
+    Ok(median(times))
+}
+
+fn fused_config(amsgrad: bool, h: &Hyper) -> AdamWConfig {
+    AdamWConfig::default()
+        .with_lr(h.lr)
+        .with_betas(h.betas.0, h.betas.1)
+        .with_eps(h.eps)
+        .with_weight_decay(h.weight_decay)
+        .with_amsgrad(amsgrad)
+        .with_schedule(Schedule::Cosine {
+            t_max: h.t_max,
+            eta_min: 0.0,
+        })
+}
+
+fn pass<'e>(
+    encoder: &'e mut wgpu::CommandEncoder,
+    ts: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    label: &str,
+) -> wgpu::ComputePass<'e> {
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: ts,
+    })
+}
+
+fn run_workload(
+    ctx: &GpuContext,
+    timer: &Timer,
+    opts: &BenchOptions,
+    progress: &mut Progress,
+    w: &Workload,
+) -> Result<WorkloadResult> {
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let hyper = Hyper::default();
+    let layout = device::check_fits(w, &device.limits())?;
+    let lens = w.lens();
+
+    let p = Array::new(device, &layout, "param");
+    let g = Array::new(device, &layout, "grad");
+    p.upload(queue, device, |i| device::value(i, 1, 0.02))?;
+    g.upload(queue, device, |i| device::value(i, 2, 1e-3))?;
+
+    // The fused step on the workload's tensors.
+    let bindings = layout
+        .tensors
+        .iter()
+        .map(|t| TensorBinding {
+            param: p.buffers[t.arena].clone(),
+            param_offset: t.offset * 4,
+            grad: g.buffers[t.arena].clone(),
+            grad_offset: t.offset * 4,
+            len: t.len,
+        })
+        .collect();
+    let config = fused_config(w.amsgrad, &hyper);
+    let opt = GpuAdamW::new(
+        device,
+        queue,
+        config,
+        vec![ParamGroup {
+            tensors: bindings,
+            ..Default::default()
+        }],
+    )
+    .context("creating the fused optimizer")?;
+    let mut rec_fused = |enc: &mut wgpu::CommandEncoder,
+                         ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = pass(enc, ts, "fused");
+        opt.record_step(&mut pass);
+    };
+    let fused_ms = time_steps(timer, opts, progress, "fused", &mut || {}, &mut rec_fused)?;
+    let mut ks = Vec::new();
+    for i in 0..opts.k_reps {
+        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
+        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
+    }
+    let k_submit_ms_per_step = median(ks);
+    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
+    let fused_dispatches = opt.dispatches_per_step();
+    drop(opt);
+
+    // The same size as one flat tensor, for the shape goal.
+    let flat_fused_ms = if lens.len() > 1 && layout.arenas.len() == 1 {
+        let flat = GpuAdamW::new(
+            device,
+            queue,
+            config,
+            vec![ParamGroup {
+                tensors: vec![TensorBinding {
+                    param: p.buffers[0].clone(),
+                    param_offset: 0,
+                    grad: g.buffers[0].clone(),
+                    grad_offset: 0,
+                    len: w.params() as u64,
+                }],
+                ..Default::default()
+            }],
+        )
+        .context("creating the flat comparison")?;
+        let mut rec = |enc: &mut wgpu::CommandEncoder,
+                       ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+            let mut pass = pass(enc, ts, "fused flat");
+            flat.record_step(&mut pass);
+        };
+        Some(time_steps(
+            timer,
+            opts,
+            progress,
+            "fused, one flat tensor",
+            &mut || {},
+            &mut rec,
+        )?)
+    } else {
+        None
+    };
+
+    // Copy roofline and unfused baseline, over the same param and grad buffers.
+    let state = BaselineArrays {
+        m: Array::new(device, &layout, "exp_avg"),
+        v: Array::new(device, &layout, "exp_avg_sq"),
+        vmax: w
+            .amsgrad
+            .then(|| Array::new(device, &layout, "max_exp_avg_sq")),
+        denom: Array::new(device, &layout, "denom"),
+    };
+    let copy = CopyKernel::new(device, queue, &layout, &p, &g, &state);
+    let mut rec_copy = |enc: &mut wgpu::CommandEncoder,
+                        ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = pass(enc, ts, "copy");
+        copy.record(&mut pass);
+    };
+    let copy_ms = time_steps(timer, opts, progress, "copy", &mut || {}, &mut rec_copy)?;
+    drop(copy);
+
+    let unfused =
+        std::cell::RefCell::new(Unfused::new(device, queue, &layout, &p, &g, &state, hyper));
+    let unfused_dispatches = unfused.borrow().dispatches_per_step();
+    let mut rec_unfused =
+        |enc: &mut wgpu::CommandEncoder, ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+            let u = unfused.borrow();
+            let mut pass = pass(enc, ts, "unfused");
+            u.record(&mut pass);
+        };
+    let unfused_ms = time_steps(
+        timer,
+        opts,
+        progress,
+        "unfused",
+        &mut || unfused.borrow_mut().upload_scalars(),
+        &mut rec_unfused,
+    )?;
+    drop(unfused);
+    drop(state);
+    drop((p, g));
+    timer.wait()?;
+
+    let cpu_ms = if opts.cpu {
+        Some(time_cpu(opts, progress, w, &hyper)?)
+    } else {
+        None
+    };
+    progress.done();
+    Ok(WorkloadResult {
+        name: w.name.clone(),
+        params: w.params() as u64,
+        tensors: lens.len(),
+        amsgrad: w.amsgrad,
+        bytes_per_step: w.bytes_per_step(),
+        fused_ms,
+        copy_ms,
+        unfused_ms,
+        cpu_ms,
+        flat_fused_ms,
+        k_submit_ms_per_step,
+        encode_us,
+        fused_dispatches,
+        unfused_dispatches,
+    })
+}
+
+fn time_cpu(opts: &BenchOptions, progress: &Progress, w: &Workload, h: &Hyper) -> Result<f64> {
+    let lens = w.lens();
+    let mut opt = CpuAdamW::new(
+        fused_config(w.amsgrad, h),
+        vec![CpuParamGroup {
+            config: Default::default(),
+            lens: lens.clone(),
+        }],
+    )?;
+    let mut at = 0u64;
+    let mut params: Vec<Vec<f32>> = Vec::new();
+    let mut grads: Vec<Vec<f32>> = Vec::new();
+    for &n in &lens {
+        params.push(
+            (at..at + n as u64)
+                .map(|i| device::value(i, 1, 0.02))
+                .collect(),
+        );
+        grads.push(
+            (at..at + n as u64)
+                .map(|i| device::value(i, 2, 1e-3))
+                .collect(),
+        );
+        at += n as u64;
+    }
+    let grads: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+    let n = opts.warmup + opts.iters;
+    let mut times = Vec::new();
+    for i in 0..n {
+        progress.tick("cpu reference", i, n);
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+        let t0 = Instant::now();
+        opt.step(&mut views, &grads)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if i >= opts.warmup {
+            times.push(ms);
+        }
+    }
+    Ok(median(times))
+}
+
+/// Times only the CPU reference on each workload (no adapter needed): `(workload, params,
+/// median ms per step)`, to put beside `torch_adamw_bench.py --device cpu`.
+pub fn run_cpu(opts: &BenchOptions) -> Result<Vec<(String, usize, f64)>> {
+    let mut progress = Progress {
+        on: opts.progress,
+        tty: std::io::stderr().is_terminal(),
+        prefix: String::new(),
+        started: Instant::now(),
+    };
+    let mut out = Vec::new();
+    for w in workloads(opts.quick)
+        .into_iter()
+        .filter(|w| opts.filter.is_empty() || opts.filter.iter().any(|f| w.name.contains(f)))
+    {
+        progress.set(format!("{}:", w.name));
+        let ms = time_cpu(opts, &progress, &w, &Hyper::default())?;
+        progress.done();
+        out.push((w.name.clone(), w.params(), ms));
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark on the default adapter (see [`GpuContext::new`]: `WGPU_BACKEND` and
+/// `WGPU_ADAPTER_NAME` pick another).
+pub fn run(opts: &BenchOptions) -> Result<Report> {
+    let ctx = GpuContext::new().context("opening the default adapter")?;
+    let info = ctx.adapter.get_info();
+    let timer = Timer::new(&ctx.device, &ctx.queue, opts.force_wall);
+    let mut opts = opts.clone();
+    opts.iters = opts.iters.max(1);
+    let list: Vec<Workload> = workloads(opts.quick)
+        .into_iter()
+        .filter(|w| opts.filter.is_empty() || opts.filter.iter().any(|f| w.name.contains(f)))
+        .collect();
+    if opts.progress {
+        eprintln!(
+            "wgpu-adamw bench on {} ({:?}, {:?}); timing: {}; {} workloads",
+            info.name,
+            info.backend,
+            info.device_type,
+            timer.timing.as_str(),
+            list.len()
+        );
+    }
+    let mut progress = Progress {
+        on: opts.progress,
+        tty: std::io::stderr().is_terminal(),
+        prefix: String::new(),
+        started: Instant::now(),
+    };
+    let mut results = Vec::new();
+    for (i, w) in list.iter().enumerate() {
+        progress.set(format!("[{}/{}] {}:", i + 1, list.len(), w.name));
+        results.push(run_workload(&ctx, &timer, &opts, &mut progress, w)?);
+    }
+    Ok(Report {
+        adapter: AdapterReport {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+        },
+        timing: timer.timing,
+        quick: opts.quick,
+        iters: opts.iters,
+        cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        workloads: results,
+    })
+}
+
+fn opt_num(x: Option<f64>) -> serde_json::Value {
+    x.map_or(serde_json::Value::Null, serde_json::Value::from)
+}
+
+fn fmt_opt(x: Option<f64>, prec: usize) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"))
+}
+
+impl Report {
+    /// The JSON report: `adapter` {name, backend, device_type}, `timing`, and per workload
+    /// `name, params, tensors, bytes_per_step, fused_ms, copy_ms, unfused_ms, cpu_ms,
+    /// fused_gbps, copy_gbps, k_submit_ms_per_step, encode_us` (plus a few more fields).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "adapter": {
+                "name": self.adapter.name,
+                "backend": self.adapter.backend,
+                "device_type": self.adapter.device_type,
+            },
+            "timing": self.timing.as_str(),
+            "quick": self.quick,
+            "iters": self.iters,
+            "k": K,
+            "cpu_threads": self.cpu_threads,
+            "unix_time": self.unix_time,
+            "workloads": self.workloads.iter().map(|w| serde_json::json!({
+                "name": w.name,
+                "params": w.params,
+                "tensors": w.tensors,
+                "amsgrad": w.amsgrad,
+                "bytes_per_step": w.bytes_per_step,
+                "fused_ms": w.fused_ms,
+                "copy_ms": w.copy_ms,
+                "unfused_ms": w.unfused_ms,
+                "cpu_ms": opt_num(w.cpu_ms),
+                "fused_gbps": w.fused_gbps(),
+                "copy_gbps": w.copy_gbps(),
+                "k_submit_ms_per_step": w.k_submit_ms_per_step,
+                "encode_us": w.encode_us,
+                "flat_fused_ms": opt_num(w.flat_fused_ms),
+                "fused_dispatches": w.fused_dispatches,
+                "unfused_dispatches": w.unfused_dispatches,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The table and the goal ratios, as text.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "adapter: {} ({}, {}); timing: {}; median of {} steps; K = {K}; CPU reference on {} threads",
+            self.adapter.name,
+            self.adapter.backend,
+            self.adapter.device_type,
+            self.timing.as_str(),
+            self.iters,
+            self.cpu_threads
+        );
+        let _ = writeln!(
+            s,
+            "{:<18} {:>11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}",
+            "workload",
+            "params",
+            "tens",
+            "fused_ms",
+            "copy_ms",
+            "unfused_ms",
+            "cpu_ms",
+            "fusedGB/s",
+            "copyGB/s",
+            "f/copy",
+            "unf/f",
+            "K-sub_ms",
+            "enc_us"
+        );
+        for w in &self.workloads {
+            let _ = writeln!(
+                s,
+                "{:<18} {:>11} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>10} {:>8.1} {:>8.1} {:>6.2} {:>6.2} {:>9.3} {:>8.1}",
+                w.name,
+                w.params,
+                w.tensors,
+                w.fused_ms,
+                w.copy_ms,
+                w.unfused_ms,
+                fmt_opt(w.cpu_ms, 3),
+                w.fused_gbps(),
+                w.copy_gbps(),
+                w.fused_vs_copy(),
+                w.speedup_vs_unfused(),
+                w.k_submit_ms_per_step,
+                w.encode_us
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\ngoals (measured ratios; the benchmark does not assert them):"
+        );
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        for w in self.workloads.iter().filter(|w| w.params >= 1 << 22) {
+            let r = w.fused_vs_copy();
+            let _ = writeln!(
+                s,
+                "  fused >= 0.9 x copy bandwidth   {:<18} {:.2} x  {}",
+                w.name,
+                r,
+                verdict(r >= 0.9)
+            );
+        }
+        for w in &self.workloads {
+            if let (Some(r), Some(f)) = (w.shaped_vs_flat(), w.flat_fused_ms) {
+                let _ = writeln!(
+                    s,
+                    "  shaped >= 0.9 x flat throughput {:<18} {:.2} x  {} ({} tensors {:.3} ms, one flat tensor {:.3} ms)",
+                    w.name,
+                    r,
+                    verdict(r >= 0.9),
+                    w.tensors,
+                    w.fused_ms,
+                    f
+                );
+            }
+        }
+        for w in &self.workloads {
+            let r = w.speedup_vs_unfused();
+            let _ = writeln!(
+                s,
+                "  fused >= 2.5 x unfused          {:<18} {:.2} x  {}",
+                w.name,
+                r,
+                verdict(r >= 2.5)
+            );
+        }
+        for w in self.workloads.iter().filter(|w| w.tensors > 1) {
+            let _ = writeln!(
+                s,
+                "  encode_us <= 50                 {:<18} {:.1} us  {} ({} tensors)",
+                w.name,
+                w.encode_us,
+                verdict(w.encode_us <= 50.0),
+                w.tensors
+            );
+        }
+        if self.workloads.iter().any(|w| w.cpu_ms.is_some()) {
+            let _ = writeln!(
+                s,
+                "  CPU reference within 0.8 x of PyTorch's fused CPU AdamW: compare cpu_ms with\n    `python3 shared/tools/torch_adamw_bench.py --device cpu{}` on this machine",
+                if self.quick { " --quick" } else { "" }
+            );
+            for w in &self.workloads {
+                if let Some(c) = w.cpu_ms {
+                    let _ = writeln!(
+                        s,
+                        "    {:<18} cpu {:.3} ms/step = {:.1} GB/s",
+                        w.name,
+                        c,
+                        gbps(w.bytes_per_step, c)
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// Writes [`Report::to_json`] to `path`, pretty-printed.
+    pub fn write_json(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = serde_json::to_string_pretty(&self.to_json())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Prints [`Report::table`] on stdout.
+    pub fn print_table(&self) {
+        print!("{}", self.table());
+    }
+}
