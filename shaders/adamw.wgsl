@@ -34,23 +34,41 @@ struct Globals {
     scalars_at: u32,
     chunks_at: u32,
     zero: u32,            // always 0, opaque to the compiler (see `opaque`)
-    _pad1: u32,
-    _pad2: u32,
+    n_chunks: u32,        // chunks of all dispatches (gradient-norm partials)
+    max_grad_norm: f32,   // clipping threshold (FLAG_CLIP)
+    n_tensors: u32,
+    tensors_at: u32,      // word offset of the tensor table in `meta` (FLAG_TORCH_NORM)
+    tensor_norms_at: u32, // word offset of the per-tensor norms in `partials`
+    _pad: u32,
 }
 
 struct DispatchInfo {
     first_chunk: u32,
     n_chunks: u32,
     grid_x: u32,
-    _pad: u32,
+    first_tensor: u32,    // this binding's tensors in the tensor table (FLAG_TORCH_NORM)
+    n_tensors: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
+
+@group(0) @binding(0) var<uniform> g: Globals;
 
 const FLAG_AMSGRAD: u32 = 1u;
 const FLAG_MAXIMIZE: u32 = 2u;
+const FLAG_LOSS_SCALE: u32 = 4u;  // unscale by amp[0] and skip the step on non-finite gradients
+const FLAG_CLIP: u32 = 8u;        // clip the global gradient norm to max_grad_norm
+const FLAG_TORCH_NORM: u32 = 16u; // the norm in PyTorch's CPU summation order (see below)
 
-// meta[0]: scheduler steps taken, meta[1]: Adam steps taken (t of the last update).
+// meta[0]: scheduler steps taken, meta[1]: Adam steps taken (t of the last update),
+// meta[2]: the last step was skipped, meta[3]: its gradient multiplier 1/loss_scale,
+// meta[4]: its clipping coefficient.
 const COUNTER_SCHED: u32 = 0u;
 const COUNTER_ADAM: u32 = 1u;
+const STEP_SKIPPED: u32 = 2u;
+const STEP_INV_SCALE: u32 = 3u;
+const STEP_CLIP_COEF: u32 = 4u;
 
 const WORKGROUP: u32 = 256u;
 const ELEMS_PER_THREAD: u32 = 4u;
@@ -291,21 +309,260 @@ fn schedule_lr(base_lr: f32, epoch: u32) -> f32 {
     }
 }
 
-// ---------------------------------------------------------------- prologue
+// ---------------------------------------------------------------- gradient norm and AMP
+//
+// With loss scaling or clipping on, a `reduce` dispatch per chunk writes four words into
+// `partials`: the sum of squares of the chunk's unscaled gradients as an unevaluated sum
+// hi + lo (each square exact by two_prod, each addition exact by two_sum: as accurate as a
+// sum in twice the precision, so the norm matches PyTorch's double accumulation), a tree
+// over the workgroup, and whether any raw gradient is non-finite (tested on the bits: WGSL
+// may assume floats are finite). The prologue reduces all partials the same way.
+// amp: [0] loss scale (written by the host or the engine's scaler), [1] found_inf,
+// [2] total gradient norm (unscaled, before clipping), [3] clipping coefficient.
 
-@group(0) @binding(0) var<uniform> g: Globals;
-@group(0) @binding(8) var<storage, read_write> meta_rw: array<u32>;
+var<workgroup> red_hi: array<f32, 256>;
+var<workgroup> red_lo: array<f32, 256>;
+var<workgroup> red_flag: array<u32, 256>;
+
+fn is_nonfinite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+}
+
+// 1 / s rounded to nearest (one Newton step with exact residuals), as PyTorch's
+// `scale.double().reciprocal().float()`.
+fn recip(s: f32) -> f32 {
+    let r = 1.0 / s;
+    let e = fma_exact(-s, r, 1.0);
+    return fma_exact(r, e, r);
+}
+
+fn grad_multiplier(scale_bits: u32) -> f32 {
+    if ((g.flags & FLAG_LOSS_SCALE) != 0u) {
+        return recip(bitcast<f32>(scale_bits));
+    }
+    return 1.0;
+}
+
+// (hi, lo) + (x, y), both unevaluated sums.
+fn add_double(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let s = two_sum(a.x, b.x);
+    return vec2<f32>(s.x, s.y + (a.y + b.y));
+}
+
+// Tree over the workgroup's 256 (sum, flag) pairs; the result is in slot 0.
+fn workgroup_tree(lid: u32) {
+    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+        workgroupBarrier();
+        if (lid < stride) {
+            let s = add_double(vec2<f32>(red_hi[lid], red_lo[lid]), vec2<f32>(red_hi[lid + stride], red_lo[lid + stride]));
+            red_hi[lid] = s.x;
+            red_lo[lid] = s.y;
+            red_flag[lid] = red_flag[lid] | red_flag[lid + stride];
+        }
+    }
+    workgroupBarrier();
+}
+
+@group(0) @binding(10) var<storage, read> amp_ro: array<u32>;
+@group(0) @binding(12) var<storage, read_write> partials_rw: array<u32>;
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let chunk = wg.y * dispatch.grid_x + wg.x;
+    if (chunk >= dispatch.n_chunks) {
+        return;
+    }
+    let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
+    let g0 = meta_ro[ce + 1u];
+    let count = meta_ro[ce + 3u] & 0xffffu;
+    let inv = grad_multiplier(amp_ro[0]);
+    var acc = vec2<f32>(0.0, 0.0);
+    var flag = 0u;
+    for (var k = 0u; k < ELEMS_PER_THREAD; k++) {
+        let i = k * WORKGROUP + lid;
+        if (i < count) {
+            let raw = grad[g0 + i];
+            flag = flag | select(0u, 1u, is_nonfinite(raw));
+            let x = raw * inv;
+            acc = add_double(acc, two_prod(x, x));
+        }
+    }
+    red_hi[lid] = acc.x;
+    red_lo[lid] = acc.y;
+    red_flag[lid] = flag;
+    workgroup_tree(lid);
+    if (lid == 0u) {
+        let at = 4u * (dispatch.first_chunk + chunk);
+        partials_rw[at] = bitcast<u32>(red_hi[0]);
+        partials_rw[at + 1u] = bitcast<u32>(red_lo[0]);
+        partials_rw[at + 2u] = red_flag[0];
+    }
+}
+
+// ---------------------------------------------------------------- PyTorch's CPU norm order
+//
+// With FLAG_TORCH_NORM the gradient norm is summed in exactly the order of PyTorch's CPU
+// `torch.linalg.vector_norm` (ATen's AVX2 kernel, 8 f32 lanes), which `clip_grad_norm_`
+// applies to each tensor and then to the vector of the tensors' norms: lane j sums the
+// squares of elements j, j+8, ... one by one, the lanes are added left to right, then the
+// tail, then a correctly rounded sqrt. PyTorch's own result depends on that order (its
+// rounding moves the clipping coefficient by an ulp or two, which the first moments carry),
+// so only the same order reproduces its traces. Each lane is a serial chain: this mode is
+// for parity with PyTorch, not for speed on large tensors.
+
+var<workgroup> lane_acc: array<f32, 64>;
+var<workgroup> lane_flag: array<u32, 64>;
+
+// sqrt rounded to nearest: the candidate around the builtin's result with the smallest
+// exact residual |c^2 - b|.
+fn sqrt_rn(b: f32) -> f32 {
+    let r = sqrt(b);
+    if (b == 0.0) {
+        return r;
+    }
+    var best = r;
+    var best_res = abs(sq_residual(r, b));
+    for (var k = 0u; k < 2u; k++) {
+        let c = bitcast<f32>(bitcast<u32>(r) + select(0xffffffffu, 1u, k == 1u));
+        let res = abs(sq_residual(c, b));
+        if (res < best_res) {
+            best = c;
+            best_res = res;
+        }
+    }
+    return best;
+}
+
+// c * c - b, the first subtraction exact (Sterbenz: c * c is within a factor 2 of b).
+fn sq_residual(c: f32, b: f32) -> f32 {
+    let p = two_prod(c, c);
+    return (p.x - b) + p.y;
+}
+
+// acc + x * x, rounded twice as ATen's unfused `acc + x * x` is.
+fn add_square(acc: f32, x: f32) -> f32 {
+    return acc + opaque(x * x);
+}
 
 @compute @workgroup_size(64)
+fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wg.x * 8u + lid / 8u;
+    let lane = lid % 8u;
+    let valid = t < dispatch.n_tensors;
+    let inv = grad_multiplier(amp_ro[0]);
+    // Tensor table entry: grad offset in this binding, length, index in registration order.
+    var g0 = 0u;
+    var len = 0u;
+    var index = 0u;
+    if (valid) {
+        let te = g.tensors_at + 4u * (dispatch.first_tensor + t);
+        g0 = meta_ro[te];
+        len = meta_ro[te + 1u];
+        index = meta_ro[te + 2u];
+    }
+    let body = len - len % 8u;
+    var acc = 0.0;
+    var flag = 0u;
+    for (var i = lane; i < body; i += 8u) {
+        let raw = grad[g0 + i];
+        flag = flag | select(0u, 1u, is_nonfinite(raw));
+        acc = add_square(acc, raw * inv);
+    }
+    lane_acc[lid] = acc;
+    lane_flag[lid] = flag;
+    workgroupBarrier();
+    if (valid && lane == 0u) {
+        var b = lane_acc[lid];
+        var f = lane_flag[lid];
+        for (var j = 1u; j < 8u; j++) {
+            b = b + lane_acc[lid + j];
+            f = f | lane_flag[lid + j];
+        }
+        for (var i = body; i < len; i++) {
+            let raw = grad[g0 + i];
+            f = f | select(0u, 1u, is_nonfinite(raw));
+            b = add_square(b, raw * inv);
+        }
+        let at = g.tensor_norms_at + 2u * index;
+        partials_rw[at] = bitcast<u32>(sqrt_rn(b));
+        partials_rw[at + 1u] = f;
+    }
+}
+
+// ---------------------------------------------------------------- prologue
+
+@group(0) @binding(8) var<storage, read_write> meta_rw: array<u32>;
+@group(0) @binding(11) var<storage, read_write> amp_rw: array<u32>;
+@group(0) @binding(13) var<storage, read> partials_ro: array<u32>;
+
+@compute @workgroup_size(256)
 fn prologue(@builtin(local_invocation_index) lid: u32) {
     let sched = meta_rw[COUNTER_SCHED];
     let adam = meta_rw[COUNTER_ADAM];
-    // Step s = sched + 1 uses epoch floor((s - 1) / K).
+    var skip = false;
+    var inv = 1.0;
+    var coef = 1.0;
+    if ((g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP)) != 0u) {
+        var norm: f32;
+        if ((g.flags & FLAG_TORCH_NORM) != 0u) {
+            // The norm of the vector of per-tensor norms, in the same order; 8 lanes here.
+            let n = g.n_tensors;
+            let body = n - n % 8u;
+            var acc = 0.0;
+            var flag = 0u;
+            for (var i = lid; i < n; i += 256u) {
+                flag = flag | partials_ro[g.tensor_norms_at + 2u * i + 1u];
+            }
+            if (lid < 8u) {
+                for (var i = lid; i < body; i += 8u) {
+                    acc = add_square(acc, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
+                }
+            }
+            red_hi[lid] = acc;
+            red_lo[lid] = 0.0;
+            red_flag[lid] = flag;
+            workgroupBarrier();
+            var b = red_hi[0];
+            for (var j = 1u; j < 8u; j++) {
+                b = b + red_hi[j];
+            }
+            for (var i = body; i < n; i++) {
+                b = add_square(b, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
+            }
+            norm = sqrt_rn(b);
+            workgroup_tree(lid);
+        } else {
+            var acc = vec2<f32>(0.0, 0.0);
+            var flag = 0u;
+            for (var i = lid; i < g.n_chunks; i += 256u) {
+                let p = vec2<f32>(bitcast<f32>(partials_ro[4u * i]), bitcast<f32>(partials_ro[4u * i + 1u]));
+                acc = add_double(acc, p);
+                flag = flag | partials_ro[4u * i + 2u];
+            }
+            red_hi[lid] = acc.x;
+            red_lo[lid] = acc.y;
+            red_flag[lid] = flag;
+            workgroup_tree(lid);
+            norm = sqrt(red_hi[0] + red_lo[0]);
+        }
+        skip = (g.flags & FLAG_LOSS_SCALE) != 0u && red_flag[0] != 0u;
+        inv = grad_multiplier(amp_rw[0]);
+        if ((g.flags & FLAG_CLIP) != 0u) {
+            // torch.nn.utils.clip_grad_norm_: max_norm / (total_norm + 1e-6), clamped to 1.
+            coef = min(g.max_grad_norm / (norm + 1e-6), 1.0);
+        }
+        if (lid == 0u) {
+            amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
+            amp_rw[2] = bitcast<u32>(norm);
+            amp_rw[3] = bitcast<u32>(coef);
+        }
+    }
+    // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
     let epoch = sched / g.steps_per_epoch;
     let t = f32(adam + 1u);
     let bc1 = -expm1_neg(t * g.ln_beta1);
     let bc2_sqrt = sqrt(-expm1_neg(t * g.ln_beta2));
-    for (var grp = lid; grp < g.n_groups; grp += 64u) {
+    for (var grp = lid; grp < g.n_groups; grp += 256u) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
         let lr = schedule_lr(base_lr, epoch);
@@ -318,7 +575,10 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     storageBarrier();
     if (lid == 0u) {
         meta_rw[COUNTER_SCHED] = sched + 1u;
-        meta_rw[COUNTER_ADAM] = adam + 1u;
+        meta_rw[COUNTER_ADAM] = adam + select(1u, 0u, skip);
+        meta_rw[STEP_SKIPPED] = select(0u, 1u, skip);
+        meta_rw[STEP_INV_SCALE] = bitcast<u32>(inv);
+        meta_rw[STEP_CLIP_COEF] = bitcast<u32>(coef);
     }
 }
 
@@ -350,6 +610,11 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let decay = bitcast<f32>(meta_ro[sc + 1u]);
     let step_size = bitcast<f32>(meta_ro[sc + 2u]);
     let bc2_sqrt = bitcast<f32>(meta_ro[sc + 3u]);
+    if (meta_ro[STEP_SKIPPED] != 0u) {
+        return;
+    }
+    let inv_scale = bitcast<f32>(meta_ro[STEP_INV_SCALE]);
+    let clip_coef = bitcast<f32>(meta_ro[STEP_CLIP_COEF]);
     let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
     let maximize = (g.flags & FLAG_MAXIMIZE) != 0u;
 
@@ -357,7 +622,8 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     for (var k = 0u; k < ELEMS_PER_THREAD; k++) {
         let i = k * WORKGROUP + lid;
         if (i < count) {
-            var gr = grad[g0 + i];
+            // Unscale, then clip: two roundings, as GradScaler and clip_grad_norm_ do.
+            var gr = (grad[g0 + i] * inv_scale) * clip_coef;
             if (maximize) {
                 gr = -gr;
             }

@@ -183,6 +183,39 @@ impl Schedule {
     }
 }
 
+/// How the global gradient norm (for clipping) is summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradNormOrder {
+    /// A parallel tree of compensated sums: as accurate as a sum in twice the precision and
+    /// fast at any size. The default.
+    #[default]
+    Compensated,
+    /// Exactly the order of PyTorch's CPU `clip_grad_norm_` (ATen's AVX2 kernel: 8 interleaved
+    /// f32 lanes per tensor, then the norm of the per-tensor norms), which reproduces its
+    /// clipping coefficient bit for bit. Each lane is a serial chain on the device: meant for
+    /// parity checks against PyTorch traces and small models, not for large tensors.
+    TorchCpu,
+}
+
+impl GradNormOrder {
+    /// The name used in checkpoints and on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GradNormOrder::Compensated => "compensated",
+            GradNormOrder::TorchCpu => "torch_cpu",
+        }
+    }
+
+    /// Parses [`GradNormOrder::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "compensated" => Some(GradNormOrder::Compensated),
+            "torch_cpu" | "torch-cpu" => Some(GradNormOrder::TorchCpu),
+            _ => None,
+        }
+    }
+}
+
 /// AdamW hyperparameters plus the learning-rate schedule.
 ///
 /// `Default` is PyTorch's `torch.optim.AdamW()`: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
@@ -215,6 +248,16 @@ pub struct AdamWConfig {
     pub schedule: Schedule,
     /// Optimizer steps per scheduler epoch (>= 1).
     pub steps_per_epoch: u32,
+    /// Clip the global L2 norm of all gradients to this value before the update, as
+    /// `torch.nn.utils.clip_grad_norm_` (computed on the device, after unscaling).
+    pub max_grad_norm: Option<f64>,
+    /// AMP loss scaling as `torch.amp.GradScaler` drives an optimizer: gradients are divided
+    /// by the loss scale held in a device buffer, and a step with any non-finite gradient is
+    /// skipped on the device (parameters, moments and Adam's `t` unchanged; the schedule still
+    /// advances).
+    pub loss_scaling: bool,
+    /// How the gradient norm is summed when clipping.
+    pub grad_norm_order: GradNormOrder,
 }
 
 impl Default for AdamWConfig {
@@ -228,6 +271,9 @@ impl Default for AdamWConfig {
             maximize: false,
             schedule: Schedule::Constant,
             steps_per_epoch: 1,
+            max_grad_norm: None,
+            loss_scaling: false,
+            grad_norm_order: GradNormOrder::Compensated,
         }
     }
 }
@@ -274,6 +320,22 @@ impl AdamWConfig {
         self
     }
 
+    /// Sets (or removes) global gradient-norm clipping.
+    pub fn with_max_grad_norm(mut self, max_grad_norm: Option<f64>) -> Self {
+        self.max_grad_norm = max_grad_norm;
+        self
+    }
+    /// Sets how the gradient norm is summed.
+    pub fn with_grad_norm_order(mut self, order: GradNormOrder) -> Self {
+        self.grad_norm_order = order;
+        self
+    }
+    /// Turns AMP loss scaling on or off.
+    pub fn with_loss_scaling(mut self, loss_scaling: bool) -> Self {
+        self.loss_scaling = loss_scaling;
+        self
+    }
+
     /// Checks every hyperparameter (PyTorch's ranges) and the schedule.
     pub fn validate(&self) -> Result<()> {
         check_lr("lr", self.lr)?;
@@ -295,6 +357,14 @@ impl AdamWConfig {
         check_weight_decay(self.weight_decay)?;
         if self.steps_per_epoch == 0 {
             return Err(hyper("steps_per_epoch", "must be >= 1"));
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(hyper(
+                    "max_grad_norm",
+                    format!("must be finite and > 0, got {n}"),
+                ));
+            }
         }
         self.schedule.validate()
     }

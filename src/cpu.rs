@@ -1,11 +1,11 @@
 //! The CPU reference: a plain Rust f32 AdamW built from the kernel's CPU twin
 //! ([`crate::twin`]), multi-threaded over large tensors.
 
-use crate::config::{AdamWConfig, GroupConfig};
+use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
-use crate::kernel::{Globals, FLAG_AMSGRAD, FLAG_MAXIMIZE};
+use crate::kernel::{Globals, CHUNK, FLAG_AMSGRAD, FLAG_MAXIMIZE};
 use crate::state::{OptimizerState, TensorState};
-use crate::twin::{self, Counters, StepScalars};
+use crate::twin::{self, Counters, StepGlobals, StepScalars};
 
 /// A param group of the CPU reference: overrides and the lengths of its tensors.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +26,8 @@ pub struct CpuAdamW {
     tensors: Vec<TensorState>,
     counters: Counters,
     last: Vec<StepScalars>,
+    last_step: StepGlobals,
+    loss_scale: f32,
     threads: usize,
 }
 
@@ -67,6 +69,8 @@ impl CpuAdamW {
             tensors,
             counters: Counters::default(),
             last: vec![StepScalars::default(); groups.len()],
+            last_step: StepGlobals::default(),
+            loss_scale: 1.0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
@@ -125,7 +129,52 @@ impl CpuAdamW {
                 )));
             }
         }
-        self.last = twin::prologue(&self.globals, &self.group_params, &mut self.counters);
+        // Loss scaling and clipping: the kernel's `reduce` per chunk of each tensor, then
+        // its prologue. A skipped step only advances the schedule.
+        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let reduced = if amp {
+            let inv = twin::grad_multiplier(&self.globals, self.loss_scale);
+            if self.config.grad_norm_order == GradNormOrder::TorchCpu {
+                let norms: Vec<(f32, bool)> = grads
+                    .iter()
+                    .map(|g| twin::tensor_norm_torch(g, inv))
+                    .collect();
+                twin::final_norm(&self.globals, &[], &norms)
+            } else {
+                let partials: Vec<((f32, f32), bool)> = grads
+                    .iter()
+                    .flat_map(|g| {
+                        g.chunks(CHUNK as usize)
+                            .map(move |c| twin::reduce_chunk(c, inv))
+                    })
+                    .collect();
+                twin::final_norm(&self.globals, &partials, &[])
+            }
+        } else {
+            (0.0, false)
+        };
+        let (last, step) = twin::prologue_amp(
+            &self.globals,
+            &self.group_params,
+            &mut self.counters,
+            reduced,
+            self.loss_scale,
+        );
+        self.last = last;
+        self.last_step = step;
+        if step.skipped {
+            return Ok(());
+        }
+        let effective: Vec<Vec<f32>>;
+        let grads: &[&[f32]] = if amp {
+            effective = grads
+                .iter()
+                .map(|g| g.iter().map(|&x| twin::effective_grad(&step, x)).collect())
+                .collect();
+            &effective.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        } else {
+            grads
+        };
         let g = &self.globals;
         let last = &self.last;
         let total: usize = params.iter().map(|p| p.len()).sum();
@@ -210,12 +259,28 @@ impl CpuAdamW {
         self.counters
     }
 
+    /// Sets the AMP loss scale (used with [`AdamWConfig::loss_scaling`]).
+    pub fn set_loss_scale(&mut self, scale: f32) {
+        self.loss_scale = scale;
+    }
+
+    /// The AMP loss scale.
+    pub fn loss_scale(&self) -> f32 {
+        self.loss_scale
+    }
+
+    /// AMP and clipping results of the last step: skipped, found_inf, gradient norm.
+    pub fn last_step(&self) -> StepGlobals {
+        self.last_step
+    }
+
     /// A copy of the whole state.
     pub fn state(&self) -> OptimizerState {
         OptimizerState {
             config: self.config,
             groups: self.groups.clone(),
             counters: self.counters,
+            loss_scale: self.loss_scale,
             tensors: self.tensors.clone(),
         }
     }
@@ -230,6 +295,7 @@ impl CpuAdamW {
         state.check_matches(&self.config, &self.groups, &shape)?;
         self.tensors = state.tensors.clone();
         self.counters = state.counters;
+        self.loss_scale = state.loss_scale;
         Ok(())
     }
 

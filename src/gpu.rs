@@ -1,9 +1,11 @@
 //! The host driver of the fused kernel: registers the engine's buffers, lays out the
 //! optimizer's own state, and records one optimizer step as one compute pass.
 
-use crate::config::{AdamWConfig, GroupConfig};
+use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
-use crate::kernel::{DispatchInfo, Globals, Kernel, CHUNK, COUNTER_WORDS};
+use crate::kernel::{
+    DispatchInfo, Globals, Kernel, CHUNK, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, STEP_SKIPPED,
+};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -74,7 +76,10 @@ struct TensorInfo {
 #[derive(Debug)]
 struct Dispatch {
     bind_group: wgpu::BindGroup,
+    reduce_bind_group: wgpu::BindGroup,
     grid: (u32, u32),
+    /// Workgroups of `tensor_norms` (8 tensors each).
+    tensor_groups: u32,
 }
 
 /// The optimizer's state buffers for one moment, split into arenas that each fit a binding.
@@ -101,6 +106,7 @@ pub struct GpuAdamW {
     kernel: Kernel,
     globals: Globals,
     meta: wgpu::Buffer,
+    amp: wgpu::Buffer,
     arenas: Arenas,
     tensors: Vec<TensorInfo>,
     prologue_bind_group: wgpu::BindGroup,
@@ -178,6 +184,10 @@ impl GpuAdamW {
         let mut keys: Vec<DispatchKey> = Vec::new();
         let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
         let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
+        // Per key, its tensors that lie wholly in it: (grad offset, len, tensor index).
+        let mut tensor_lists: Vec<Vec<[u32; 4]>> = Vec::new();
+        let torch_norm = config.grad_norm_order == GradNormOrder::TorchCpu
+            && (config.max_grad_norm.is_some() || config.loss_scaling);
         for (gi, group) in groups.iter().enumerate() {
             for t in &group.tensors {
                 let mut pieces = Vec::new();
@@ -200,9 +210,19 @@ impl GpuAdamW {
                     let k = *key_index.entry(key.clone()).or_insert_with(|| {
                         keys.push(key);
                         chunk_lists.push(Vec::new());
+                        tensor_lists.push(Vec::new());
                         keys.len() - 1
                     });
                     let (p0, g0) = ((p_byte - p_win) / 4, (g_byte - g_win) / 4);
+                    if done == 0 {
+                        tensor_lists[k].push([g0 as u32, t.len as u32, tensors.len() as u32, 0]);
+                    } else if torch_norm {
+                        return Err(Error::Unsupported(format!(
+                            "tensor {}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({} bytes)",
+                            tensors.len(),
+                            max_binding
+                        )));
+                    }
                     for start in (0..len).step_by(CHUNK as usize) {
                         let count = (len - start).min(u64::from(CHUNK)) as u32;
                         chunk_lists[k].push([
@@ -234,7 +254,12 @@ impl GpuAdamW {
         globals.groups_at = COUNTER_WORDS;
         globals.scalars_at = globals.groups_at + 4 * n_groups;
         globals.chunks_at = globals.scalars_at + 4 * n_groups;
-        let meta_words = globals.chunks_at as usize + 4 * total_chunks;
+        globals.n_chunks = total_chunks as u32;
+        globals.n_tensors = tensors.len() as u32;
+        globals.tensors_at = globals.chunks_at + 4 * total_chunks as u32;
+        globals.tensor_norms_at = 4 * total_chunks as u32;
+        let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
+        let meta_words = globals.tensors_at as usize + 4 * total_tensor_entries;
         let mut meta_init = vec![0u32; meta_words];
         for (gi, g) in groups.iter().enumerate() {
             let (lr, wd) = config.resolve(&g.config);
@@ -243,7 +268,7 @@ impl GpuAdamW {
             meta_init[at + 1] = (wd as f32).to_bits();
         }
         let mut at = globals.chunks_at as usize;
-        for list in &chunk_lists {
+        for list in chunk_lists.iter().chain(&tensor_lists) {
             for c in list {
                 meta_init[at..at + 4].copy_from_slice(c);
                 at += 4;
@@ -301,6 +326,23 @@ impl GpuAdamW {
         };
         // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
 
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let amp = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-adamw amp"),
+            size: 16,
+            usage: storage,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&amp, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0]));
+        let partials = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-adamw grad-norm partials"),
+            size: (16 * total_chunks as u64 + 8 * tensors.len() as u64).max(16),
+            usage: storage,
+            mapped_at_creation: false,
+        });
+
         let prologue_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("wgpu-adamw prologue"),
             layout: &kernel.prologue_layout,
@@ -313,11 +355,20 @@ impl GpuAdamW {
                     binding: 8,
                     resource: meta.as_entire_binding(),
                 },
+                wgpu::BindGroupEntry {
+                    binding: 11,
+                    resource: amp.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 13,
+                    resource: partials.as_entire_binding(),
+                },
             ],
         });
         let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
         let mut dispatches = Vec::new();
         let mut first_chunk = 0u32;
+        let mut first_tensor = 0u32;
         for (k, key) in keys.iter().enumerate() {
             let (param, p_win, grad, g_win, arena) = key;
             let n_chunks = chunk_lists[k].len() as u32;
@@ -328,14 +379,18 @@ impl GpuAdamW {
                     "{n_chunks} chunks exceed the dispatch grid"
                 )));
             }
+            let n_tensors = tensor_lists[k].len() as u32;
             let info = DispatchInfo {
                 first_chunk,
                 n_chunks,
                 grid_x,
-                _pad: 0,
+                first_tensor,
+                n_tensors,
+                _pad: [0; 3],
             };
             queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
             first_chunk += n_chunks;
+            first_tensor += n_tensors;
             let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
             let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
             let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
@@ -381,9 +436,45 @@ impl GpuAdamW {
                     },
                 ],
             });
+            let reduce_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-adamw reduce"),
+                layout: &kernel.reduce_layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: binding(&uniform, 0, globals_size),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: binding(
+                            &uniform,
+                            info_at(k),
+                            std::mem::size_of::<DispatchInfo>() as u64,
+                        ),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: meta.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: binding(grad, *g_win, g_size / 4 * 4),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 10,
+                        resource: amp.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 12,
+                        resource: partials.as_entire_binding(),
+                    },
+                ],
+            });
             dispatches.push(Dispatch {
                 bind_group,
+                reduce_bind_group,
                 grid: (grid_x, grid_y),
+                tensor_groups: n_tensors.div_ceil(8),
             });
         }
 
@@ -401,6 +492,7 @@ impl GpuAdamW {
             kernel,
             globals,
             meta,
+            amp,
             arenas,
             tensors,
             prologue_bind_group,
@@ -442,6 +534,21 @@ impl GpuAdamW {
 
     /// Records one optimizer step into `pass`, an open compute pass of the engine's.
     pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if self.config.loss_scaling || self.config.max_grad_norm.is_some() {
+            if self.config.grad_norm_order == GradNormOrder::TorchCpu {
+                pass.set_pipeline(&self.kernel.tensor_norms);
+                for d in self.dispatches.iter().filter(|d| d.tensor_groups > 0) {
+                    pass.set_bind_group(0, &d.reduce_bind_group, &[]);
+                    pass.dispatch_workgroups(d.tensor_groups, 1, 1);
+                }
+            } else {
+                pass.set_pipeline(&self.kernel.reduce);
+                for d in &self.dispatches {
+                    pass.set_bind_group(0, &d.reduce_bind_group, &[]);
+                    pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+                }
+            }
+        }
         pass.set_pipeline(&self.kernel.prologue);
         pass.set_bind_group(0, &self.prologue_bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
@@ -481,9 +588,56 @@ impl GpuAdamW {
     pub fn read_counters(&self) -> Result<Counters> {
         let w = self.read_words(&self.meta, 0, 8)?;
         Ok(Counters {
-            sched: w[0],
-            adam: w[1],
+            sched: w[COUNTER_SCHED],
+            adam: w[COUNTER_ADAM],
         })
+    }
+
+    /// Whether the last step was skipped (non-finite gradients under loss scaling).
+    pub fn read_skipped(&self) -> Result<bool> {
+        Ok(self.read_words(&self.meta, 0, 8)?[STEP_SKIPPED] != 0)
+    }
+
+    /// The AMP/clipping buffer, 4 words the engine may bind or copy:
+    /// `[loss_scale: f32, found_inf: u32, grad_norm: f32, clip_coef: f32]`. The loss scale
+    /// (word 0) is read by every step with loss scaling on; an engine's scaler may write it on
+    /// the device (the buffer has `STORAGE | COPY_DST | COPY_SRC`). Words 1-3 are written by
+    /// each step with loss scaling or clipping on: whether any gradient was non-finite, the
+    /// global L2 norm of the unscaled gradients, and the clipping coefficient applied.
+    pub fn amp_buffer(&self) -> &wgpu::Buffer {
+        &self.amp
+    }
+
+    /// Writes the loss scale (takes effect at the next submit).
+    pub fn set_loss_scale(&self, scale: f32) {
+        self.queue
+            .write_buffer(&self.amp, 0, bytemuck::bytes_of(&scale));
+    }
+
+    /// Reads back the loss scale.
+    pub fn read_loss_scale(&self) -> Result<f32> {
+        Ok(f32::from_bits(self.read_words(&self.amp, 0, 4)?[0]))
+    }
+
+    /// Reads back `found_inf` of the last step (loss scaling or clipping on).
+    pub fn read_found_inf(&self) -> Result<bool> {
+        Ok(self.read_words(&self.amp, 4, 4)?[0] != 0)
+    }
+
+    /// Reads back the global gradient norm of the last step (loss scaling or clipping on).
+    pub fn read_grad_norm(&self) -> Result<f32> {
+        Ok(f32::from_bits(self.read_words(&self.amp, 8, 4)?[0]))
+    }
+
+    /// Records a copy of the 4 words of [`GpuAdamW::amp_buffer`] into `dst` at `offset`, to
+    /// log `found_inf` and the gradient norm of every step without waiting on the device.
+    pub fn encode_copy_amp(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        offset: u64,
+    ) {
+        encoder.copy_buffer_to_buffer(&self.amp, 0, dst, offset, 16);
     }
 
     /// Reads back the whole state (for checkpoints and tests).
@@ -515,6 +669,7 @@ impl GpuAdamW {
             config: self.config,
             groups: self.groups.clone(),
             counters: self.read_counters()?,
+            loss_scale: self.read_loss_scale()?,
             tensors: self
                 .tensors
                 .iter()
@@ -560,6 +715,7 @@ impl GpuAdamW {
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
             .write_buffer(&self.meta, 0, bytemuck::cast_slice(&counters));
+        self.set_loss_scale(state.loss_scale);
         self.queue.submit([]);
         Ok(())
     }

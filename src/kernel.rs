@@ -1,7 +1,7 @@
 //! The fused kernel `shaders/adamw.wgsl`: its uniform struct, its constants and the pipelines
 //! that run it. [`crate::twin`] is its CPU twin.
 
-use crate::config::{AdamWConfig, Schedule};
+use crate::config::{AdamWConfig, GradNormOrder, Schedule};
 use bytemuck::{Pod, Zeroable};
 
 /// The WGSL source of the fused AdamW + schedule kernel.
@@ -15,6 +15,18 @@ pub const WORKGROUP: u32 = 256;
 pub const FLAG_AMSGRAD: u32 = 1;
 /// `Globals::flags` bit: maximize.
 pub const FLAG_MAXIMIZE: u32 = 2;
+/// `Globals::flags` bit: AMP loss scaling (unscale, skip the step on non-finite gradients).
+pub const FLAG_LOSS_SCALE: u32 = 4;
+/// `Globals::flags` bit: clip the global gradient norm.
+pub const FLAG_CLIP: u32 = 8;
+/// `Globals::flags` bit: sum the gradient norm in PyTorch's CPU order.
+pub const FLAG_TORCH_NORM: u32 = 16;
+/// `meta` word: scheduler steps taken.
+pub const COUNTER_SCHED: usize = 0;
+/// `meta` word: Adam steps taken.
+pub const COUNTER_ADAM: usize = 1;
+/// `meta` word: the last step was skipped (non-finite gradients under loss scaling).
+pub const STEP_SKIPPED: usize = 2;
 /// Words at the start of the `meta` buffer that hold the step counters.
 pub const COUNTER_WORDS: u32 = 8;
 /// Stand-in for `ln(0)` when a beta is 0 (keeps infinities out of the shader).
@@ -70,8 +82,18 @@ pub struct Globals {
     /// Always 0: the kernel xors intermediates with it so no compiler can simplify the
     /// error-free transformations of its emulated fma.
     pub zero: u32,
+    /// Number of chunks of all dispatches (entries of the gradient-norm partials).
+    pub n_chunks: u32,
+    /// Clipping threshold when [`FLAG_CLIP`] is set.
+    pub max_grad_norm: f32,
+    /// Number of tensors.
+    pub n_tensors: u32,
+    /// Word offset of the tensor table in `meta` ([`FLAG_TORCH_NORM`]).
+    pub tensors_at: u32,
+    /// Word offset of the per-tensor norms in the partials buffer.
+    pub tensor_norms_at: u32,
     /// Padding to a multiple of 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 impl Globals {
@@ -83,7 +105,11 @@ impl Globals {
         let mut g = Globals {
             steps_per_epoch: config.steps_per_epoch.max(1),
             flags: u32::from(config.amsgrad) * FLAG_AMSGRAD
-                | u32::from(config.maximize) * FLAG_MAXIMIZE,
+                | u32::from(config.maximize) * FLAG_MAXIMIZE
+                | u32::from(config.loss_scaling) * FLAG_LOSS_SCALE
+                | u32::from(config.max_grad_norm.is_some()) * FLAG_CLIP
+                | u32::from(config.grad_norm_order == GradNormOrder::TorchCpu) * FLAG_TORCH_NORM,
+            max_grad_norm: config.max_grad_norm.unwrap_or(0.0) as f32,
             n_groups,
             eps: config.eps as f32,
             beta1: b1 as f32,
@@ -149,17 +175,27 @@ pub struct DispatchInfo {
     pub n_chunks: u32,
     /// Workgroups along x (the grid is `grid_x * ceil(n_chunks / grid_x)`).
     pub grid_x: u32,
+    /// Index of its first tensor in the tensor table ([`FLAG_TORCH_NORM`]).
+    pub first_tensor: u32,
+    /// Number of its tensors.
+    pub n_tensors: u32,
     /// Padding.
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
-/// The compiled kernel: both pipelines and their bind group layouts.
+/// The compiled kernel: its pipelines and their bind group layouts.
 #[derive(Debug)]
 pub struct Kernel {
     /// Layout of the prologue's bind group: globals, meta (read-write).
     pub prologue_layout: wgpu::BindGroupLayout,
     /// Layout of an update bind group: globals, dispatch info, meta, param, grad, m, v, v_max.
     pub update_layout: wgpu::BindGroupLayout,
+    /// Layout of a reduce bind group: globals, dispatch info, meta, grad, amp, partials.
+    pub reduce_layout: wgpu::BindGroupLayout,
+    /// The `reduce` entry point (gradient norm and non-finite check, per chunk).
+    pub reduce: wgpu::ComputePipeline,
+    /// The `tensor_norms` entry point (per-tensor norms in PyTorch's CPU order).
+    pub tensor_norms: wgpu::ComputePipeline,
     /// The `prologue` entry point.
     pub prologue: wgpu::ComputePipeline,
     /// The `update` entry point.
@@ -202,7 +238,12 @@ impl Kernel {
         let globals_size = std::mem::size_of::<Globals>() as u64;
         let prologue_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpu-adamw prologue"),
-            entries: &[uniform_entry(0, globals_size), storage_entry(8, false)],
+            entries: &[
+                uniform_entry(0, globals_size),
+                storage_entry(8, false),
+                storage_entry(11, false),
+                storage_entry(13, true),
+            ],
         });
         let mut entries = vec![
             uniform_entry(0, globals_size),
@@ -229,13 +270,29 @@ impl Kernel {
                 cache: None,
             })
         };
+        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("wgpu-adamw reduce"),
+            entries: &[
+                uniform_entry(0, globals_size),
+                uniform_entry(1, std::mem::size_of::<DispatchInfo>() as u64),
+                storage_entry(2, true),
+                storage_entry(4, false),
+                storage_entry(10, true),
+                storage_entry(12, false),
+            ],
+        });
         let prologue = pipeline(&prologue_layout, "prologue");
         let update = pipeline(&update_layout, "update");
+        let reduce = pipeline(&reduce_layout, "reduce");
+        let tensor_norms = pipeline(&reduce_layout, "tensor_norms");
         Self {
             prologue_layout,
             update_layout,
+            reduce_layout,
             prologue,
             update,
+            reduce,
+            tensor_norms,
         }
     }
 }

@@ -51,7 +51,7 @@ pub mod state;
 pub mod trace;
 pub mod twin;
 
-pub use config::{AdamWConfig, GroupConfig, Schedule};
+pub use config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};

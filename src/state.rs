@@ -5,7 +5,7 @@
 //! `[scheduler_steps, adam_steps]`), and the config as JSON in the metadata. Both backends
 //! read and write the same format, so a run can move between them.
 
-use crate::config::{AdamWConfig, GroupConfig, Schedule};
+use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 use crate::error::{Error, Result};
 use crate::twin::Counters;
 use safetensors::tensor::{Dtype, TensorView};
@@ -38,6 +38,8 @@ pub struct OptimizerState {
     pub groups: Vec<GroupConfig>,
     /// Step counters (schedule position and Adam's `t`).
     pub counters: Counters,
+    /// The AMP loss scale (1 when loss scaling is off).
+    pub loss_scale: f32,
     /// Per-tensor moments, in registration order.
     pub tensors: Vec<TensorState>,
 }
@@ -130,6 +132,10 @@ impl OptimizerState {
             "optimizer": optimizer_json(&self.config),
             "schedule": self.config.schedule.to_json_value(),
             "steps_per_epoch": self.config.steps_per_epoch,
+            "max_grad_norm": self.config.max_grad_norm,
+            "loss_scaling": self.config.loss_scaling,
+            "grad_norm_order": self.config.grad_norm_order.name(),
+            "loss_scale": self.loss_scale,
             "groups": self.groups.iter().map(|g| json!({"lr": opt_json(g.lr), "weight_decay": opt_json(g.weight_decay)})).collect::<Vec<_>>(),
             "tensor_groups": self.tensors.iter().map(|t| t.group).collect::<Vec<_>>(),
         });
@@ -161,6 +167,21 @@ impl OptimizerState {
             .as_u64()
             .and_then(|k| u32::try_from(k).ok())
             .ok_or_else(|| bad(path, "bad steps_per_epoch"))?;
+        config.max_grad_norm = match &cfg["max_grad_norm"] {
+            Value::Null => None,
+            v => Some(v.as_f64().ok_or_else(|| bad(path, "bad max_grad_norm"))?),
+        };
+        config.loss_scaling = cfg["loss_scaling"].as_bool().unwrap_or(false);
+        config.grad_norm_order = match cfg["grad_norm_order"].as_str() {
+            None => GradNormOrder::Compensated,
+            Some(name) => {
+                GradNormOrder::from_name(name).ok_or_else(|| bad(path, "bad grad_norm_order"))?
+            }
+        };
+        let loss_scale = match &cfg["loss_scale"] {
+            Value::Null => 1.0,
+            v => v.as_f64().ok_or_else(|| bad(path, "bad loss_scale"))? as f32,
+        };
         config.validate().map_err(wrap)?;
         let groups = cfg["groups"]
             .as_array()
@@ -218,6 +239,7 @@ impl OptimizerState {
                 sched: counters[0],
                 adam: counters[1],
             },
+            loss_scale,
             tensors,
         })
     }
@@ -266,6 +288,13 @@ impl OptimizerState {
         tensors: &[(usize, usize)],
     ) -> Result<()> {
         let mismatch = |s: String| Err(Error::CheckpointMismatch(s));
+        if (
+            self.config.loss_scaling,
+            self.config.max_grad_norm.is_some(),
+        ) != (config.loss_scaling, config.max_grad_norm.is_some())
+        {
+            return mismatch("loss scaling or clipping differs from this optimizer's".into());
+        }
         if self.config.amsgrad != config.amsgrad {
             return mismatch(format!(
                 "amsgrad is {} in the checkpoint, {} here",

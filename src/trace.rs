@@ -1,7 +1,7 @@
 //! PyTorch traces in the `adamw-trace/1` format: reading, replaying on either backend, and
 //! comparing against the recorded values with the format's tolerances.
 
-use crate::config::{AdamWConfig, GroupConfig, Schedule};
+use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 use crate::context::GpuContext;
 use crate::cpu::{CpuAdamW, CpuParamGroup};
 use crate::error::{Error, Result};
@@ -58,6 +58,10 @@ pub struct Trace {
     pub params: Vec<TraceParam>,
     /// The lr PyTorch used at each step, per group.
     pub lr: Vec<Vec<f64>>,
+    /// AMP traces: the loss scale of each step (`grad_scale/S`).
+    pub grad_scale: Option<Vec<f32>>,
+    /// AMP traces: whether PyTorch skipped each step (`skipped`).
+    pub skipped: Option<Vec<bool>>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -91,13 +95,6 @@ impl Trace {
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
         let wrap = |e: Error| bad(path, e.to_string());
-        let has_amp = st.names().iter().any(|n| n.starts_with("grad_scale/"));
-        if has_amp || !cfg["max_grad_norm"].is_null() || !cfg["amp"].is_null() {
-            return Err(Error::Unsupported(format!(
-                "{}: AMP loss scaling / gradient clipping (`grad_scale/S`, `max_grad_norm`) is not supported yet",
-                path.display()
-            )));
-        }
         let mut config = parse_optimizer_json(&cfg["optimizer"]).map_err(wrap)?;
         config.schedule = Schedule::from_json_value(&cfg["schedule"]).map_err(wrap)?;
         config.steps_per_epoch = match &cfg["steps_per_epoch"] {
@@ -112,6 +109,16 @@ impl Trace {
                     )
                 })?,
         };
+        config.max_grad_norm =
+            match &cfg["max_grad_norm"] {
+                Value::Null => None,
+                v => Some(v.as_f64().ok_or_else(|| {
+                    bad(path, format!("`max_grad_norm` must be a number, got {v}"))
+                })?),
+            };
+        config.loss_scaling = st.names().iter().any(|n| n.starts_with("grad_scale/"));
+        // PyTorch's traces were recorded on the CPU: reproduce its norm's summation order.
+        config.grad_norm_order = GradNormOrder::TorchCpu;
         config.validate().map_err(wrap)?;
         let steps = cfg["steps"]
             .as_u64()
@@ -198,6 +205,27 @@ impl Trace {
                 Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
             })
             .collect::<Result<Vec<_>>>()?;
+        let grad_scale = if config.loss_scaling {
+            let scales = (1..=steps)
+                .map(|s| Ok(f32s(&format!("grad_scale/{s}"), 1)?[0]))
+                .collect::<Result<Vec<f32>>>()?;
+            if let Some(bad_scale) = scales.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(bad(
+                    path,
+                    format!("loss scale {bad_scale} is not finite and > 0"),
+                ));
+            }
+            Some(scales)
+        } else {
+            None
+        };
+        let skipped = match st.tensor("skipped") {
+            Err(_) => None,
+            Ok(t) if t.dtype() == Dtype::U8 && t.shape() == [steps as usize] => {
+                Some(t.data().iter().map(|&b| b != 0).collect())
+            }
+            Ok(_) => return Err(bad(path, format!("`skipped` must be U8 [{steps}]"))),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             config,
@@ -205,6 +233,8 @@ impl Trace {
             steps,
             params,
             lr,
+            grad_scale,
+            skipped,
         })
     }
 }
@@ -231,6 +261,8 @@ pub struct ReplayOutput {
     pub max_exp_avg_sq: Option<Vec<Vec<f32>>>,
     /// The lr used at each step, per group.
     pub lr: Vec<Vec<f32>>,
+    /// Whether each step was skipped (non-finite gradients under loss scaling).
+    pub skipped: Vec<bool>,
 }
 
 /// Replays `trace`. With `checkpoint_at = Some((k, file))`, the state after step `k` is saved
@@ -275,6 +307,7 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
     let mut opt = CpuAdamW::new(trace.config, cpu_groups(trace))?;
     let mut params: Vec<Vec<f32>> = trace.params.iter().map(|p| p.init.clone()).collect();
     let mut lr = vec![Vec::with_capacity(trace.steps as usize); trace.groups.len()];
+    let mut skipped = Vec::with_capacity(trace.steps as usize);
     for s in 0..trace.steps as usize {
         if let Some((k, file)) = checkpoint_at {
             if s == k as usize {
@@ -282,12 +315,16 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
                 opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
             }
         }
+        if let Some(scales) = &trace.grad_scale {
+            opt.set_loss_scale(scales[s]);
+        }
         let grads: Vec<&[f32]> = trace.params.iter().map(|p| p.grads[s].as_slice()).collect();
         let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
         opt.step(&mut views, &grads)?;
         for (g, l) in lr.iter_mut().zip(opt.lr()) {
             g.push(l);
         }
+        skipped.push(opt.last_step().skipped);
     }
     if let Some((k, file)) = checkpoint_at {
         if k == trace.steps {
@@ -296,14 +333,20 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         }
     }
     let st = opt.state();
-    Ok(output_from_state(params, st, lr))
+    Ok(output_from_state(params, st, lr, skipped))
 }
 
-fn output_from_state(params: Vec<Vec<f32>>, st: OptimizerState, lr: Vec<Vec<f32>>) -> ReplayOutput {
+fn output_from_state(
+    params: Vec<Vec<f32>>,
+    st: OptimizerState,
+    lr: Vec<Vec<f32>>,
+    skipped: Vec<bool>,
+) -> ReplayOutput {
     let amsgrad = st.config.amsgrad;
     let mut out = ReplayOutput {
         params,
         lr,
+        skipped,
         max_exp_avg_sq: amsgrad.then(Vec::new),
         ..Default::default()
     };
@@ -377,6 +420,12 @@ fn replay_gpu(
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
+    let amp_log = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("trace amp log"),
+        size: (16 * u64::from(trace.steps)).max(16),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
     let mut grads = Vec::with_capacity(total as usize);
     for s in 0..trace.steps as usize {
         if let Some((k, file)) = checkpoint_at {
@@ -390,9 +439,13 @@ fn replay_gpu(
         grads.clear();
         grads.extend(trace.params.iter().flat_map(|p| p.grads[s].iter().copied()));
         queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
+        if let Some(scales) = &trace.grad_scale {
+            opt.set_loss_scale(scales[s]);
+        }
         let mut encoder = device.create_command_encoder(&Default::default());
         opt.encode_step(&mut encoder);
         opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64);
+        opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64);
         queue.submit([encoder.finish()]);
     }
     if let Some((k, file)) = checkpoint_at {
@@ -419,7 +472,11 @@ fn replay_gpu(
                 .collect()
         })
         .collect();
-    Ok(output_from_state(params, opt.state()?, lr))
+    let amp = read_buffer(device, queue, &amp_log, 0, amp_log.size())?;
+    let skipped = (0..trace.steps as usize)
+        .map(|s| trace.config.loss_scaling && amp[4 * s + 1] != 0)
+        .collect();
+    Ok(output_from_state(params, opt.state()?, lr, skipped))
 }
 
 /// The worst error of one kind of value, as a multiple of its tolerance.
@@ -469,6 +526,8 @@ pub struct Comparison {
     pub max_exp_avg_sq: Option<Worst>,
     /// Learning rates of every step.
     pub lr: Worst,
+    /// AMP traces: steps skipped where PyTorch did not, or the reverse (ratio 0 or infinite).
+    pub skipped: Option<Worst>,
 }
 
 impl Comparison {
@@ -480,6 +539,7 @@ impl Comparison {
             && ok(&self.exp_avg_sq)
             && self.max_exp_avg_sq.as_ref().is_none_or(ok)
             && ok(&self.lr)
+            && self.skipped.as_ref().is_none_or(ok)
     }
 
     /// The rows `(kind, worst)` for printing.
@@ -493,6 +553,9 @@ impl Comparison {
             rows.push(("max_exp_avg_sq", w));
         }
         rows.push(("lr", &self.lr));
+        if let Some(w) = &self.skipped {
+            rows.push(("skipped", w));
+        }
         rows
     }
 }
@@ -543,6 +606,15 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         ) {
             cmp(w, &got[i], want, &p.name, 0.0, MOMENT_RTOL);
         }
+    }
+    if let Some(want) = &trace.skipped {
+        let mut w = Worst::default();
+        for (s, (&x, &t)) in out.skipped.iter().zip(want).enumerate() {
+            w.add(f64::from(u8::from(x)), f64::from(u8::from(t)), 0.0, || {
+                format!("step {}", s + 1)
+            });
+        }
+        c.skipped = Some(w);
     }
     for (g, (want, got)) in trace.lr.iter().zip(&out.lr).enumerate() {
         let max = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));

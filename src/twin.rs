@@ -4,7 +4,10 @@
 //! [`crate::CpuAdamW`] is built from these functions; tests compare them with the kernel and
 //! with the f64 closed forms of [`crate::schedule`].
 
-use crate::kernel::{Globals, FLAG_AMSGRAD, FLAG_MAXIMIZE};
+use crate::kernel::{
+    Globals, CHUNK, FLAG_AMSGRAD, FLAG_CLIP, FLAG_LOSS_SCALE, FLAG_MAXIMIZE, FLAG_TORCH_NORM,
+    WORKGROUP,
+};
 
 const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
 const LN2_HI: f32 = 0.693_145_751_953_125;
@@ -218,9 +221,176 @@ pub struct StepScalars {
     pub bc2_sqrt: f32,
 }
 
-/// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step;
-/// advances the counters.
+/// Step-wide results of the prologue: AMP and clipping.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepGlobals {
+    /// The step is skipped (non-finite gradients under loss scaling).
+    pub skipped: bool,
+    /// Some raw gradient was non-finite.
+    pub found_inf: bool,
+    /// `1 / loss_scale` (1 without loss scaling).
+    pub inv_scale: f32,
+    /// The clipping coefficient (1 without clipping).
+    pub clip_coef: f32,
+    /// The global L2 norm of the unscaled gradients (0 unless scaling or clipping is on).
+    pub grad_norm: f32,
+}
+
+impl Default for StepGlobals {
+    fn default() -> Self {
+        Self {
+            skipped: false,
+            found_inf: false,
+            inv_scale: 1.0,
+            clip_coef: 1.0,
+            grad_norm: 0.0,
+        }
+    }
+}
+
+/// `1 / s` rounded to nearest, as the kernel's `recip`.
+pub fn recip(s: f32) -> f32 {
+    let r = 1.0 / s;
+    let e = fma_exact(-s, r, 1.0);
+    fma_exact(r, e, r)
+}
+
+/// The gradient multiplier: `1 / loss_scale` with loss scaling, else 1.
+pub fn grad_multiplier(g: &Globals, loss_scale: f32) -> f32 {
+    if g.flags & FLAG_LOSS_SCALE != 0 {
+        recip(loss_scale)
+    } else {
+        1.0
+    }
+}
+
+fn is_nonfinite(x: f32) -> bool {
+    x.to_bits() & 0x7f80_0000 == 0x7f80_0000
+}
+
+/// `(hi, lo) + (x, y)`, both unevaluated sums.
+#[inline(always)]
+pub fn add_double(a: (f32, f32), b: (f32, f32)) -> (f32, f32) {
+    let (s, e) = two_sum(a.0, b.0);
+    (s, e + (a.1 + b.1))
+}
+
+fn workgroup_tree(acc: &mut [(f32, f32); 256], flag: &mut [u32; 256]) {
+    let mut stride = 128;
+    while stride > 0 {
+        for lane in 0..stride {
+            acc[lane] = add_double(acc[lane], acc[lane + stride]);
+            flag[lane] |= flag[lane + stride];
+        }
+        stride >>= 1;
+    }
+}
+
+/// The kernel's `reduce` for one chunk (at most `CHUNK` gradients): the sum of squares of the
+/// unscaled gradients as an unevaluated sum `hi + lo`, and whether any raw gradient is
+/// non-finite.
+pub fn reduce_chunk(grads: &[f32], inv: f32) -> ((f32, f32), bool) {
+    let (mut acc, mut flag) = ([(0f32, 0f32); 256], [0u32; 256]);
+    for k in 0..(CHUNK / WORKGROUP) as usize {
+        for lane in 0..WORKGROUP as usize {
+            if let Some(&raw) = grads.get(k * WORKGROUP as usize + lane) {
+                flag[lane] |= u32::from(is_nonfinite(raw));
+                let x = raw * inv;
+                acc[lane] = add_double(acc[lane], two_prod(x, x));
+            }
+        }
+    }
+    workgroup_tree(&mut acc, &mut flag);
+    (acc[0], flag[0] != 0)
+}
+
+/// The prologue's reduction of all chunk partials: strided per lane, then a tree.
+pub fn reduce_partials(partials: &[((f32, f32), bool)]) -> ((f32, f32), bool) {
+    let (mut acc, mut flag) = ([(0f32, 0f32); 256], [0u32; 256]);
+    for lane in 0..256 {
+        for &(x, f) in partials.iter().skip(lane).step_by(256) {
+            acc[lane] = add_double(acc[lane], x);
+            flag[lane] |= u32::from(f);
+        }
+    }
+    workgroup_tree(&mut acc, &mut flag);
+    (acc[0], flag[0] != 0)
+}
+
+/// `acc + x * x` with two roundings, as ATen's (unfused) CPU norm kernel adds a square.
+#[inline(always)]
+fn add_square(acc: f32, x: f32) -> f32 {
+    acc + x * x
+}
+
+/// The kernel's `tensor_norms` for one tensor: its norm summed in PyTorch's CPU order
+/// (8 interleaved lanes, lanes added left to right, then the tail), and whether any raw
+/// gradient is non-finite. Rust's `sqrt` is correctly rounded, as the kernel's `sqrt_rn`.
+pub fn tensor_norm_torch(grads: &[f32], inv: f32) -> (f32, bool) {
+    let body = grads.len() - grads.len() % 8;
+    let mut lanes = [0f32; 8];
+    let mut flag = false;
+    for (lane, acc) in lanes.iter_mut().enumerate() {
+        for &raw in grads[..body].iter().skip(lane).step_by(8) {
+            flag |= is_nonfinite(raw);
+            *acc = add_square(*acc, raw * inv);
+        }
+    }
+    let mut b = lanes[0];
+    for &l in &lanes[1..] {
+        b += l;
+    }
+    for &raw in &grads[body..] {
+        flag |= is_nonfinite(raw);
+        b = add_square(b, raw * inv);
+    }
+    (b.sqrt(), flag)
+}
+
+/// The prologue's final reduction: the global norm and found_inf, from the chunk partials
+/// ([`reduce_chunk`]) or, with [`crate::GradNormOrder::TorchCpu`], from the per-tensor norms
+/// ([`tensor_norm_torch`], in registration order).
+pub fn final_norm(
+    g: &Globals,
+    partials: &[((f32, f32), bool)],
+    tensor_norms: &[(f32, bool)],
+) -> (f32, bool) {
+    if g.flags & FLAG_TORCH_NORM != 0 {
+        let norms: Vec<f32> = tensor_norms.iter().map(|t| t.0).collect();
+        let found = tensor_norms.iter().any(|t| t.1);
+        return (tensor_norm_torch(&norms, 1.0).0, found);
+    }
+    let ((hi, lo), found) = reduce_partials(partials);
+    ((hi + lo).sqrt(), found)
+}
+
+/// The kernel's `prologue` without loss scaling or clipping: per group
+/// `(base_lr, weight_decay)`, the scalars of the next step; advances the counters.
 pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> Vec<StepScalars> {
+    prologue_amp(g, groups, counters, (0.0, false), 1.0).0
+}
+
+/// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step,
+/// and the step's AMP/clipping results; advances the counters. `reduced` is
+/// [`final_norm`]'s `(norm, found_inf)` (used only with loss scaling or clipping).
+pub fn prologue_amp(
+    g: &Globals,
+    groups: &[(f32, f32)],
+    counters: &mut Counters,
+    reduced: (f32, bool),
+    loss_scale: f32,
+) -> (Vec<StepScalars>, StepGlobals) {
+    let mut step = StepGlobals::default();
+    if g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP) != 0 {
+        let (norm, found) = reduced;
+        step.found_inf = found;
+        step.skipped = g.flags & FLAG_LOSS_SCALE != 0 && found;
+        step.inv_scale = grad_multiplier(g, loss_scale);
+        step.grad_norm = norm;
+        if g.flags & FLAG_CLIP != 0 {
+            step.clip_coef = (g.max_grad_norm / (norm + 1e-6)).min(1.0);
+        }
+    }
     let epoch = counters.sched / g.steps_per_epoch;
     let t = counters.adam.wrapping_add(1) as f32;
     let bc1 = -expm1_neg(t * g.ln_beta1);
@@ -238,11 +408,19 @@ pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> 
         })
         .collect();
     counters.sched = counters.sched.wrapping_add(1);
-    counters.adam = counters.adam.wrapping_add(1);
-    scalars
+    counters.adam = counters.adam.wrapping_add(u32::from(!step.skipped));
+    (scalars, step)
 }
 
-/// The kernel's per-element update. `max_exp_avg_sq` is only touched with amsgrad.
+/// The gradient the update sees: unscaled, then clipped (two roundings, as GradScaler and
+/// `clip_grad_norm_` do). The kernel's `update` does this as it loads each gradient.
+#[inline(always)]
+pub fn effective_grad(step: &StepGlobals, grad: f32) -> f32 {
+    (grad * step.inv_scale) * step.clip_coef
+}
+
+/// The kernel's per-element update, given the [`effective_grad`]. `max_exp_avg_sq` is only
+/// touched with amsgrad.
 #[inline(always)]
 pub fn update_element(
     g: &Globals,

@@ -22,7 +22,13 @@ fn naga_validates_the_shader() {
     .validate(&m)
     .expect("the WGSL validates without optional capabilities");
     let entries: Vec<&str> = m.entry_points.iter().map(|e| e.name.as_str()).collect();
-    for e in ["prologue", "update", "schedule_probe"] {
+    for e in [
+        "prologue",
+        "update",
+        "reduce",
+        "tensor_norms",
+        "schedule_probe",
+    ] {
         assert!(entries.contains(&e), "{e} missing");
     }
 }
@@ -73,6 +79,11 @@ fn globals_layout_matches_the_shader() {
         ("scalars_at", offset_of!(Globals, scalars_at)),
         ("chunks_at", offset_of!(Globals, chunks_at)),
         ("zero", offset_of!(Globals, zero)),
+        ("n_chunks", offset_of!(Globals, n_chunks)),
+        ("max_grad_norm", offset_of!(Globals, max_grad_norm)),
+        ("n_tensors", offset_of!(Globals, n_tensors)),
+        ("tensors_at", offset_of!(Globals, tensors_at)),
+        ("tensor_norms_at", offset_of!(Globals, tensor_norms_at)),
     ];
     let named: Vec<(String, u32)> = members
         .into_iter()
@@ -92,6 +103,8 @@ fn dispatch_info_layout_matches_the_shader() {
         ("first_chunk", offset_of!(DispatchInfo, first_chunk)),
         ("n_chunks", offset_of!(DispatchInfo, n_chunks)),
         ("grid_x", offset_of!(DispatchInfo, grid_x)),
+        ("first_tensor", offset_of!(DispatchInfo, first_tensor)),
+        ("n_tensors", offset_of!(DispatchInfo, n_tensors)),
     ];
     for ((wn, wo), (rn, ro)) in members.iter().zip(rust) {
         assert_eq!((wn.as_str(), *wo as usize), (rn, ro));
