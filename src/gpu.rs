@@ -595,7 +595,7 @@ impl GpuAdamW {
 
     /// Whether the last step was skipped (non-finite gradients under loss scaling).
     pub fn read_skipped(&self) -> Result<bool> {
-        Ok(self.read_words(&self.meta, 0, 8)?[STEP_SKIPPED] != 0)
+        Ok(self.read_words(&self.meta, 4 * STEP_SKIPPED as u64, 4)?[0] != 0)
     }
 
     /// The AMP/clipping buffer, 4 words the engine may bind or copy:
