@@ -1,0 +1,592 @@
+//! The MLP on the GPU: forward, softmax cross-entropy and backward as WGSL kernels, the
+//! parameters and gradients in one arena buffer each, updated by [`GpuAdamW`].
+
+use crate::data::Dataset;
+use crate::model::Mlp;
+use anyhow::{bail, Context};
+use wgpu_adamw::wgpu;
+use wgpu_adamw::{read_buffer, AdamWConfig, GpuAdamW, GroupConfig, ParamGroup, TensorBinding};
+
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+const FORWARD: &str = include_str!("../shaders/forward.wgsl");
+const LOSS: &str = include_str!("../shaders/loss.wgsl");
+const BACKWARD: &str = include_str!("../shaders/backward.wgsl");
+
+/// Bytes of one log record written by [`GpuMlp::encode_log`]: `[loss, accuracy, 0, 0]` of
+/// the last forward pass, then the optimizer's last step scalars `[lr, 1 - lr*wd, lr / bc1,
+/// sqrt(bc2)]` of each of the two param groups (weights, biases), all f32.
+pub const LOG_RECORD_BYTES: u64 = 16 + 2 * 16;
+
+/// Threads per workgroup (`WG` in `shaders/common.wgsl`).
+const WG: u32 = 64;
+
+/// The `Cfg` uniform of `shaders/common.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Cfg {
+    a_off: u32,
+    d_off: u32,
+    dst_off: u32,
+    n_threads: u32,
+    in_dim: u32,
+    out_dim: u32,
+    batch: u32,
+    relu: u32,
+    w_off: u32,
+    b_off: u32,
+    aux_off: u32,
+    grid_x: u32,
+    _pad: [u32; 4],
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Forward,
+    ForwardTiled,
+    Xent,
+    Reduce,
+    GradParams,
+    GradParamsTiled,
+    GradInput,
+    GradInputTiled,
+}
+
+#[derive(Debug)]
+struct Op {
+    kind: Kind,
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+#[derive(Debug)]
+struct Pipelines {
+    forward: wgpu::ComputePipeline,
+    forward_tiled: wgpu::ComputePipeline,
+    xent: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+    grad_params: wgpu::ComputePipeline,
+    grad_params_tiled: wgpu::ComputePipeline,
+    grad_input: wgpu::ComputePipeline,
+    grad_input_tiled: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    fn get(&self, kind: Kind) -> &wgpu::ComputePipeline {
+        match kind {
+            Kind::Forward => &self.forward,
+            Kind::ForwardTiled => &self.forward_tiled,
+            Kind::Xent => &self.xent,
+            Kind::Reduce => &self.reduce,
+            Kind::GradParams => &self.grad_params,
+            Kind::GradParamsTiled => &self.grad_params_tiled,
+            Kind::GradInput => &self.grad_input,
+            Kind::GradInputTiled => &self.grad_input_tiled,
+        }
+    }
+}
+
+/// Offsets (in f32 elements) of everything in the activations buffer.
+#[derive(Clone, Copy, Debug)]
+struct ActLayout {
+    /// Layer inputs: `x`, `a1`, `a2`, then the logits `z3`.
+    act: [u32; 4],
+    /// Deltas w.r.t. each layer's pre-activation output: `d1`, `d2`, `d3`.
+    delta: [u32; 3],
+    /// Per-sample losses, then hits.
+    aux: u32,
+    total: u32,
+}
+
+impl ActLayout {
+    fn new(mlp: &Mlp, n: usize) -> Self {
+        let dims = [mlp.inputs, mlp.hidden[0], mlp.hidden[1], mlp.classes];
+        let mut at = 0usize;
+        // Every region starts at a multiple of 4 elements, for the vec4 views.
+        let mut take = |len: usize| {
+            let o = at as u32;
+            at += len.div_ceil(4) * 4;
+            o
+        };
+        let act = dims.map(|d| take(n * d));
+        let delta = [take(n * dims[1]), take(n * dims[2]), take(n * dims[3])];
+        let aux = take(2 * n);
+        Self {
+            act,
+            delta,
+            aux,
+            total: at as u32,
+        }
+    }
+}
+
+/// A full-batch trainer of [`Mlp`] on the GPU. One training step is one compute pass of ten
+/// dispatches (3 forward, loss, loss reduction, 5 backward) plus the optimizer's pass (its
+/// prologue and one update dispatch for the whole model); nothing is read back.
+#[derive(Debug)]
+pub struct GpuMlp {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    mlp: Mlp,
+    /// The parameter arena (layout of [`Mlp::layers`]).
+    pub params: wgpu::Buffer,
+    /// The gradient arena (same layout), overwritten by every backward pass.
+    pub grads: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    pipelines: Pipelines,
+    train_ops: Vec<Op>,
+    n_eval_ops: usize,
+    opt: GpuAdamW,
+}
+
+fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn storage_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    bytes: u64,
+    extra: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(16).div_ceil(16) * 16,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC
+            | extra,
+        mapped_at_creation: false,
+    })
+}
+
+impl GpuMlp {
+    /// Uploads `data` and the initial parameter arena `init`, compiles the kernels and
+    /// creates the optimizer (weights in group 0 with `config`'s weight decay, biases in
+    /// group 1 without).
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        mlp: Mlp,
+        data: &Dataset,
+        init: &[f32],
+        config: AdamWConfig,
+    ) -> anyhow::Result<Self> {
+        if init.len() != mlp.arena_len() {
+            bail!(
+                "parameter arena has {} elements, the model needs {}",
+                init.len(),
+                mlp.arena_len()
+            );
+        }
+        if data.classes != mlp.classes || data.features() != mlp.inputs {
+            bail!("the data set does not match the model's inputs and classes");
+        }
+        let n = data.len();
+        let lay = ActLayout::new(&mlp, n);
+        let limits = device.limits();
+        if u64::from(lay.total) * 4 > limits.max_storage_buffer_binding_size {
+            bail!("{n} samples do not fit one storage binding on this device");
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+
+        let params = storage_buffer(
+            device,
+            "demo params",
+            4 * init.len() as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        queue.write_buffer(&params, 0, bytemuck::cast_slice(init));
+        let grads = storage_buffer(
+            device,
+            "demo grads",
+            4 * init.len() as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        let acts = storage_buffer(
+            device,
+            "demo activations",
+            4 * u64::from(lay.total),
+            wgpu::BufferUsages::empty(),
+        );
+        queue.write_buffer(&acts, 0, bytemuck::cast_slice(&data.x));
+        let labels = storage_buffer(
+            device,
+            "demo labels",
+            4 * n as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        queue.write_buffer(&labels, 0, bytemuck::cast_slice(&data.y));
+        let stats = storage_buffer(device, "demo stats", 16, wgpu::BufferUsages::empty());
+
+        use wgpu::BufferBindingType as T;
+        let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("demo mlp"),
+            entries: &[
+                layout_entry(0, T::Uniform),
+                layout_entry(1, T::Storage { read_only: true }),
+                layout_entry(2, T::Storage { read_only: false }),
+                layout_entry(3, T::Storage { read_only: false }),
+                layout_entry(4, T::Storage { read_only: true }),
+                layout_entry(5, T::Storage { read_only: false }),
+                layout_entry(6, T::Storage { read_only: true }),
+                layout_entry(7, T::Storage { read_only: false }),
+            ],
+        });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("demo mlp"),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        let module = |label: &str, body: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{body}").into()),
+            })
+        };
+        let (fwd, loss, bwd) = (
+            module("forward.wgsl", FORWARD),
+            module("loss.wgsl", LOSS),
+            module("backward.wgsl", BACKWARD),
+        );
+        let pipeline = |m: &wgpu::ShaderModule, entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: m,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let pipelines = Pipelines {
+            forward: pipeline(&fwd, "linear_forward"),
+            forward_tiled: pipeline(&fwd, "linear_forward_tiled"),
+            xent: pipeline(&loss, "softmax_xent"),
+            reduce: pipeline(&loss, "reduce_loss"),
+            grad_params: pipeline(&bwd, "linear_grad_params"),
+            grad_params_tiled: pipeline(&bwd, "linear_grad_params_tiled"),
+            grad_input: pipeline(&bwd, "linear_grad_input"),
+            grad_input_tiled: pipeline(&bwd, "linear_grad_input_tiled"),
+        };
+
+        // The dispatches of one step, each with its own slot of the uniform buffer.
+        let layers = mlp.layers();
+        let nb = n as u32;
+        let mut cfgs: Vec<(Kind, Cfg)> = Vec::new();
+        // The tiled kernels need both dimensions to be multiples of 4 (offsets are).
+        let tiled = |l: &crate::model::Layer| l.in_dim % 4 == 0 && l.out_dim % 4 == 0;
+        let quads = |n: usize| n.div_ceil(4) as u32;
+        for (l, layer) in layers.iter().enumerate() {
+            let (kind, n_threads) = if tiled(layer) {
+                (Kind::ForwardTiled, quads(n) * quads(layer.out_dim))
+            } else {
+                (Kind::Forward, nb * layer.out_dim as u32)
+            };
+            cfgs.push((
+                kind,
+                Cfg {
+                    a_off: lay.act[l],
+                    dst_off: lay.act[l + 1],
+                    n_threads,
+                    relu: u32::from(layer.relu),
+                    ..layer_cfg(layer, nb)
+                },
+            ));
+        }
+        let xent = Cfg {
+            a_off: lay.act[3],
+            d_off: lay.delta[2],
+            aux_off: lay.aux,
+            n_threads: nb,
+            ..layer_cfg(&layers[2], nb)
+        };
+        cfgs.push((Kind::Xent, xent));
+        cfgs.push((
+            Kind::Reduce,
+            Cfg {
+                n_threads: 256,
+                ..xent
+            },
+        ));
+        let n_eval_ops = cfgs.len();
+        for (l, layer) in layers.iter().enumerate().rev() {
+            let (i, o) = (layer.in_dim as u32, layer.out_dim as u32);
+            let (kind, n_threads) = if tiled(layer) {
+                (
+                    Kind::GradParamsTiled,
+                    quads(layer.out_dim) * quads(layer.in_dim),
+                )
+            } else {
+                (Kind::GradParams, o * i + o)
+            };
+            cfgs.push((
+                kind,
+                Cfg {
+                    a_off: lay.act[l],
+                    d_off: lay.delta[l],
+                    n_threads,
+                    ..layer_cfg(layer, nb)
+                },
+            ));
+            if l > 0 {
+                let (kind, n_threads) = if tiled(layer) {
+                    (Kind::GradInputTiled, quads(n) * quads(layer.in_dim))
+                } else {
+                    (Kind::GradInput, nb * i)
+                };
+                cfgs.push((
+                    kind,
+                    Cfg {
+                        a_off: lay.act[l],
+                        d_off: lay.delta[l],
+                        dst_off: lay.delta[l - 1],
+                        n_threads,
+                        // The input is the previous layer's ReLU output.
+                        relu: u32::from(layers[l - 1].relu),
+                        ..layer_cfg(layer, nb)
+                    },
+                ));
+            }
+        }
+        let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(256);
+        let cfg_size = std::mem::size_of::<Cfg>() as u64;
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("demo cfg"),
+            size: ualign * cfgs.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
+        let mut train_ops = Vec::new();
+        for (k, (kind, mut cfg)) in cfgs.into_iter().enumerate() {
+            let (grid_x, grid_y) = if matches!(kind, Kind::Reduce) {
+                (1, 1)
+            } else {
+                let groups = cfg.n_threads.div_ceil(WG).max(1);
+                let x = groups.min(max_dim);
+                (x, groups.div_ceil(x))
+            };
+            if grid_x > max_dim || grid_y > max_dim {
+                bail!("{} threads exceed the dispatch grid", cfg.n_threads);
+            }
+            cfg.grid_x = grid_x;
+            let at = ualign * k as u64;
+            queue.write_buffer(&uniform, at, bytemuck::bytes_of(&cfg));
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("demo mlp op"),
+                layout: &bgl,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniform,
+                            offset: at,
+                            size: wgpu::BufferSize::new(cfg_size),
+                        }),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: params.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: grads.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: acts.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: labels.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: stats.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 6,
+                        resource: params.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 7,
+                        resource: acts.as_entire_binding(),
+                    },
+                ],
+            });
+            train_ops.push(Op {
+                kind,
+                bind_group,
+                grid: (grid_x, grid_y),
+            });
+        }
+
+        let [weights, biases] = mlp.tensors();
+        let bind = |&(off, len): &(usize, usize)| TensorBinding {
+            param: params.clone(),
+            param_offset: 4 * off as u64,
+            grad: grads.clone(),
+            grad_offset: 4 * off as u64,
+            len: len as u64,
+        };
+        let opt = GpuAdamW::new(
+            device,
+            queue,
+            config,
+            vec![
+                ParamGroup {
+                    config: GroupConfig::default(),
+                    tensors: weights.iter().map(bind).collect(),
+                },
+                ParamGroup {
+                    config: GroupConfig {
+                        weight_decay: Some(0.0),
+                        ..Default::default()
+                    },
+                    tensors: biases.iter().map(bind).collect(),
+                },
+            ],
+        )
+        .context("creating the optimizer")?;
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            bail!("device error while building the MLP: {e}");
+        }
+        Ok(Self {
+            device: device.clone(),
+            queue: queue.clone(),
+            mlp,
+            params,
+            grads,
+            stats,
+            pipelines,
+            train_ops,
+            n_eval_ops,
+            opt,
+        })
+    }
+
+    /// The model.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// The optimizer updating [`GpuMlp::params`].
+    pub fn optimizer(&self) -> &GpuAdamW {
+        &self.opt
+    }
+
+    fn encode_ops(&self, encoder: &mut wgpu::CommandEncoder, ops: &[Op]) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("demo mlp"),
+            timestamp_writes: None,
+        });
+        for op in ops {
+            pass.set_pipeline(self.pipelines.get(op.kind));
+            pass.set_bind_group(0, &op.bind_group, &[]);
+            pass.dispatch_workgroups(op.grid.0, op.grid.1, 1);
+        }
+    }
+
+    /// Records the forward pass and the loss (into the stats buffer) only.
+    pub fn encode_forward(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.encode_ops(encoder, &self.train_ops[..self.n_eval_ops]);
+    }
+
+    /// Records forward, loss and backward: fills [`GpuMlp::grads`].
+    pub fn encode_forward_backward(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.encode_ops(encoder, &self.train_ops);
+    }
+
+    /// Records one training step: forward, loss, backward, then the optimizer's update.
+    pub fn encode_train_step(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.encode_forward_backward(encoder);
+        self.opt.encode_step(encoder);
+    }
+
+    /// Records a copy of the last loss, accuracy and step scalars into `dst` at `offset`
+    /// ([`LOG_RECORD_BYTES`] bytes; `dst` needs `COPY_DST`).
+    pub fn encode_log(&self, encoder: &mut wgpu::CommandEncoder, dst: &wgpu::Buffer, offset: u64) {
+        encoder.copy_buffer_to_buffer(&self.stats, 0, dst, offset, 16);
+        // 16 bytes per param group.
+        self.opt.encode_copy_step_scalars(encoder, dst, offset + 16);
+    }
+
+    /// Submits `encoder`'s work.
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) {
+        self.queue.submit([encoder.finish()]);
+    }
+
+    fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> anyhow::Result<Vec<f32>> {
+        let words = read_buffer(&self.device, &self.queue, buffer, offset, bytes)?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
+    }
+
+    /// Reads back the parameter arena (waits for the queue).
+    pub fn read_params(&self) -> anyhow::Result<Vec<f32>> {
+        self.read_f32(&self.params, 0, 4 * self.mlp.arena_len() as u64)
+    }
+
+    /// Reads back the gradient arena of the last backward pass.
+    pub fn read_grads(&self) -> anyhow::Result<Vec<f32>> {
+        self.read_f32(&self.grads, 0, 4 * self.mlp.arena_len() as u64)
+    }
+
+    /// Reads back `(loss, accuracy)` of the last forward pass.
+    pub fn read_stats(&self) -> anyhow::Result<(f32, f32)> {
+        let s = self.read_f32(&self.stats, 0, 8)?;
+        Ok((s[0], s[1]))
+    }
+
+    /// Reads back `bytes` of a buffer written by [`GpuMlp::encode_log`].
+    pub fn read_log(
+        &self,
+        log: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> anyhow::Result<Vec<f32>> {
+        self.read_f32(log, offset, bytes)
+    }
+
+    /// Evaluates the current parameters: `(loss, accuracy)` over the data set.
+    pub fn evaluate(&self) -> anyhow::Result<(f32, f32)> {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.encode_forward(&mut encoder);
+        self.submit(encoder);
+        self.read_stats()
+    }
+
+    /// Creates a buffer for `records` log records.
+    pub fn create_log_buffer(&self, records: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("demo log"),
+            size: (LOG_RECORD_BYTES * records as u64).max(LOG_RECORD_BYTES),
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A new command encoder on this model's device.
+    pub fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&Default::default())
+    }
+}
+
+fn layer_cfg(layer: &crate::model::Layer, batch: u32) -> Cfg {
+    Cfg {
+        in_dim: layer.in_dim as u32,
+        out_dim: layer.out_dim as u32,
+        batch,
+        w_off: layer.w_off as u32,
+        b_off: layer.b_off as u32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,56 @@
+//! Trains a small MLP on the GPU under four lr schedules and plots the learning curves.
+//!
+//! ```text
+//! cargo run --release --example learning_curve [-- --out DIR] [--steps N]
+//! ```
+//!
+//! Writes `DIR/learning_curve.svg` and `DIR/learning_curve.csv` (default `demo-out/`) and
+//! prints the final loss and accuracy of each schedule. See the `wgpu-adamw-demo` crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wgpu_adamw_demo::DemoOptions;
+
+const USAGE: &str = "usage: learning_curve [--out DIR] [--steps N]";
+
+fn parse() -> Result<DemoOptions, String> {
+    let mut opts = DemoOptions::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--out" => opts.out = PathBuf::from(value("--out")?),
+            "--steps" => {
+                let v = value("--steps")?;
+                opts.steps = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or(format!("--steps needs a positive integer, got `{v}`"))?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match wgpu_adamw_demo::run(&opts) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
