@@ -156,7 +156,8 @@ impl GpuAdamW {
         }
         let limits = device.limits();
         let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
-        let mut max_binding = u64::from(limits.max_storage_buffer_binding_size)
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             .min(1 << 31);
         if let Some(m) = options.max_binding_size {
@@ -182,6 +183,8 @@ impl GpuAdamW {
         let mut tensors = Vec::new();
         let mut arena_fill: Vec<u64> = vec![0];
         let mut keys: Vec<DispatchKey> = Vec::new();
+        // wgpu hashes buffers by identity, which never changes: fine as keys.
+        #[allow(clippy::mutable_key_type)]
         let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
         let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
         // Per key, its tensors that lie wholly in it: (grad offset, len, tensor index).
@@ -577,6 +580,21 @@ impl GpuAdamW {
         self.queue.submit([encoder.finish()])
     }
 
+    /// [`GpuAdamW::step`] inside error scopes: a validation error (for example an engine
+    /// buffer destroyed while registered) or an out-of-memory error is returned instead of
+    /// reaching wgpu's uncaptured-error handler.
+    pub fn step_checked(&self) -> Result<wgpu::SubmissionIndex> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let index = self.step();
+        let oom = pollster::block_on(oom.pop());
+        let validation = pollster::block_on(validation.pop());
+        match oom.or(validation) {
+            Some(e) => Err(Error::Device(e.to_string())),
+            None => Ok(index),
+        }
+    }
+
     /// Reads back the learning rate each group used at the last step (0 before the first).
     pub fn read_lr(&self) -> Result<Vec<f32>> {
         let at = u64::from(self.globals.scalars_at) * 4;
@@ -787,6 +805,7 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
 }
 
 fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
+    #[allow(clippy::mutable_key_type)] // hashed by identity
     let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> = HashMap::new();
     let mut index = 0usize;
     for g in groups {

@@ -104,11 +104,19 @@ impl Globals {
         let omb1 = (1.0 - b1) as f32;
         let mut g = Globals {
             steps_per_epoch: config.steps_per_epoch.max(1),
-            flags: u32::from(config.amsgrad) * FLAG_AMSGRAD
-                | u32::from(config.maximize) * FLAG_MAXIMIZE
-                | u32::from(config.loss_scaling) * FLAG_LOSS_SCALE
-                | u32::from(config.max_grad_norm.is_some()) * FLAG_CLIP
-                | u32::from(config.grad_norm_order == GradNormOrder::TorchCpu) * FLAG_TORCH_NORM,
+            flags: [
+                (config.amsgrad, FLAG_AMSGRAD),
+                (config.maximize, FLAG_MAXIMIZE),
+                (config.loss_scaling, FLAG_LOSS_SCALE),
+                (config.max_grad_norm.is_some(), FLAG_CLIP),
+                (
+                    config.grad_norm_order == GradNormOrder::TorchCpu,
+                    FLAG_TORCH_NORM,
+                ),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |flags, (_, bit)| flags | bit),
             max_grad_norm: config.max_grad_norm.unwrap_or(0.0) as f32,
             n_groups,
             eps: config.eps as f32,

@@ -10,13 +10,14 @@ use crate::kernel::{
 };
 
 const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
-const LN2_HI: f32 = 0.693_145_751_953_125;
-const LN2_LO: f32 = 1.428_606_765_330_187e-6;
+/// ln 2 to 16 bits (0.693145751953125, exact): `n * LN2_HI` is exact for the `n` used.
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+const LN2_LO: f32 = c(1.428_606_765_330_187e-6);
 const INV_LN2: f32 = std::f64::consts::LOG2_E as f32;
 
 /// `expm1(x)` for `x <= 0`, as the kernel computes it (no builtin `exp`).
 pub fn expm1_neg(x: f32) -> f32 {
-    if x > -0.346_573_59 {
+    if x > c(-0.346_573_59) {
         return expm1_poly(x);
     }
     if x < -104.0 {

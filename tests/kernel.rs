@@ -114,7 +114,7 @@ fn dispatch_info_layout_matches_the_shader() {
 #[test]
 fn emulated_fma_is_correctly_rounded() {
     let mut rng = Rng(99);
-    let mut f = |rng: &mut Rng| {
+    let f = |rng: &mut Rng| {
         let e = 100 + rng.range(0, 50) as u32; // 2^-27 .. 2^22: no overflow, no subnormals
         f32::from_bits((rng.next_u64() as u32 & 0x807f_ffff) | (e << 23))
     };

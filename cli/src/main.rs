@@ -1,4 +1,8 @@
-//! `wgpu-adamw`: replay PyTorch traces, print schedules, list adapters.
+//! `wgpu-adamw`: replay PyTorch traces, print schedules, list adapters, run the benchmark
+//! and the learning-curve demo.
+
+mod bench_cmd;
+mod demo_cmd;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,6 +68,11 @@ enum Command {
     },
     /// List the adapters wgpu sees, with backend and limits.
     Adapters,
+    /// Benchmark the fused step against the device's copy roofline, an unfused baseline and
+    /// the CPU reference.
+    Bench(bench_cmd::BenchArgs),
+    /// Train a small MLP on the GPU under four lr schedules and plot the learning curves.
+    Demo(demo_cmd::DemoArgs),
 }
 
 /// An error that makes the input unusable (exit status 2).
@@ -128,6 +137,8 @@ fn main() -> ExitCode {
             plot.as_deref(),
         ),
         Command::Adapters => adapters(),
+        Command::Bench(args) => bench_cmd::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo_cmd::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,253 @@
+//! Bad input never panics and never corrupts state: typed errors for hyperparameters,
+//! registrations, device errors, damaged traces and checkpoints.
+
+mod common;
+
+use common::{storage_buffer, Rng};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use wgpu_adamw::trace::Trace;
+use wgpu_adamw::{
+    AdamWConfig, CpuAdamW, CpuParamGroup, Error, GpuAdamW, GroupConfig, OptimizerState, ParamGroup,
+    Schedule, TensorBinding,
+};
+
+fn bad_configs() -> Vec<(&'static str, AdamWConfig)> {
+    let d = AdamWConfig::default();
+    vec![
+        ("lr", d.with_lr(-1e-3)),
+        ("lr", d.with_lr(f64::NAN)),
+        ("lr", d.with_lr(f64::INFINITY)),
+        ("betas", d.with_betas(1.0, 0.999)),
+        ("betas", d.with_betas(0.9, -0.1)),
+        ("betas", d.with_betas(f64::NAN, 0.9)),
+        ("eps", d.with_eps(0.0)),
+        ("eps", d.with_eps(-1e-8)),
+        ("eps", d.with_eps(f64::NAN)),
+        ("weight_decay", d.with_weight_decay(-0.01)),
+        ("weight_decay", d.with_weight_decay(f64::INFINITY)),
+        (
+            "t_max",
+            d.with_schedule(Schedule::Cosine {
+                t_max: 0,
+                eta_min: 0.0,
+            }),
+        ),
+        (
+            "eta_min",
+            d.with_schedule(Schedule::Cosine {
+                t_max: 5,
+                eta_min: f64::NAN,
+            }),
+        ),
+        (
+            "t_0",
+            d.with_schedule(Schedule::CosineWarmRestarts {
+                t_0: 0,
+                t_mult: 2,
+                eta_min: 0.0,
+            }),
+        ),
+        (
+            "t_mult",
+            d.with_schedule(Schedule::CosineWarmRestarts {
+                t_0: 3,
+                t_mult: 0,
+                eta_min: 0.0,
+            }),
+        ),
+        (
+            "warmup_steps",
+            d.with_schedule(Schedule::WarmupCosine {
+                warmup_steps: 11,
+                total_steps: 10,
+                num_cycles: 0.5,
+            }),
+        ),
+        ("steps_per_epoch", d.with_steps_per_epoch(0)),
+        ("max_grad_norm", d.with_max_grad_norm(Some(0.0))),
+        ("max_grad_norm", d.with_max_grad_norm(Some(f64::NAN))),
+    ]
+}
+
+#[test]
+fn bad_hyperparameters_are_named_errors_on_both_backends() {
+    let ctx = common::gpu();
+    let p = storage_buffer(&ctx.device, &ctx.queue, &[0.0; 16]);
+    let g = storage_buffer(&ctx.device, &ctx.queue, &[0.0; 16]);
+    for (name, config) in bad_configs() {
+        let cpu = CpuAdamW::new(
+            config,
+            vec![CpuParamGroup {
+                lens: vec![16],
+                ..Default::default()
+            }],
+        );
+        assert!(
+            matches!(&cpu, Err(Error::InvalidHyperparameter { name: n, .. }) if *n == name),
+            "{name}: {cpu:?}"
+        );
+        let gpu = GpuAdamW::new(
+            &ctx.device,
+            &ctx.queue,
+            config,
+            vec![ParamGroup {
+                tensors: vec![TensorBinding::whole(&p, &g)],
+                ..Default::default()
+            }],
+        );
+        assert!(
+            matches!(&gpu, Err(Error::InvalidHyperparameter { name: n, .. }) if *n == name),
+            "{name}: {gpu:?}"
+        );
+    }
+    let group = GroupConfig {
+        lr: Some(-1.0),
+        weight_decay: None,
+    };
+    let r = CpuAdamW::new(
+        AdamWConfig::default(),
+        vec![CpuParamGroup {
+            config: group,
+            lens: vec![1],
+        }],
+    );
+    assert!(matches!(
+        r,
+        Err(Error::InvalidHyperparameter { name: "lr", .. })
+    ));
+}
+
+#[test]
+fn wrong_host_shapes_are_errors_and_change_nothing() {
+    let mut opt = CpuAdamW::new(
+        AdamWConfig::default(),
+        vec![CpuParamGroup {
+            lens: vec![4, 2],
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    let before = opt.state();
+    let (mut a, mut b) = (vec![0.0f32; 4], vec![0.0f32; 3]);
+    let r = opt.step(&mut [&mut a, &mut b], &[&[0.1; 4], &[0.1; 3]]);
+    assert!(matches!(r, Err(Error::ShapeMismatch(_))));
+    let r = opt.step(&mut [&mut a], &[&[0.1; 4]]);
+    assert!(matches!(r, Err(Error::ShapeMismatch(_))));
+    assert_eq!(opt.state(), before);
+}
+
+#[test]
+fn a_destroyed_engine_buffer_is_a_device_error() {
+    let ctx = common::gpu();
+    let p = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
+    let g = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
+    let opt = GpuAdamW::new(
+        &ctx.device,
+        &ctx.queue,
+        AdamWConfig::default(),
+        vec![ParamGroup {
+            tensors: vec![TensorBinding::whole(&p, &g)],
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    opt.step_checked().unwrap();
+    g.destroy();
+    let r = opt.step_checked();
+    assert!(matches!(r, Err(Error::Device(_))), "{r:?}");
+}
+
+/// Every way of damaging a file: truncations, bit flips (mostly in the header, where they
+/// matter), random headers.
+fn damaged(good: &[u8], rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut out = vec![
+        Vec::new(),
+        good[..4].to_vec(),
+        good[..good.len() - 1].to_vec(),
+    ];
+    for i in 1..40 {
+        out.push(good[..good.len() * i / 40].to_vec());
+    }
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    for i in 0..400 {
+        let mut bad = good.to_vec();
+        let at = if i % 4 == 0 {
+            rng.range(0, good.len() as u64)
+        } else {
+            rng.range(0, header as u64)
+        } as usize;
+        bad[at] ^= 1 << (i % 8);
+        out.push(bad);
+    }
+    for _ in 0..50 {
+        let mut bad = good.to_vec();
+        let len = rng.range(0, 4096);
+        bad[..8].copy_from_slice(&len.to_le_bytes());
+        let n = (len as usize).min(bad.len() - 8);
+        let alphabet = b"{}[]\":,0123456789abcdefFFSUPTYE __metadata__ dtype shape data_offsets";
+        for b in &mut bad[8..8 + n] {
+            *b = alphabet[rng.range(0, alphabet.len() as u64) as usize];
+        }
+        out.push(bad);
+    }
+    out
+}
+
+#[test]
+fn damaged_traces_are_clean_errors() {
+    let mut rng = Rng(77);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for name in ["warm_restarts.safetensors", "amp_clip.safetensors"] {
+        let good = std::fs::read(dir.join(name)).unwrap();
+        let (mut ok, mut err) = (0, 0);
+        for bytes in damaged(&good, &mut rng) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                Trace::from_bytes(&bytes, Path::new(name))
+            })) {
+                Ok(Ok(_)) => ok += 1,
+                Ok(Err(e)) => {
+                    assert!(!e.to_string().is_empty());
+                    err += 1
+                }
+                Err(_) => panic!("{name}: a damaged trace panicked"),
+            }
+        }
+        assert!(err > 300, "{name}: {ok} accepted, {err} rejected");
+    }
+}
+
+#[test]
+fn damaged_checkpoints_are_clean_errors() {
+    let mut rng = Rng(78);
+    let mut opt = CpuAdamW::new(
+        AdamWConfig::default().with_amsgrad(true),
+        vec![CpuParamGroup {
+            lens: vec![100, 3],
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    let (mut a, mut b) = (vec![0.5f32; 100], vec![0.5f32; 3]);
+    opt.step(&mut [&mut a, &mut b], &[&[0.1; 100], &[0.2; 3]])
+        .unwrap();
+    let good = opt.state().to_bytes().unwrap();
+    let before = opt.state();
+    for bytes in damaged(&good, &mut rng) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            OptimizerState::from_bytes(&bytes, Path::new("ckpt"))
+        })) {
+            Ok(Ok(state)) => {
+                // Accepted (a flipped bit in the data): loading it either fits or is refused
+                // whole.
+                if opt.load_state(&state).is_err() {
+                    assert_eq!(opt.state(), before);
+                }
+                opt.load_state(&before).unwrap();
+            }
+            Ok(Err(_)) => {}
+            Err(_) => panic!("a damaged checkpoint panicked"),
+        }
+    }
+    assert_eq!(opt.state(), before);
+}
