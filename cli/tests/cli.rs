@@ -264,3 +264,107 @@ fn no_adapter_is_one_line_naming_the_software_adapter() {
         "{stderr}"
     );
 }
+
+/// Rewrites a trace: `edit` may change its tensors and metadata.
+fn rewritten(
+    name: &str,
+    out: &Path,
+    edit: impl FnOnce(
+        &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+        &mut std::collections::HashMap<String, String>,
+    ),
+) {
+    let bytes = std::fs::read(data(name)).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    edit(&mut owned, &mut meta);
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, Some(meta), out).unwrap();
+}
+
+#[test]
+fn unusable_traces_exit_2_with_one_line() {
+    let path = tmp("unusable.safetensors");
+    let cases: Vec<(
+        &str,
+        Box<
+            dyn FnOnce(
+                &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+                &mut std::collections::HashMap<String, String>,
+            ),
+        >,
+    )> = vec![
+        (
+            "wrong dtype",
+            Box::new(|t, _| {
+                let g = t.iter_mut().find(|t| t.0 == "grad/3/w").unwrap();
+                g.1 = Dtype::I32;
+            }),
+        ),
+        (
+            "wrong shape",
+            Box::new(|t, _| {
+                let g = t.iter_mut().find(|t| t.0 == "init/v").unwrap();
+                g.2 = vec![4, 4];
+            }),
+        ),
+        (
+            "missing tensor",
+            Box::new(|t, _| t.retain(|t| t.0 != "grad/80/v")),
+        ),
+        (
+            "bad JSON",
+            Box::new(|_, m| {
+                m.insert("config".into(), "{\"optimizer\": [".into());
+            }),
+        ),
+        (
+            "unknown schedule",
+            Box::new(|_, m| {
+                let c = m["config"].replace("cosine_warm_restarts", "polynomial");
+                m.insert("config".into(), c);
+            }),
+        ),
+        (
+            "not a trace",
+            Box::new(|_, m| {
+                m.insert("format".into(), "something-else".into());
+            }),
+        ),
+        (
+            "bad hyperparameter",
+            Box::new(|_, m| {
+                let c = m["config"].replace("\"eps\": 1e-08", "\"eps\": -1.0");
+                m.insert("config".into(), c);
+            }),
+        ),
+    ];
+    for (what, edit) in cases {
+        rewritten("warm_restarts.safetensors", &path, edit);
+        let o = run(&["replay", path.to_str().unwrap(), "--backend", "cpu"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{what}: {stderr}{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}");
+    }
+    // Truncated.
+    let bytes = std::fs::read(data("warm_restarts.safetensors")).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    let o = run(&["replay", path.to_str().unwrap(), "--backend", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_file(&path).unwrap();
+}
