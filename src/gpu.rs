@@ -806,7 +806,7 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
 
 fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
     #[allow(clippy::mutable_key_type)] // hashed by identity
-    let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> = HashMap::new();
+    let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize, bool)>> = HashMap::new();
     let mut index = 0usize;
     for g in groups {
         for t in &g.tensors {
@@ -834,23 +834,45 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
                 }
             }
             if t.len > 0 {
-                ranges.entry(t.param.clone()).or_default().push((
+                let end = |off: u64| off + 4 * t.len;
+                let r = &mut ranges;
+                r.entry(t.param.clone()).or_default().push((
                     t.param_offset,
-                    t.param_offset + 4 * t.len,
+                    end(t.param_offset),
                     index,
+                    true,
+                ));
+                r.entry(t.grad.clone()).or_default().push((
+                    t.grad_offset,
+                    end(t.grad_offset),
+                    index,
+                    false,
                 ));
             }
             index += 1;
         }
     }
+    // Parameters are written: they may overlap nothing else registered (gradients may be
+    // shared, they are only read).
     for list in ranges.values_mut() {
-        list.sort_unstable();
-        for w in list.windows(2) {
-            if w[1].0 < w[0].1 {
-                return Err(Error::InvalidTensor {
-                    tensor: w[1].2,
-                    reason: format!("its parameters overlap those of tensor {}", w[0].2),
-                });
+        list.sort_unstable_by_key(|r| (r.0, r.1));
+        let mut widest: Option<(u64, usize, bool)> = None; // (end, tensor, is_param)
+        for &(start, end, tensor, is_param) in list.iter() {
+            if let Some((w_end, w_tensor, w_param)) = widest {
+                if start < w_end && (is_param || w_param) {
+                    let what = |p: bool| if p { "parameters" } else { "gradients" };
+                    return Err(Error::InvalidTensor {
+                        tensor: tensor.max(w_tensor),
+                        reason: format!(
+                            "the {} of tensor {tensor} overlap the {} of tensor {w_tensor}",
+                            what(is_param),
+                            what(w_param)
+                        ),
+                    });
+                }
+            }
+            if widest.is_none_or(|w| end > w.0) {
+                widest = Some((end, tensor, is_param));
             }
         }
     }

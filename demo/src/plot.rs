@@ -73,7 +73,10 @@ pub fn write_svg(path: &Path, runs: &[ScheduleRun], caption: &str) -> anyhow::Re
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0u32..steps, (lo..hi).log_scale())
+        .build_cartesian_2d(
+            0u32..steps,
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )
         .map_err(|e| anyhow!("{e}"))?;
     loss_chart
         .configure_mesh()
@@ -141,4 +144,21 @@ pub fn write_svg(path: &Path, runs: &[ScheduleRun], caption: &str) -> anyhow::Re
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Tick values 1, 2 and 5 times powers of ten within `lo..=hi` (plotters' log axis labels only
+/// whole decades, and a loss curve often spans less than one).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 3.0, 5.0] {
+            let v = m * decade;
+            if (lo..=hi).contains(&v) {
+                ticks.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
 }
