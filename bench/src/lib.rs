@@ -205,25 +205,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs `warmup` untimed and `iters` timed single-step submits; the median in ms.
-fn time_steps(
+/// A variant to time: its name, what runs before each of its steps and its recorder.
+type Variant<'a, 'b> = (&'a str, &'a mut dyn FnMut(), &'a mut device::Recorder<'b>);
+
+/// Runs `warmup` untimed and `iters` timed single-step submits of every variant, interleaved
+/// step by step (so that a change in the machine's load touches every variant alike, and the
+/// ratios stay meaningful); the median of each in ms.
+fn time_interleaved(
     timer: &Timer,
     opts: &BenchOptions,
     progress: &Progress,
-    what: &str,
-    before: &mut dyn FnMut(),
-    record: &mut device::Recorder<'_>,
-) -> Result<f64> {
+    variants: &mut [Variant<'_, '_>],
+) -> Result<Vec<f64>> {
     let n = opts.warmup + opts.iters;
-    let mut times = Vec::with_capacity(opts.iters);
+    let mut times = vec![Vec::with_capacity(opts.iters); variants.len()];
     for i in 0..n {
-        progress.tick(what, i, n);
-        let ms = timer.time(1, before, record)?;
-        if i >= opts.warmup {
-            times.push(ms);
+        for (v, (what, before, record)) in variants.iter_mut().enumerate() {
+            progress.tick(what, i, n);
+            let ms = timer.time(1, &mut **before, &mut **record)?;
+            if i >= opts.warmup {
+                times[v].push(ms);
+            }
         }
     }
-    Ok(median(times))
+    Ok(times.into_iter().map(median).collect())
 }
 
 fn fused_config(amsgrad: bool, h: &Hyper) -> AdamWConfig {
@@ -295,50 +300,37 @@ fn run_workload(
         let mut pass = pass(enc, ts, "fused");
         opt.record_step(&mut pass);
     };
-    let fused_ms = time_steps(timer, opts, progress, "fused", &mut || {}, &mut rec_fused)?;
-    let mut ks = Vec::new();
-    for i in 0..opts.k_reps {
-        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
-        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
-    }
-    let k_submit_ms_per_step = median(ks);
-    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
     let fused_dispatches = opt.dispatches_per_step();
-    drop(opt);
 
-    // The same size as one flat tensor, for the shape goal.
-    let flat_fused_ms = if lens.len() > 1 && layout.arenas.len() == 1 {
-        let flat = GpuAdamW::new(
-            device,
-            queue,
-            config,
-            vec![ParamGroup {
-                tensors: vec![TensorBinding {
-                    param: p.buffers[0].clone(),
-                    param_offset: 0,
-                    grad: g.buffers[0].clone(),
-                    grad_offset: 0,
-                    len: w.params() as u64,
+    // The same number of parameters as one flat tensor, for the shape goal.
+    let flat = if lens.len() > 1 && layout.arenas.len() == 1 {
+        Some(
+            GpuAdamW::new(
+                device,
+                queue,
+                config,
+                vec![ParamGroup {
+                    tensors: vec![TensorBinding {
+                        param: p.buffers[0].clone(),
+                        param_offset: 0,
+                        grad: g.buffers[0].clone(),
+                        grad_offset: 0,
+                        len: w.params() as u64,
+                    }],
+                    ..Default::default()
                 }],
-                ..Default::default()
-            }],
+            )
+            .context("creating the flat comparison")?,
         )
-        .context("creating the flat comparison")?;
-        let mut rec = |enc: &mut wgpu::CommandEncoder,
-                       ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
-            let mut pass = pass(enc, ts, "fused flat");
-            flat.record_step(&mut pass);
-        };
-        Some(time_steps(
-            timer,
-            opts,
-            progress,
-            "fused, one flat tensor",
-            &mut || {},
-            &mut rec,
-        )?)
     } else {
         None
+    };
+    let mut rec_flat = |enc: &mut wgpu::CommandEncoder,
+                        ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = pass(enc, ts, "fused flat");
+        if let Some(f) = &flat {
+            f.record_step(&mut pass);
+        }
     };
 
     // Copy roofline and unfused baseline, over the same param and grad buffers.
@@ -356,9 +348,6 @@ fn run_workload(
         let mut pass = pass(enc, ts, "copy");
         copy.record(&mut pass);
     };
-    let copy_ms = time_steps(timer, opts, progress, "copy", &mut || {}, &mut rec_copy)?;
-    drop(copy);
-
     let unfused =
         std::cell::RefCell::new(Unfused::new(device, queue, &layout, &p, &g, &state, hyper));
     let unfused_dispatches = unfused.borrow().dispatches_per_step();
@@ -368,16 +357,33 @@ fn run_workload(
             let mut pass = pass(enc, ts, "unfused");
             u.record(&mut pass);
         };
-    let unfused_ms = time_steps(
-        timer,
-        opts,
-        progress,
-        "unfused",
-        &mut || unfused.borrow_mut().upload_scalars(),
-        &mut rec_unfused,
-    )?;
+    let (mut nothing, mut nothing2, mut nothing3) = (|| {}, || {}, || {});
+    let mut upload = || unfused.borrow_mut().upload_scalars();
+    let mut variants: Vec<Variant<'_, '_>> = vec![
+        ("fused", &mut nothing, &mut rec_fused),
+        ("copy", &mut nothing2, &mut rec_copy),
+        ("unfused", &mut upload, &mut rec_unfused),
+    ];
+    if flat.is_some() {
+        variants.push(("fused, one flat tensor", &mut nothing3, &mut rec_flat));
+    }
+    let ms = time_interleaved(timer, opts, progress, &mut variants)?;
+    drop(variants);
+    let (fused_ms, copy_ms, unfused_ms) = (ms[0], ms[1], ms[2]);
+    let flat_fused_ms = ms.get(3).copied();
+
+    let mut ks = Vec::new();
+    for i in 0..opts.k_reps {
+        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
+        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
+    }
+    let k_submit_ms_per_step = median(ks);
+    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
     drop(unfused);
+    drop(copy);
     drop(state);
+    drop(flat);
+    drop(opt);
     drop((p, g));
     timer.wait()?;
 
