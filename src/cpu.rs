@@ -454,6 +454,7 @@ fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool, cons
         g.lerp_big_coeff
     };
     let k = Consts {
+        coeff,
         beta2: g.beta2,
         omb2: g.one_minus_beta2,
         eps: g.eps,
@@ -463,44 +464,26 @@ fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool, cons
     };
     let mut i = 0;
     if HW_FMA {
-        while i + BLOCK <= n {
-            let mut new_m = [0f32; BLOCK];
-            let mut ok = true;
-            for j in 0..BLOCK {
-                let gr = if MAXIMIZE { -grad[i + j] } else { grad[i + j] };
-                let m_old = m[i + j];
-                let base = if SMALL { m_old } else { gr };
-                let b = gr - m_old;
-                let r = coeff.mul_add(b, base);
-                ok &= fma_fast_ok(b, base, r);
-                new_m[j] = r;
+        // Fixed-size blocks: no bounds checks, so each block compiles to vector code.
+        let mut xs = vmax.chunks_exact_mut(BLOCK);
+        for (((pc, gc), mc), vc) in p
+            .chunks_exact_mut(BLOCK)
+            .zip(grad.chunks_exact(BLOCK))
+            .zip(m.chunks_exact_mut(BLOCK))
+            .zip(v.chunks_exact_mut(BLOCK))
+        {
+            let x = if AMSGRAD {
+                xs.next().and_then(|x| x.try_into().ok())
+            } else {
+                None
+            };
+            if let (Ok(pc), Ok(gc), Ok(mc), Ok(vc)) =
+                (pc.try_into(), gc.try_into(), mc.try_into(), vc.try_into())
+            {
+                update_block::<MAXIMIZE, SMALL>(&k, pc, gc, mc, vc, x);
             }
-            if !ok {
-                for (j, nm) in new_m.iter_mut().enumerate() {
-                    let gr = if MAXIMIZE { -grad[i + j] } else { grad[i + j] };
-                    let m_old = m[i + j];
-                    let base = if SMALL { m_old } else { gr };
-                    *nm = fma_exact(coeff, gr - m_old, base);
-                }
-            }
-            for (j, &mi) in new_m.iter().enumerate() {
-                let x = if AMSGRAD {
-                    Some(&mut vmax[i + j])
-                } else {
-                    None
-                };
-                finish::<MAXIMIZE>(
-                    &k,
-                    &mut p[i + j],
-                    grad[i + j],
-                    mi,
-                    &mut m[i + j],
-                    &mut v[i + j],
-                    x,
-                );
-            }
-            i += BLOCK;
         }
+        i = n / BLOCK * BLOCK;
     }
     for i in i..n {
         let gr = if MAXIMIZE { -grad[i] } else { grad[i] };
@@ -512,8 +495,55 @@ fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool, cons
     }
 }
 
+/// One block of [`update_run`]'s fast path: the hardware fma for the new `exp_avg` where
+/// [`fma_fast_ok`] holds in every lane, else the emulated one for the whole block.
+#[inline(always)]
+fn update_block<const MAXIMIZE: bool, const SMALL: bool>(
+    k: &Consts,
+    p: &mut [f32; BLOCK],
+    grad: &[f32; BLOCK],
+    m: &mut [f32; BLOCK],
+    v: &mut [f32; BLOCK],
+    vmax: Option<&mut [f32; BLOCK]>,
+) {
+    let mut gr = [0f32; BLOCK];
+    let mut b = [0f32; BLOCK];
+    let mut base = [0f32; BLOCK];
+    let mut new_m = [0f32; BLOCK];
+    let mut ok = true;
+    for j in 0..BLOCK {
+        gr[j] = if MAXIMIZE { -grad[j] } else { grad[j] };
+        b[j] = gr[j] - m[j];
+        base[j] = if SMALL { m[j] } else { gr[j] };
+        new_m[j] = k.coeff.mul_add(b[j], base[j]);
+        ok &= fma_fast_ok(b[j], base[j], new_m[j]);
+    }
+    if !ok {
+        for j in 0..BLOCK {
+            new_m[j] = fma_exact(k.coeff, b[j], base[j]);
+        }
+    }
+    let mut v_hat = [0f32; BLOCK];
+    for j in 0..BLOCK {
+        v[j] = v[j] * k.beta2 + k.omb2 * gr[j] * gr[j];
+        v_hat[j] = v[j];
+    }
+    if let Some(x) = vmax {
+        for j in 0..BLOCK {
+            v_hat[j] = x[j].max(v[j]);
+            x[j] = v_hat[j];
+        }
+    }
+    for j in 0..BLOCK {
+        let denom = v_hat[j].sqrt() / k.bc2_sqrt + k.eps;
+        p[j] = p[j] * k.decay - k.step_size * (new_m[j] / denom);
+        m[j] = new_m[j];
+    }
+}
+
 /// The loop-invariant scalars of [`update_run`].
 struct Consts {
+    coeff: f32,
     beta2: f32,
     omb2: f32,
     eps: f32,
