@@ -1,5 +1,7 @@
 //! `cargo bench`: the bundled benchmark (see the `wgpu-adamw-bench` crate) on the default
-//! adapter. Arguments after `--`: `--quick` for the quick set, `--json FILE` for the report.
+//! adapter. Arguments after `--`: `--quick` for the quick set, `--json FILE` for the report,
+//! `--wall`, `--no-cpu`, `--cpu-only`, `--iters N`, `--warmup N`, `--k-reps N`, and bare words
+//! that select workloads by name.
 //!
 //! ```text
 //! cargo bench -- --quick
@@ -7,6 +9,11 @@
 //! ```
 
 use wgpu_adamw_bench::{run, BenchOptions};
+
+fn number(arg: Option<String>) -> usize {
+    arg.and_then(|a| a.parse().ok())
+        .expect("--iters, --warmup and --k-reps take a number")
+}
 
 fn main() -> anyhow::Result<()> {
     let mut opts = BenchOptions::default();
@@ -20,6 +27,9 @@ fn main() -> anyhow::Result<()> {
             "--wall" => opts.force_wall = true,
             "--no-cpu" => opts.cpu = false,
             "--cpu-only" => cpu_only = true,
+            "--iters" => opts.iters = number(args.next()),
+            "--warmup" => opts.warmup = number(args.next()),
+            "--k-reps" => opts.k_reps = number(args.next()),
             // `cargo bench` passes `--bench`; a bare word filters workloads by name.
             s if !s.starts_with('-') => opts.filter.push(s.to_string()),
             _ => {}
