@@ -3,7 +3,8 @@
 // Two entry points, recorded back to back in one compute pass per optimizer step:
 //   `prologue` (one workgroup): advances the step counters and writes, per param group, the
 //       step's scalars (lr, 1 - lr*wd, lr / bc1, sqrt(bc2)) into `meta`;
-//   `update` (one workgroup per chunk of 1024 elements): the per-element AdamW update.
+//   `update` (one workgroup per chunk of 256 * ELEMS_PER_THREAD elements): the per-element
+//       AdamW update.
 // wgpu orders the two dispatches because both touch `meta`.
 //
 // The CPU twin of this file is `src/twin.rs`: same functions, same order of operations.
@@ -71,8 +72,9 @@ const STEP_INV_SCALE: u32 = 3u;
 const STEP_CLIP_COEF: u32 = 4u;
 
 const WORKGROUP: u32 = 256u;
-const ELEMS_PER_THREAD: u32 = 4u;
-const CHUNK: u32 = 1024u; // WORKGROUP * ELEMS_PER_THREAD
+// Elements per invocation of `update` and `reduce`: a chunk is WORKGROUP * ELEMS_PER_THREAD
+// elements (set by the host, GpuOptions::elems_per_thread).
+override ELEMS_PER_THREAD: u32 = 16u;
 
 const HALF_PI: f32 = 1.5707963267948966;
 const LN2_HI: f32 = 0.693145751953125;      // few mantissa bits: n * LN2_HI is exact

@@ -4,7 +4,8 @@
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    DispatchInfo, Globals, Kernel, CHUNK, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, STEP_SKIPPED,
+    DispatchInfo, Globals, Kernel, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
+    STEP_SKIPPED, WORKGROUP,
 };
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
@@ -56,6 +57,9 @@ pub struct GpuOptions {
     /// `max_storage_buffer_binding_size`). Lowering it exercises the splitting of large
     /// tensors across bindings without allocating gigabytes.
     pub max_binding_size: Option<u64>,
+    /// Elements per invocation of the update (default [`ELEMS_PER_THREAD`], 1..=255): a
+    /// workgroup of 256 invocations handles `256 * elems_per_thread` elements.
+    pub elems_per_thread: Option<u32>,
 }
 
 /// Where a piece of a tensor's state lives.
@@ -165,7 +169,14 @@ impl GpuAdamW {
         }
         let max_binding = max_binding / align * align;
         let stride = (max_binding / 2) / align * align;
-        if stride < align || max_binding < 4 * u64::from(CHUNK) {
+        let ept = options.elems_per_thread.unwrap_or(ELEMS_PER_THREAD);
+        if !(1..=255).contains(&ept) {
+            return Err(Error::DeviceLimit(format!(
+                "elems_per_thread {ept} is outside 1..=255"
+            )));
+        }
+        let chunk = u64::from(WORKGROUP * ept);
+        if stride < align || max_binding < 4 * chunk {
             return Err(Error::DeviceLimit(format!(
                 "max storage binding size {max_binding} is too small"
             )));
@@ -226,8 +237,8 @@ impl GpuAdamW {
                             max_binding
                         )));
                     }
-                    for start in (0..len).step_by(CHUNK as usize) {
-                        let count = (len - start).min(u64::from(CHUNK)) as u32;
+                    for start in (0..len).step_by(chunk as usize) {
+                        let count = (len - start).min(chunk) as u32;
                         chunk_lists[k].push([
                             (p0 + start) as u32,
                             (g0 + start) as u32,
@@ -250,7 +261,7 @@ impl GpuAdamW {
             }
         }
 
-        let kernel = Kernel::new(device);
+        let kernel = Kernel::new(device, ept);
         let n_groups = groups.len() as u32;
         let total_chunks: usize = chunk_lists.iter().map(Vec::len).sum();
         let mut globals = Globals::new(&config, n_groups);

@@ -7,8 +7,11 @@ use bytemuck::{Pod, Zeroable};
 /// The WGSL source of the fused AdamW + schedule kernel.
 pub const SHADER_SOURCE: &str = include_str!("../shaders/adamw.wgsl");
 
-/// Elements one workgroup of the `update` entry point handles (`WORKGROUP * ELEMS_PER_THREAD`).
-pub const CHUNK: u32 = 1024;
+/// Default elements per invocation of `update` and `reduce` (the shader's `ELEMS_PER_THREAD`
+/// override): one workgroup handles a chunk of `WORKGROUP * ELEMS_PER_THREAD` elements.
+pub const ELEMS_PER_THREAD: u32 = 16;
+/// Default chunk: elements one workgroup of `update` handles.
+pub const CHUNK: u32 = WORKGROUP * ELEMS_PER_THREAD;
 /// Invocations per workgroup of `update`.
 pub const WORKGROUP: u32 = 256;
 /// `Globals::flags` bit: AMSGrad.
@@ -237,8 +240,9 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Kernel {
-    /// Compiles the shader and builds both pipelines on `device`.
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles the shader and builds its pipelines on `device`, with `elems_per_thread`
+    /// elements per invocation of `update` and `reduce`.
+    pub fn new(device: &wgpu::Device, elems_per_thread: u32) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("wgpu-adamw kernel"),
             source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
@@ -263,6 +267,7 @@ impl Kernel {
             label: Some("wgpu-adamw update"),
             entries: &entries,
         });
+        let constants = [("ELEMS_PER_THREAD", f64::from(elems_per_thread))];
         let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
             let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(entry),
@@ -274,7 +279,10 @@ impl Kernel {
                 layout: Some(&pl),
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    ..Default::default()
+                },
                 cache: None,
             })
         };

@@ -5,8 +5,7 @@
 //! with the f64 closed forms of [`crate::schedule`].
 
 use crate::kernel::{
-    Globals, CHUNK, FLAG_AMSGRAD, FLAG_CLIP, FLAG_LOSS_SCALE, FLAG_MAXIMIZE, FLAG_TORCH_NORM,
-    WORKGROUP,
+    Globals, FLAG_AMSGRAD, FLAG_CLIP, FLAG_LOSS_SCALE, FLAG_MAXIMIZE, FLAG_TORCH_NORM, WORKGROUP,
 };
 
 const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
@@ -287,12 +286,12 @@ fn workgroup_tree(acc: &mut [(f32, f32); 256], flag: &mut [u32; 256]) {
     }
 }
 
-/// The kernel's `reduce` for one chunk (at most `CHUNK` gradients): the sum of squares of the
+/// The kernel's `reduce` for one chunk (at most `256 * ELEMS_PER_THREAD` gradients): the sum of squares of the
 /// unscaled gradients as an unevaluated sum `hi + lo`, and whether any raw gradient is
 /// non-finite.
 pub fn reduce_chunk(grads: &[f32], inv: f32) -> ((f32, f32), bool) {
     let (mut acc, mut flag) = ([(0f32, 0f32); 256], [0u32; 256]);
-    for k in 0..(CHUNK / WORKGROUP) as usize {
+    for k in 0..grads.len().div_ceil(WORKGROUP as usize) {
         for lane in 0..WORKGROUP as usize {
             if let Some(&raw) = grads.get(k * WORKGROUP as usize + lane) {
                 flag[lane] |= u32::from(is_nonfinite(raw));

@@ -195,6 +195,17 @@ fn randomized_models_match_the_cpu_twin() {
 }
 
 #[test]
+fn every_chunk_size_matches_the_cpu_twin() {
+    for (seed, ept) in [(300, 1), (301, 3), (302, 255)] {
+        let options = GpuOptions {
+            elems_per_thread: Some(ept),
+            ..Default::default()
+        };
+        run_case(seed, options, 70_000, 3, 1);
+    }
+}
+
+#[test]
 fn many_steps_in_one_submit_match_the_cpu_twin() {
     for seed in 100..104 {
         run_case(seed, GpuOptions::default(), 2000, 9, 4);
@@ -207,6 +218,7 @@ fn tensors_larger_than_a_binding_are_split() {
     // several state arenas; tensors up to 40K elements cross many windows.
     let options = GpuOptions {
         max_binding_size: Some(64 << 10),
+        elems_per_thread: Some(4),
     };
     for seed in 200..203 {
         run_case(seed, options, 40_000, 3, 2);

@@ -285,7 +285,7 @@ fn run_workload(
         })
         .collect();
     let config = fused_config(w.amsgrad, &hyper);
-    let opt = GpuAdamW::new(
+    let opt = GpuAdamW::with_options(
         device,
         queue,
         config,
@@ -293,6 +293,7 @@ fn run_workload(
             tensors: bindings,
             ..Default::default()
         }],
+        gpu_options(),
     )
     .context("creating the fused optimizer")?;
     let mut rec_fused = |enc: &mut wgpu::CommandEncoder,
@@ -305,7 +306,7 @@ fn run_workload(
     // The same number of parameters as one flat tensor, for the shape goal.
     let flat = if lens.len() > 1 && layout.arenas.len() == 1 {
         Some(
-            GpuAdamW::new(
+            GpuAdamW::with_options(
                 device,
                 queue,
                 config,
@@ -319,6 +320,7 @@ fn run_workload(
                     }],
                     ..Default::default()
                 }],
+                gpu_options(),
             )
             .context("creating the flat comparison")?,
         )
@@ -700,5 +702,16 @@ impl Report {
     /// Prints [`Report::table`] on stdout.
     pub fn print_table(&self) {
         print!("{}", self.table());
+    }
+}
+
+/// The fused optimizer's options: `WGPU_ADAMW_ELEMS_PER_THREAD` overrides the kernel's
+/// elements per invocation (for tuning runs; default the crate's).
+fn gpu_options() -> wgpu_adamw::GpuOptions {
+    wgpu_adamw::GpuOptions {
+        elems_per_thread: std::env::var("WGPU_ADAMW_ELEMS_PER_THREAD")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        ..Default::default()
     }
 }
