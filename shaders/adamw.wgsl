@@ -415,6 +415,31 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 var<workgroup> lane_acc: array<f32, 64>;
 var<workgroup> lane_flag: array<u32, 64>;
 
+// a / b rounded to nearest (WGSL's division may be off by 2.5 ulp): the candidate around the
+// builtin's quotient with the smallest exact residual |a - c * b|. The clipping coefficient
+// needs it: PyTorch's is a correctly rounded f32 division, and the first moments carry every
+// ulp of it.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let q = a / b;
+    var best = q;
+    var best_res = abs(div_residual(q, a, b));
+    for (var k = 0u; k < 2u; k++) {
+        let c = bitcast<f32>(bitcast<u32>(q) + select(0xffffffffu, 1u, k == 1u));
+        let res = abs(div_residual(c, a, b));
+        if (res < best_res) {
+            best = c;
+            best_res = res;
+        }
+    }
+    return best;
+}
+
+// a - c * b, the subtraction exact (c * b is within a factor 2 of a).
+fn div_residual(c: f32, a: f32, b: f32) -> f32 {
+    let p = two_prod(c, b);
+    return (a - p.x) - p.y;
+}
+
 // sqrt rounded to nearest: the candidate around the builtin's result with the smallest
 // exact residual |c^2 - b|.
 fn sqrt_rn(b: f32) -> f32 {
@@ -551,7 +576,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         inv = grad_multiplier(amp_rw[0]);
         if ((g.flags & FLAG_CLIP) != 0u) {
             // torch.nn.utils.clip_grad_norm_: max_norm / (total_norm + 1e-6), clamped to 1.
-            coef = min(g.max_grad_norm / (norm + 1e-6), 1.0);
+            coef = min(div_rn(g.max_grad_norm, norm + 1e-6), 1.0);
         }
         if (lid == 0u) {
             amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
