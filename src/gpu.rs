@@ -408,6 +408,7 @@ impl GpuAdamW {
             let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
             let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
             let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
+            let stand_in = &arenas.max_exp_avg_sq[0];
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgpu-adamw update"),
                 layout: &kernel.update_layout,
@@ -447,6 +448,14 @@ impl GpuAdamW {
                     wgpu::BindGroupEntry {
                         binding: 7,
                         resource: vmax.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 14,
+                        resource: vec4_view(param, *p_win, p_size, stand_in),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 15,
+                        resource: vec4_view(grad, *g_win, g_size, stand_in),
                     },
                 ],
             });
@@ -813,6 +822,21 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
         offset,
         size: wgpu::BufferSize::new(size),
     })
+}
+
+/// The vec4 view of a window: its whole 16-byte units. A window shorter than 16 bytes has
+/// none (its tensors take the scalar path), and `stand_in` fills the binding.
+fn vec4_view<'a>(
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+    stand_in: &'a wgpu::Buffer,
+) -> wgpu::BindingResource<'a> {
+    if size >= 16 {
+        binding(buffer, offset, size / 16 * 16)
+    } else {
+        stand_in.as_entire_binding()
+    }
 }
 
 fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {

@@ -199,7 +199,8 @@ pub struct DispatchInfo {
 pub struct Kernel {
     /// Layout of the prologue's bind group: globals, meta (read-write).
     pub prologue_layout: wgpu::BindGroupLayout,
-    /// Layout of an update bind group: globals, dispatch info, meta, param, grad, m, v, v_max.
+    /// Layout of an update bind group: globals, dispatch info, meta, param, grad, m, v, v_max,
+    /// and the vec4 views of param and grad.
     pub update_layout: wgpu::BindGroupLayout,
     /// Layout of a reduce bind group: globals, dispatch info, meta, grad, amp, partials.
     pub reduce_layout: wgpu::BindGroupLayout,
@@ -233,7 +234,7 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Storage { read_only },
             has_dynamic_offset: false,
-            min_binding_size: wgpu::BufferSize::new(4),
+            min_binding_size: None,
         },
         count: None,
     }
@@ -262,7 +263,7 @@ impl Kernel {
             uniform_entry(1, std::mem::size_of::<DispatchInfo>() as u64),
             storage_entry(2, true),
         ];
-        entries.extend((3..8).map(|b| storage_entry(b, false)));
+        entries.extend([3, 4, 5, 6, 7, 14, 15].map(|b| storage_entry(b, false)));
         let update_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("wgpu-adamw update"),
             entries: &entries,

@@ -73,10 +73,17 @@ fn random_config(rng: &mut Rng) -> AdamWConfig {
         .with_steps_per_epoch(rng.range(1, 4) as u32)
 }
 
-/// Relative agreement expected between the kernel and its twin: the same formulas, where only
-/// WGSL's division and sqrt (2.5 ulp allowed) may round differently from the CPU's.
+/// Agreement expected between the kernel and its twin: the same formulas, where only WGSL's
+/// division and sqrt (2.5 ulp allowed) and a driver's contraction of `a * b + c` into an fma
+/// may round differently from the CPU, an ulp or two per step (seen on NVIDIA). The tolerance
+/// is a twentieth of the adamw-trace/1 format's: parameters 5e-8 + 5e-7 |x|, moments and lr
+/// 5e-7 |x|.
 fn close(gpu: f32, cpu: f32) -> bool {
-    gpu == cpu || (gpu - cpu).abs() <= 4e-6 * cpu.abs().max(1e-30) + 1e-30
+    gpu == cpu || (gpu - cpu).abs() <= 5e-7 * cpu.abs()
+}
+
+fn close_param(gpu: f32, cpu: f32) -> bool {
+    gpu == cpu || (gpu - cpu).abs() <= 5e-8 + 5e-7 * cpu.abs()
 }
 
 fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_per_submit: usize) {
@@ -154,7 +161,7 @@ fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_pe
     let got = read_f32(&ctx, &pbuf, 0, model.total);
     for (i, (&g, &c)) in got.iter().zip(&host).enumerate() {
         assert!(
-            close(g, c),
+            close_param(g, c),
             "seed {seed} {config:?}: param {i}: gpu {g} cpu {c}"
         );
     }
