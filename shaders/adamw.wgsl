@@ -300,7 +300,7 @@ fn schedule_lr(base_lr: f32, epoch: u32) -> f32 {
     let factor = schedule_factor(epoch);
     switch (g.kind) {
         case 1u, 2u: {
-            return g.eta_min + (base_lr - g.eta_min) * factor;
+            return g.eta_min + opaque((base_lr - g.eta_min) * factor);
         }
         case 3u: {
             return base_lr * factor;
@@ -595,7 +595,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         let lr = schedule_lr(base_lr, epoch);
         let at = g.scalars_at + 4u * grp;
         meta_rw[at] = bitcast<u32>(lr);
-        meta_rw[at + 1u] = bitcast<u32>(1.0 - lr * wd);
+        meta_rw[at + 1u] = bitcast<u32>(1.0 - opaque(lr * wd));
         meta_rw[at + 2u] = bitcast<u32>(lr / bc1);
         meta_rw[at + 3u] = bitcast<u32>(bc2_sqrt);
     }
@@ -640,20 +640,22 @@ fn adam_element(raw_grad: f32, p_old: f32, m_old: f32, v_old: f32, vmax_old: f32
     if ((g.flags & FLAG_MAXIMIZE) != 0u) {
         gr = -gr;
     }
-    let p = p_old * k.decay;
+    // `opaque` keeps a driver from contracting a product into the next addition (NVIDIA
+    // does): PyTorch rounds each product, and so do the CPU twin and lavapipe.
+    let p = opaque(p_old * k.decay);
     // torch.lerp(m, g, w) as PyTorch's CPU kernel computes it: one fused multiply-add,
     // fma(w, g - m, m) for w < 0.5, else fma(w - 1, g - m, g).
     let small = g.one_minus_beta1 < 0.5;
     let coeff = select(g.lerp_big_coeff, g.one_minus_beta1, small);
     let base = select(gr, m_old, small);
     let m = fma_exact(coeff, gr - m_old, base);
-    let v = v_old * g.beta2 + g.one_minus_beta2 * gr * gr;
+    let v = opaque(v_old * g.beta2) + opaque(g.one_minus_beta2 * gr * gr);
     var v_hat = v;
     if ((g.flags & FLAG_AMSGRAD) != 0u) {
         v_hat = max(vmax_old, v);
     }
     let denom = sqrt(v_hat) / k.bc2_sqrt + g.eps;
-    return vec4<f32>(p - k.step_size * (m / denom), m, v, v_hat);
+    return vec4<f32>(p - opaque(k.step_size * (m / denom)), m, v, v_hat);
 }
 
 fn update_scalar(pi: u32, gi: u32, si: u32, k: StepConsts) {

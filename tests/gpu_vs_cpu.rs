@@ -73,17 +73,16 @@ fn random_config(rng: &mut Rng) -> AdamWConfig {
         .with_steps_per_epoch(rng.range(1, 4) as u32)
 }
 
-/// Agreement expected between the kernel and its twin: the same formulas, where only WGSL's
-/// division and sqrt (2.5 ulp allowed) and a driver's contraction of `a * b + c` into an fma
-/// may round differently from the CPU, an ulp or two per step (seen on NVIDIA). The tolerance
-/// is a twentieth of the adamw-trace/1 format's: parameters 5e-8 + 5e-7 |x|, moments and lr
-/// 5e-7 |x|.
+/// Agreement expected between the kernel and its twin: the same formulas and roundings,
+/// where only WGSL's division and sqrt (2.5 ulp allowed, approximate on NVIDIA) may round
+/// differently from the CPU, an ulp or two per step. The tolerance is a tenth of the
+/// adamw-trace/1 format's: parameters 1e-7 + 1e-6 |x|, moments and lr 1e-6 |x|.
 fn close(gpu: f32, cpu: f32) -> bool {
-    gpu == cpu || (gpu - cpu).abs() <= 5e-7 * cpu.abs()
+    gpu == cpu || (gpu - cpu).abs() <= 1e-6 * cpu.abs()
 }
 
 fn close_param(gpu: f32, cpu: f32) -> bool {
-    gpu == cpu || (gpu - cpu).abs() <= 5e-8 + 5e-7 * cpu.abs()
+    gpu == cpu || (gpu - cpu).abs() <= 1e-7 + 1e-6 * cpu.abs()
 }
 
 fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_per_submit: usize) {
