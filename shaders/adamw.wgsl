@@ -74,7 +74,7 @@ const STEP_CLIP_COEF: u32 = 4u;
 const WORKGROUP: u32 = 256u;
 // Elements per invocation of `update` and `reduce`: a chunk is WORKGROUP * ELEMS_PER_THREAD
 // elements (set by the host, GpuOptions::elems_per_thread).
-override ELEMS_PER_THREAD: u32 = 16u;
+override ELEMS_PER_THREAD: u32 = 8u;
 
 const HALF_PI: f32 = 1.5707963267948966;
 const LN2_HI: f32 = 0.693145751953125;      // few mantissa bits: n * LN2_HI is exact

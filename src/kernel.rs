@@ -9,7 +9,7 @@ pub const SHADER_SOURCE: &str = include_str!("../shaders/adamw.wgsl");
 
 /// Default elements per invocation of `update` and `reduce` (the shader's `ELEMS_PER_THREAD`
 /// override): one workgroup handles a chunk of `WORKGROUP * ELEMS_PER_THREAD` elements.
-pub const ELEMS_PER_THREAD: u32 = 16;
+pub const ELEMS_PER_THREAD: u32 = 8;
 /// Default chunk: elements one workgroup of `update` handles.
 pub const CHUNK: u32 = WORKGROUP * ELEMS_PER_THREAD;
 /// Invocations per workgroup of `update`.
