@@ -357,28 +357,17 @@ impl GpuAdamW {
             mapped_at_creation: false,
         });
 
-        let prologue_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("wgpu-adamw prologue"),
-            layout: &kernel.prologue_layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: binding(&uniform, 0, globals_size),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 8,
-                    resource: meta.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 11,
-                    resource: amp.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 13,
-                    resource: partials.as_entire_binding(),
-                },
+        let prologue_bind_group = make_bind_group(
+            device,
+            "wgpu-adamw prologue",
+            &kernel.prologue_layout,
+            vec![
+                (0, binding(&uniform, 0, globals_size)),
+                (8, meta.as_entire_binding()),
+                (11, amp.as_entire_binding()),
+                (13, partials.as_entire_binding()),
             ],
-        });
+        );
         let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
         let mut dispatches = Vec::new();
         let mut first_chunk = 0u32;
@@ -409,90 +398,42 @@ impl GpuAdamW {
             let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
             let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
             let stand_in = &arenas.max_exp_avg_sq[0];
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("wgpu-adamw update"),
-                layout: &kernel.update_layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: binding(&uniform, 0, globals_size),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: binding(
-                            &uniform,
-                            info_at(k),
-                            std::mem::size_of::<DispatchInfo>() as u64,
-                        ),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: meta.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: binding(param, *p_win, p_size / 4 * 4),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: binding(grad, *g_win, g_size / 4 * 4),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: arenas.exp_avg[*arena].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: arenas.exp_avg_sq[*arena].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 7,
-                        resource: vmax.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 14,
-                        resource: vec4_view(param, *p_win, p_size, stand_in),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 15,
-                        resource: vec4_view(grad, *g_win, g_size, stand_in),
-                    },
-                ],
-            });
-            let reduce_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("wgpu-adamw reduce"),
-                layout: &kernel.reduce_layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: binding(&uniform, 0, globals_size),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: binding(
-                            &uniform,
-                            info_at(k),
-                            std::mem::size_of::<DispatchInfo>() as u64,
-                        ),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: meta.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: binding(grad, *g_win, g_size / 4 * 4),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 10,
-                        resource: amp.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 12,
-                        resource: partials.as_entire_binding(),
-                    },
-                ],
-            });
+            // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
+            let head = || {
+                let info = std::mem::size_of::<DispatchInfo>() as u64;
+                vec![
+                    (0, binding(&uniform, 0, globals_size)),
+                    (1, binding(&uniform, info_at(k), info)),
+                    (2, meta.as_entire_binding()),
+                    (4, binding(grad, *g_win, g_size / 4 * 4)),
+                ]
+            };
+            let mut update_entries = head();
+            update_entries.extend([
+                (3, binding(param, *p_win, p_size / 4 * 4)),
+                (5, arenas.exp_avg[*arena].as_entire_binding()),
+                (6, arenas.exp_avg_sq[*arena].as_entire_binding()),
+                (7, vmax.as_entire_binding()),
+                (14, vec4_view(param, *p_win, p_size, stand_in)),
+                (15, vec4_view(grad, *g_win, g_size, stand_in)),
+            ]);
+            let bind_group = make_bind_group(
+                device,
+                "wgpu-adamw update",
+                &kernel.update_layout,
+                update_entries,
+            );
+            let mut reduce_entries = head();
+            reduce_entries.extend([
+                (10, amp.as_entire_binding()),
+                (12, partials.as_entire_binding()),
+            ]);
+            let reduce_bind_group = make_bind_group(
+                device,
+                "wgpu-adamw reduce",
+                &kernel.reduce_layout,
+                reduce_entries,
+            );
             dispatches.push(Dispatch {
                 bind_group,
                 reduce_bind_group,
@@ -821,6 +762,23 @@ fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResour
         buffer,
         offset,
         size: wgpu::BufferSize::new(size),
+    })
+}
+
+fn make_bind_group(
+    device: &wgpu::Device,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    entries: Vec<(u32, wgpu::BindingResource<'_>)>,
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+        .into_iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &entries,
     })
 }
 
