@@ -761,7 +761,7 @@ mod tests {
 
     #[test]
     fn threaded_steps_equal_single_threaded_ones() {
-        let lens = vec![3, 70_000, 1, 64, 200_000, 5, 129];
+        let lens = [3, 70_000, 1, 64, 200_000, 5, 129];
         let config = AdamWConfig {
             amsgrad: true,
             ..AdamWConfig::default()

@@ -828,19 +828,15 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
             }
             if t.len > 0 {
                 let end = |off: u64| off + 4 * t.len;
-                let r = &mut ranges;
-                r.entry(t.param.clone()).or_default().push((
-                    t.param_offset,
-                    end(t.param_offset),
-                    index,
-                    true,
-                ));
-                r.entry(t.grad.clone()).or_default().push((
-                    t.grad_offset,
-                    end(t.grad_offset),
-                    index,
-                    false,
-                ));
+                for (buf, off, is_param) in [
+                    (&t.param, t.param_offset, true),
+                    (&t.grad, t.grad_offset, false),
+                ] {
+                    ranges
+                        .entry(buf.clone())
+                        .or_default()
+                        .push((off, end(off), index, is_param));
+                }
             }
             index += 1;
         }

@@ -106,7 +106,7 @@ fn replay_exits_1_outside_tolerance() {
     let bytes = std::fs::read(data("warm_restarts.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+    let mut owned: Tensors = st
         .tensors()
         .into_iter()
         .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
@@ -265,20 +265,20 @@ fn no_adapter_is_one_line_naming_the_software_adapter() {
     );
 }
 
+/// A trace's tensors, owned: (name, dtype, shape, bytes).
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+/// A trace's metadata.
+type Meta = std::collections::HashMap<String, String>;
+/// An edit of a trace.
+type Edit = Box<dyn FnOnce(&mut Tensors, &mut Meta)>;
+
 /// Rewrites a trace: `edit` may change its tensors and metadata.
-fn rewritten(
-    name: &str,
-    out: &Path,
-    edit: impl FnOnce(
-        &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-        &mut std::collections::HashMap<String, String>,
-    ),
-) {
+fn rewritten(name: &str, out: &Path, edit: impl FnOnce(&mut Tensors, &mut Meta)) {
     let bytes = std::fs::read(data(name)).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+    let mut owned: Tensors = st
         .tensors()
         .into_iter()
         .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
@@ -294,15 +294,7 @@ fn rewritten(
 #[test]
 fn unusable_traces_exit_2_with_one_line() {
     let path = tmp("unusable.safetensors");
-    let cases: Vec<(
-        &str,
-        Box<
-            dyn FnOnce(
-                &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-                &mut std::collections::HashMap<String, String>,
-            ),
-        >,
-    )> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "wrong dtype",
             Box::new(|t, _| {
