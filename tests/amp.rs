@@ -5,7 +5,6 @@ mod common;
 use common::{read_f32, storage_buffer, Rng};
 use wgpu_adamw::{
     AdamWConfig, CpuAdamW, CpuParamGroup, GpuAdamW, GradNormOrder, ParamGroup, Schedule,
-    TensorBinding,
 };
 
 const LENS: [usize; 4] = [3000, 7, 1024, 513];
@@ -27,21 +26,7 @@ fn setup(config: AdamWConfig, seed: u64) -> Setup {
     let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
     let p = storage_buffer(&ctx.device, &ctx.queue, &init);
     let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; total]);
-    let mut off = 0u64;
-    let tensors = LENS
-        .iter()
-        .map(|&n| {
-            let t = TensorBinding {
-                param: p.clone(),
-                param_offset: off * 4,
-                grad: g.clone(),
-                grad_offset: off * 4,
-                len: n as u64,
-            };
-            off += n as u64;
-            t
-        })
-        .collect();
+    let tensors = common::packed(&p, &g, &LENS);
     let opt = GpuAdamW::new(
         &ctx.device,
         &ctx.queue,

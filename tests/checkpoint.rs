@@ -39,21 +39,7 @@ fn gpu_checkpoint_loads_into_the_cpu_reference_and_back() {
         &(0..total).map(|_| rng.normal()).collect::<Vec<_>>(),
     );
     let g = storage_buffer(&ctx.device, &ctx.queue, &rng.grads(total));
-    let mut off = 0;
-    let tensors = lens
-        .iter()
-        .map(|&n| {
-            let t = TensorBinding {
-                param: p.clone(),
-                param_offset: off * 4,
-                grad: g.clone(),
-                grad_offset: off * 4,
-                len: n as u64,
-            };
-            off += n as u64;
-            t
-        })
-        .collect();
+    let tensors = common::packed(&p, &g, &lens);
     let opt = GpuAdamW::new(
         &ctx.device,
         &ctx.queue,

@@ -70,3 +70,26 @@ pub fn read_f32(ctx: &GpuContext, buf: &wgpu::Buffer, offset: u64, len: usize) -
         wgpu_adamw::read_buffer(&ctx.device, &ctx.queue, buf, offset, len as u64 * 4).unwrap();
     bytemuck::cast_slice(&words).to_vec()
 }
+
+/// Tensors of `lens` elements packed back to back (no padding) in one param and one grad
+/// buffer, as an engine's arenas hold them.
+pub fn packed(
+    param: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    lens: &[usize],
+) -> Vec<wgpu_adamw::TensorBinding> {
+    let mut off = 0u64;
+    lens.iter()
+        .map(|&n| {
+            let t = wgpu_adamw::TensorBinding {
+                param: param.clone(),
+                param_offset: off * 4,
+                grad: grad.clone(),
+                grad_offset: off * 4,
+                len: n as u64,
+            };
+            off += n as u64;
+            t
+        })
+        .collect()
+}
