@@ -308,12 +308,14 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
     let mut params: Vec<Vec<f32>> = trace.params.iter().map(|p| p.init.clone()).collect();
     let mut lr = vec![Vec::with_capacity(trace.steps as usize); trace.groups.len()];
     let mut skipped = Vec::with_capacity(trace.steps as usize);
-    for s in 0..trace.steps as usize {
-        if let Some((k, file)) = checkpoint_at {
-            if s == k as usize {
-                opt.save_checkpoint(file)?;
-                opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
-            }
+    // One pass more than there are steps, so a checkpoint after the last step is taken too.
+    for s in 0..=trace.steps as usize {
+        if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
+            opt.save_checkpoint(file)?;
+            opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
+        }
+        if s == trace.steps as usize {
+            break;
         }
         if let Some(scales) = &trace.grad_scale {
             opt.set_loss_scale(scales[s]);
@@ -325,12 +327,6 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
             g.push(l);
         }
         skipped.push(opt.last_step().skipped);
-    }
-    if let Some((k, file)) = checkpoint_at {
-        if k == trace.steps {
-            opt.save_checkpoint(file)?;
-            opt = CpuAdamW::from_state(&OptimizerState::load(file)?)?;
-        }
     }
     let st = opt.state();
     Ok(output_from_state(params, st, lr, skipped))
@@ -427,14 +423,16 @@ fn replay_gpu(
         mapped_at_creation: false,
     });
     let mut grads = Vec::with_capacity(total as usize);
-    for s in 0..trace.steps as usize {
-        if let Some((k, file)) = checkpoint_at {
-            if s == k as usize {
-                opt.save_checkpoint(file)?;
-                let state = OptimizerState::load(file)?;
-                opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
-                opt.load_state(&state)?;
-            }
+    // One pass more than there are steps, so a checkpoint after the last step is taken too.
+    for s in 0..=trace.steps as usize {
+        if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
+            opt.save_checkpoint(file)?;
+            let state = OptimizerState::load(file)?;
+            opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
+            opt.load_state(&state)?;
+        }
+        if s == trace.steps as usize {
+            break;
         }
         grads.clear();
         grads.extend(trace.params.iter().flat_map(|p| p.grads[s].iter().copied()));
@@ -447,14 +445,6 @@ fn replay_gpu(
         opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64);
         opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64);
         queue.submit([encoder.finish()]);
-    }
-    if let Some((k, file)) = checkpoint_at {
-        if k == trace.steps {
-            opt.save_checkpoint(file)?;
-            let state = OptimizerState::load(file)?;
-            opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
-            opt.load_state(&state)?;
-        }
     }
     let flat: Vec<f32> =
         bytemuck::cast_slice(&read_buffer(device, queue, &pbuf, 0, total * 4)?).to_vec();

@@ -402,11 +402,13 @@ pub struct Hyper {
 
 impl Default for Hyper {
     fn default() -> Self {
+        // PyTorch's defaults, as the crate's config holds them.
+        let d = wgpu_adamw::AdamWConfig::default();
         Self {
-            lr: 1e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 1e-2,
+            lr: d.lr,
+            betas: d.betas,
+            eps: d.eps,
+            weight_decay: d.weight_decay,
             t_max: 1000,
         }
     }
