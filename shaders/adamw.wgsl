@@ -222,12 +222,64 @@ fn add_round_odd(a: f32, b: f32) -> f32 {
     return bitcast<f32>(select(bits - 1u, bits + 1u, away));
 }
 
-// a * b + c with a single rounding.
-fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+// a * b + c with a single rounding, for operands whose products and sums stay below 2^126
+// (the error-free transformations above overflow near 2^128).
+fn fma_core(a: f32, b: f32, c: f32) -> f32 {
     let u = two_prod(a, b);
     let t = two_sum(c, u.x);
     return t.x + add_round_odd(t.y, u.y);
 }
+
+// Unbiased exponent of a finite x (-127 for zero and subnormals).
+fn exponent(x: f32) -> i32 {
+    return i32((bitcast<u32>(x) >> 23u) & 0xffu) - 127;
+}
+
+const TWO_POW_8: f32 = 256.0;
+const TWO_POW_M8: f32 = 0.00390625;
+
+// a * b + c with a single rounding, as IEEE fma: exact for every finite input whose result
+// is not subnormal, +-inf where the exact result overflows, and fma's inf/NaN otherwise.
+fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+    let ea = exponent(a);
+    let eb = exponent(b);
+    let ec = exponent(c);
+    if (ea == 128 || eb == 128 || ec == 128) {
+        // An infinity or NaN: with a and b finite the product is exact and the result is c;
+        // otherwise the product is itself inf or NaN, and so is the sum.
+        if (ea != 128 && eb != 128) {
+            return c;
+        }
+        return a * b + c;
+    }
+    if (ea < 124 && eb < 124 && ea + eb < 124 && ec < 124) {
+        return fma_core(a, b, c);
+    }
+    if (ea + eb >= 130) {
+        // |a * b| >= 2^130 > 2 * |c|: the exact result overflows.
+        return a * b;
+    }
+    // Near the top of the range: scale the larger factor and c by 2^-8 (exact: the larger
+    // factor is >= 2^62 here, or the product is negligible next to c), add once, scale back
+    // (exact, or the correct overflow to inf). A c so small that it would lose bits only
+    // decides ties: any value of its sign far below the product's last bit does the same,
+    // so it becomes +-2^-100.
+    var sa = a;
+    var sb = b;
+    if (ea >= eb) {
+        sa = a * TWO_POW_M8;
+    } else {
+        sb = b * TWO_POW_M8;
+    }
+    var sc = c * TWO_POW_M8;
+    if (c != 0.0 && ec < -64) {
+        sc = select(-TINY_TIE, TINY_TIE, c > 0.0);
+    }
+    return fma_core(sa, sb, sc) * TWO_POW_8;
+}
+
+// 2^-100.
+const TINY_TIE: f32 = 7.888609052210118e-31;
 
 // ---------------------------------------------------------------- the schedule
 
@@ -330,10 +382,47 @@ fn is_nonfinite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
 }
 
+// The non-finite flags of a raw gradient: NONFINITE for +-inf, NONFINITE | NAN for NaN.
+const NONFINITE: u32 = 1u;
+const NAN: u32 = 2u;
+fn nonfinite_flags(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    if ((bits & 0x7f800000u) != 0x7f800000u) {
+        return 0u;
+    }
+    return select(NONFINITE, NONFINITE | NAN, (bits & 0x7fffffu) != 0u);
+}
+
+// The global norm from the sum of squares, as PyTorch's f32 norm ends up: NaN if any gradient
+// is NaN, inf if any is infinite or the squares overflow (which leaves the compensated sum
+// inf or NaN), else the square root.
+fn finish_norm(sum_sq: f32, flags: u32, root: f32) -> f32 {
+    if ((flags & NAN) != 0u) {
+        return bitcast<f32>(0x7fc00000u);
+    }
+    if ((flags & NONFINITE) != 0u || is_nonfinite(sum_sq)) {
+        return bitcast<f32>(0x7f800000u);
+    }
+    return root;
+}
+
+// torch.nn.utils.clip_grad_norm_'s coefficient: max_norm / (total_norm + 1e-6) clamped to 1;
+// 0 for an infinite norm, NaN for a NaN one.
+fn clip_coefficient(norm: f32) -> f32 {
+    if (is_nonfinite(norm)) {
+        return select(0.0, norm, (bitcast<u32>(norm) & 0x7fffffu) != 0u);
+    }
+    return min(div_rn(g.max_grad_norm, norm + 1e-6), 1.0);
+}
+
 // 1 / s rounded to nearest (one Newton step with exact residuals), as PyTorch's
 // `scale.double().reciprocal().float()`.
 fn recip(s: f32) -> f32 {
     let r = 1.0 / s;
+    if (is_nonfinite(s) || is_nonfinite(r) || r == 0.0) {
+        // PyTorch: 1/inf = 0 (an infinite scale zeroes the gradients), 1/0 = inf, NaN stays.
+        return r;
+    }
     let e = fma_exact(-s, r, 1.0);
     return fma_exact(r, e, r);
 }
@@ -384,7 +473,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let i = k * WORKGROUP + lid;
         if (i < count) {
             let raw = grad[g0 + i];
-            flag = flag | select(0u, 1u, is_nonfinite(raw));
+            flag = flag | nonfinite_flags(raw);
             let x = raw * inv;
             acc = add_double(acc, two_prod(x, x));
         }
@@ -492,7 +581,7 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var flag = 0u;
     for (var i = lane; i < body; i += 8u) {
         let raw = grad[g0 + i];
-        flag = flag | select(0u, 1u, is_nonfinite(raw));
+        flag = flag | nonfinite_flags(raw);
         acc = add_square(acc, raw * inv);
     }
     lane_acc[lid] = acc;
@@ -507,7 +596,7 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         for (var i = body; i < len; i++) {
             let raw = grad[g0 + i];
-            f = f | select(0u, 1u, is_nonfinite(raw));
+            f = f | nonfinite_flags(raw);
             b = add_square(b, raw * inv);
         }
         let at = g.tensor_norms_at + 2u * index;
@@ -556,8 +645,8 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             for (var i = body; i < n; i++) {
                 b = add_square(b, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
             }
-            norm = sqrt_rn(b);
             workgroup_tree(lid);
+            norm = finish_norm(b, red_flag[0], sqrt_rn(b));
         } else {
             var acc = vec2<f32>(0.0, 0.0);
             var flag = 0u;
@@ -570,13 +659,13 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             red_lo[lid] = acc.y;
             red_flag[lid] = flag;
             workgroup_tree(lid);
-            norm = sqrt(red_hi[0] + red_lo[0]);
+            let sum_sq = red_hi[0] + red_lo[0];
+            norm = finish_norm(sum_sq, red_flag[0], sqrt(sum_sq));
         }
         skip = (g.flags & FLAG_LOSS_SCALE) != 0u && red_flag[0] != 0u;
         inv = grad_multiplier(amp_rw[0]);
         if ((g.flags & FLAG_CLIP) != 0u) {
-            // torch.nn.utils.clip_grad_norm_: max_norm / (total_norm + 1e-6), clamped to 1.
-            coef = min(div_rn(g.max_grad_norm, norm + 1e-6), 1.0);
+            coef = clip_coefficient(norm);
         }
         if (lid == 0u) {
             amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
@@ -584,12 +673,16 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             amp_rw[3] = bitcast<u32>(coef);
         }
     }
+    // A counter at 2^32 - 1 cannot advance: the step is refused (skipped, counters kept)
+    // rather than wrapped, which would restart the schedule or make t = 0 (bias correction 0).
+    let at_limit = sched == 0xffffffffu || adam == 0xffffffffu;
+    skip = skip || at_limit;
     // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
     let epoch = sched / g.steps_per_epoch;
     let t = f32(adam + 1u);
     let bc1 = -expm1_neg(t * g.ln_beta1);
     let bc2_sqrt = sqrt(-expm1_neg(t * g.ln_beta2));
-    for (var grp = lid; grp < g.n_groups; grp += 256u) {
+    for (var grp = lid; grp < g.n_groups && !at_limit; grp += 256u) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
         let lr = schedule_lr(base_lr, epoch);
@@ -601,7 +694,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     }
     storageBarrier();
     if (lid == 0u) {
-        meta_rw[COUNTER_SCHED] = sched + 1u;
+        meta_rw[COUNTER_SCHED] = sched + select(1u, 0u, at_limit);
         meta_rw[COUNTER_ADAM] = adam + select(1u, 0u, skip);
         meta_rw[STEP_SKIPPED] = select(0u, 1u, skip);
         meta_rw[STEP_INV_SCALE] = bitcast<u32>(inv);

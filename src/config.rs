@@ -55,10 +55,13 @@ impl Schedule {
     /// Checks every parameter of the schedule.
     pub fn validate(&self) -> Result<()> {
         let finite_nonneg = |name, x: f64| {
-            if x.is_finite() && x >= 0.0 {
+            if x.is_finite() && x >= 0.0 && x <= F32_MAX {
                 Ok(())
             } else {
-                Err(hyper(name, format!("must be finite and >= 0, got {x}")))
+                Err(hyper(
+                    name,
+                    format!("must be >= 0 and finite in f32 (<= 3.4028235e38), got {x}"),
+                ))
             }
         };
         match *self {
@@ -337,6 +340,13 @@ impl AdamWConfig {
     }
 
     /// Checks every hyperparameter (PyTorch's ranges) and the schedule.
+    ///
+    /// The kernel computes in f32, so values PyTorch would accept but that overflow f32 are
+    /// rejected (an [`Error::InvalidHyperparameter`]) rather than turned into infinite
+    /// parameters: lr, weight decay, eps, `eta_min` and `max_grad_norm` must be finite in f32,
+    /// and so must each group's `peak lr * weight_decay` (the decay factor `1 - lr * wd`) and
+    /// `peak lr / (1 - beta1)` (the step size at t = 1), where the peak lr is the larger of the
+    /// base lr and `eta_min`.
     pub fn validate(&self) -> Result<()> {
         check_lr("lr", self.lr)?;
         let (b1, b2) = self.betas;
@@ -359,14 +369,54 @@ impl AdamWConfig {
             return Err(hyper("steps_per_epoch", "must be >= 1"));
         }
         if let Some(n) = self.max_grad_norm {
-            if !(n.is_finite() && n > 0.0) {
+            if !(n.is_finite() && n > 0.0 && n <= F32_MAX) {
                 return Err(hyper(
                     "max_grad_norm",
-                    format!("must be finite and > 0, got {n}"),
+                    format!("must be > 0 and finite in f32, got {n}"),
                 ));
             }
         }
-        self.schedule.validate()
+        if self.eps > F32_MAX {
+            return Err(hyper(
+                "eps",
+                format!("must be finite in f32, got {}", self.eps),
+            ));
+        }
+        self.schedule.validate()?;
+        self.check_products(self.lr, self.weight_decay)
+    }
+
+    /// Checks a group's overrides, and that its resolved lr and weight decay keep the
+    /// kernel's per-step scalars finite in f32 (see [`AdamWConfig::validate`]).
+    pub fn validate_group(&self, group: &GroupConfig) -> Result<()> {
+        group.validate()?;
+        let (lr, wd) = self.resolve(group);
+        self.check_products(lr, wd)
+    }
+
+    fn check_products(&self, lr: f64, wd: f64) -> Result<()> {
+        let eta_min = match self.schedule {
+            Schedule::Cosine { eta_min, .. } | Schedule::CosineWarmRestarts { eta_min, .. } => {
+                eta_min
+            }
+            _ => 0.0,
+        };
+        let peak = f64::from(lr as f32).max(f64::from(eta_min as f32));
+        if peak * f64::from(wd as f32) >= F32_MAX {
+            return Err(hyper(
+                "weight_decay",
+                format!("lr {peak} * weight_decay {wd} overflows f32 (1 - lr * wd on the device)"),
+            ));
+        }
+        if peak / (1.0 - self.betas.0) >= F32_MAX {
+            return Err(hyper(
+                "lr",
+                format!(
+                    "lr {peak} / (1 - beta1) overflows f32 (the step size at t = 1 on the device)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The base learning rate and weight decay a group ends up with.
@@ -378,21 +428,27 @@ impl AdamWConfig {
     }
 }
 
+/// The largest finite f32: every value the kernel uses must stay below it.
+const F32_MAX: f64 = f32::MAX as f64;
+
 fn check_lr(name: &'static str, lr: f64) -> Result<()> {
-    if lr.is_finite() && lr >= 0.0 {
+    if lr.is_finite() && lr >= 0.0 && lr <= F32_MAX {
         Ok(())
     } else {
-        Err(hyper(name, format!("must be finite and >= 0, got {lr}")))
+        Err(hyper(
+            name,
+            format!("must be >= 0 and finite in f32 (<= 3.4028235e38), got {lr}"),
+        ))
     }
 }
 
 fn check_weight_decay(wd: f64) -> Result<()> {
-    if wd.is_finite() && wd >= 0.0 {
+    if wd.is_finite() && wd >= 0.0 && wd <= F32_MAX {
         Ok(())
     } else {
         Err(hyper(
             "weight_decay",
-            format!("must be finite and >= 0, got {wd}"),
+            format!("must be >= 0 and finite in f32 (<= 3.4028235e38), got {wd}"),
         ))
     }
 }

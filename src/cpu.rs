@@ -39,7 +39,7 @@ impl CpuAdamW {
     pub fn new(config: AdamWConfig, groups: Vec<CpuParamGroup>) -> Result<Self> {
         config.validate()?;
         for g in &groups {
-            g.config.validate()?;
+            config.validate_group(&g.config)?;
         }
         let globals = Globals::new(&config, groups.len() as u32);
         let group_params = groups
@@ -129,19 +129,25 @@ impl CpuAdamW {
                 )));
             }
         }
+        if self.counters.at_limit() {
+            return Err(Error::StepLimit(format!(
+                "the counters ({}, {}) are at 2^32 - 1",
+                self.counters.sched, self.counters.adam
+            )));
+        }
         // Loss scaling and clipping: the kernel's `reduce` per chunk of each tensor, then
         // its prologue. A skipped step only advances the schedule.
         let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
         let reduced = if amp {
             let inv = twin::grad_multiplier(&self.globals, self.loss_scale);
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {
-                let norms: Vec<(f32, bool)> = grads
+                let norms: Vec<(f32, u32)> = grads
                     .iter()
                     .map(|g| twin::tensor_norm_torch(g, inv))
                     .collect();
                 twin::final_norm(&self.globals, &[], &norms)
             } else {
-                let partials: Vec<((f32, f32), bool)> = grads
+                let partials: Vec<((f32, f32), u32)> = grads
                     .iter()
                     .flat_map(|g| {
                         g.chunks(CHUNK as usize)
@@ -151,7 +157,7 @@ impl CpuAdamW {
                 twin::final_norm(&self.globals, &partials, &[])
             }
         } else {
-            (0.0, false)
+            (0.0, 0)
         };
         let (last, step) = twin::prologue_amp(
             &self.globals,
@@ -577,12 +583,21 @@ fn finish<const MAXIMIZE: bool>(
     *v = vi;
 }
 
-/// [`twin::fma_exact`] with its rounding to odd written without a branch, so it vectorizes.
+/// [`twin::fma_exact`] with its rounding to odd written without a branch, so it vectorizes;
+/// operands near the top of the range, infinities and NaN (where the error-free
+/// transformations would overflow) go to the twin's own scaled path.
 #[inline(always)]
 fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     let (uh, ul) = twin::two_prod(a, b);
     let (th, tl) = twin::two_sum(c, uh);
-    th + add_round_odd(tl, ul)
+    let core = th + add_round_odd(tl, ul);
+    let exp = |x: f32| ((x.to_bits() >> 23) & 0xff) as i32 - 127;
+    let (ea, eb, ec) = (exp(a), exp(b), exp(c));
+    if (ea < 124) & (eb < 124) & (ea + eb < 124) & (ec < 124) {
+        core
+    } else {
+        twin::fma_exact(a, b, c)
+    }
 }
 
 /// [`twin::add_round_odd`] as a select.

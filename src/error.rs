@@ -53,6 +53,14 @@ pub enum Error {
     /// A checkpoint does not match this optimizer (other tensors, sizes or options).
     #[error("checkpoint does not match this optimizer: {0}")]
     CheckpointMismatch(String),
+    /// An argument of a call is unusable (a buffer without the usage the call needs, a
+    /// misaligned or out-of-bounds range); nothing was recorded or changed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A step counter is at its limit (2^32 - 1): no further step can be taken or recorded
+    /// in a state without wrapping it.
+    #[error("step limit: {0}")]
+    StepLimit(String),
     /// A trace uses a feature this build does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

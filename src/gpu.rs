@@ -150,7 +150,7 @@ impl GpuAdamW {
     ) -> Result<Self> {
         config.validate()?;
         for g in &groups {
-            g.config.validate()?;
+            config.validate_group(&g.config)?;
         }
         if groups.len() > 1 << 16 {
             return Err(Error::DeviceLimit(format!(
@@ -186,283 +186,281 @@ impl GpuAdamW {
         let arena_capacity = max_binding / 4;
 
         validate_bindings(&groups)?;
-
-        let error_scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-
-        // Plan: pieces, arenas, chunk tables per dispatch key.
-        let mut tensors = Vec::new();
-        let mut arena_fill: Vec<u64> = vec![0];
-        let mut keys: Vec<DispatchKey> = Vec::new();
-        // wgpu hashes buffers by identity, which never changes: fine as keys.
-        #[allow(clippy::mutable_key_type)]
-        let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
-        let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
-        // Per key, its tensors that lie wholly in it: (grad offset, len, tensor index).
-        let mut tensor_lists: Vec<Vec<[u32; 4]>> = Vec::new();
-        let torch_norm = config.grad_norm_order == GradNormOrder::TorchCpu
-            && (config.max_grad_norm.is_some() || config.loss_scaling);
-        for (gi, group) in groups.iter().enumerate() {
-            for t in &group.tensors {
-                let mut pieces = Vec::new();
-                let mut done = 0u64;
-                while done < t.len {
-                    let len = (t.len - done).min(max_piece);
-                    let mut arena = arena_fill.len() - 1;
-                    if arena_fill[arena] + len > arena_capacity {
-                        arena_fill.push(0);
-                        arena += 1;
-                    }
-                    let state_offset = arena_fill[arena];
-                    // Keep every piece's state 256-byte aligned.
-                    arena_fill[arena] = (state_offset + len).div_ceil(64) * 64;
-                    let p_byte = t.param_offset + 4 * done;
-                    let g_byte = t.grad_offset + 4 * done;
-                    let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
-                    let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
-                    let key = (t.param.clone(), p_win, t.grad.clone(), g_win, arena);
-                    let k = *key_index.entry(key.clone()).or_insert_with(|| {
-                        keys.push(key);
-                        chunk_lists.push(Vec::new());
-                        tensor_lists.push(Vec::new());
-                        keys.len() - 1
-                    });
-                    let (p0, g0) = ((p_byte - p_win) / 4, (g_byte - g_win) / 4);
-                    if done == 0 {
-                        tensor_lists[k].push([g0 as u32, t.len as u32, tensors.len() as u32, 0]);
-                    } else if torch_norm {
-                        return Err(Error::Unsupported(format!(
+        // Everything that touches the device, in error scopes and with wgpu's panics caught.
+        checked(device, || {
+            // Plan: pieces, arenas, chunk tables per dispatch key.
+            let mut tensors = Vec::new();
+            let mut arena_fill: Vec<u64> = vec![0];
+            let mut keys: Vec<DispatchKey> = Vec::new();
+            // wgpu hashes buffers by identity, which never changes: fine as keys.
+            #[allow(clippy::mutable_key_type)]
+            let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
+            let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
+            // Per key, its tensors that lie wholly in it: (grad offset, len, tensor index).
+            let mut tensor_lists: Vec<Vec<[u32; 4]>> = Vec::new();
+            let torch_norm = config.grad_norm_order == GradNormOrder::TorchCpu
+                && (config.max_grad_norm.is_some() || config.loss_scaling);
+            for (gi, group) in groups.iter().enumerate() {
+                for t in &group.tensors {
+                    let mut pieces = Vec::new();
+                    let mut done = 0u64;
+                    while done < t.len {
+                        let len = (t.len - done).min(max_piece);
+                        let mut arena = arena_fill.len() - 1;
+                        if arena_fill[arena] + len > arena_capacity {
+                            arena_fill.push(0);
+                            arena += 1;
+                        }
+                        let state_offset = arena_fill[arena];
+                        // Keep every piece's state 256-byte aligned.
+                        arena_fill[arena] = (state_offset + len).div_ceil(64) * 64;
+                        let p_byte = t.param_offset + 4 * done;
+                        let g_byte = t.grad_offset + 4 * done;
+                        let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
+                        let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
+                        let key = (t.param.clone(), p_win, t.grad.clone(), g_win, arena);
+                        let k = *key_index.entry(key.clone()).or_insert_with(|| {
+                            keys.push(key);
+                            chunk_lists.push(Vec::new());
+                            tensor_lists.push(Vec::new());
+                            keys.len() - 1
+                        });
+                        let (p0, g0) = ((p_byte - p_win) / 4, (g_byte - g_win) / 4);
+                        if done == 0 {
+                            tensor_lists[k].push([
+                                g0 as u32,
+                                t.len as u32,
+                                tensors.len() as u32,
+                                0,
+                            ]);
+                        } else if torch_norm {
+                            return Err(Error::Unsupported(format!(
                             "tensor {}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({} bytes)",
                             tensors.len(),
                             max_binding
                         )));
+                        }
+                        for start in (0..len).step_by(chunk as usize) {
+                            let count = (len - start).min(chunk) as u32;
+                            chunk_lists[k].push([
+                                (p0 + start) as u32,
+                                (g0 + start) as u32,
+                                (state_offset + start) as u32,
+                                count | (gi as u32) << 16,
+                            ]);
+                        }
+                        pieces.push(Piece {
+                            arena,
+                            state_offset,
+                            len,
+                        });
+                        done += len;
                     }
-                    for start in (0..len).step_by(chunk as usize) {
-                        let count = (len - start).min(chunk) as u32;
-                        chunk_lists[k].push([
-                            (p0 + start) as u32,
-                            (g0 + start) as u32,
-                            (state_offset + start) as u32,
-                            count | (gi as u32) << 16,
-                        ]);
-                    }
-                    pieces.push(Piece {
-                        arena,
-                        state_offset,
-                        len,
+                    tensors.push(TensorInfo {
+                        group: gi,
+                        len: t.len,
+                        pieces,
                     });
-                    done += len;
                 }
-                tensors.push(TensorInfo {
-                    group: gi,
-                    len: t.len,
-                    pieces,
-                });
             }
-        }
 
-        let kernel = Kernel::new(device, ept);
-        let n_groups = groups.len() as u32;
-        let total_chunks: usize = chunk_lists.iter().map(Vec::len).sum();
-        let mut globals = Globals::new(&config, n_groups);
-        globals.groups_at = COUNTER_WORDS;
-        globals.scalars_at = globals.groups_at + 4 * n_groups;
-        globals.chunks_at = globals.scalars_at + 4 * n_groups;
-        globals.n_chunks = total_chunks as u32;
-        globals.n_tensors = tensors.len() as u32;
-        globals.tensors_at = globals.chunks_at + 4 * total_chunks as u32;
-        globals.tensor_norms_at = 4 * total_chunks as u32;
-        let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
-        let meta_words = globals.tensors_at as usize + 4 * total_tensor_entries;
-        let mut meta_init = vec![0u32; meta_words];
-        for (gi, g) in groups.iter().enumerate() {
-            let (lr, wd) = config.resolve(&g.config);
-            let at = globals.groups_at as usize + 4 * gi;
-            meta_init[at] = (lr as f32).to_bits();
-            meta_init[at + 1] = (wd as f32).to_bits();
-        }
-        let mut at = globals.chunks_at as usize;
-        for list in chunk_lists.iter().chain(&tensor_lists) {
-            for c in list {
-                meta_init[at..at + 4].copy_from_slice(c);
-                at += 4;
+            let kernel = Kernel::new(device, ept);
+            let n_groups = groups.len() as u32;
+            let total_chunks: usize = chunk_lists.iter().map(Vec::len).sum();
+            let mut globals = Globals::new(&config, n_groups);
+            globals.groups_at = COUNTER_WORDS;
+            globals.scalars_at = globals.groups_at + 4 * n_groups;
+            globals.chunks_at = globals.scalars_at + 4 * n_groups;
+            globals.n_chunks = total_chunks as u32;
+            globals.n_tensors = tensors.len() as u32;
+            globals.tensors_at = globals.chunks_at + 4 * total_chunks as u32;
+            globals.tensor_norms_at = 4 * total_chunks as u32;
+            let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
+            let meta_words = globals.tensors_at as usize + 4 * total_tensor_entries;
+            let mut meta_init = vec![0u32; meta_words];
+            for (gi, g) in groups.iter().enumerate() {
+                let (lr, wd) = config.resolve(&g.config);
+                let at = globals.groups_at as usize + 4 * gi;
+                meta_init[at] = (lr as f32).to_bits();
+                meta_init[at + 1] = (wd as f32).to_bits();
             }
-        }
-        let meta = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-adamw meta"),
-            size: (meta_words * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        queue.write_buffer(&meta, 0, bytemuck::cast_slice(&meta_init));
-
-        // Uniforms: globals at 0, then one DispatchInfo per dispatch at aligned offsets.
-        let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
-        let globals_size = std::mem::size_of::<Globals>() as u64;
-        let info_at = |i: usize| globals_size.div_ceil(ualign) * ualign + i as u64 * ualign;
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-adamw uniforms"),
-            size: info_at(keys.len()).max(info_at(0) + ualign),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
-
-        let state_buffer = |label: &str, elems: u64| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: (elems * 4).max(16),
+            let mut at = globals.chunks_at as usize;
+            for list in chunk_lists.iter().chain(&tensor_lists) {
+                for c in list {
+                    meta_init[at..at + 4].copy_from_slice(c);
+                    at += 4;
+                }
+            }
+            let meta = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-adamw meta"),
+                size: (meta_words * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
-            })
-        };
-        let arenas = Arenas {
-            exp_avg: arena_fill
-                .iter()
-                .map(|&n| state_buffer("exp_avg", n))
-                .collect(),
-            exp_avg_sq: arena_fill
-                .iter()
-                .map(|&n| state_buffer("exp_avg_sq", n))
-                .collect(),
-            max_exp_avg_sq: if config.amsgrad {
-                arena_fill
-                    .iter()
-                    .map(|&n| state_buffer("max_exp_avg_sq", n))
-                    .collect()
-            } else {
-                vec![state_buffer("max_exp_avg_sq (unused)", 4)]
-            },
-        };
-        // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
+            });
+            queue.write_buffer(&meta, 0, bytemuck::cast_slice(&meta_init));
 
-        let storage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let amp = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-adamw amp"),
-            size: 16,
-            usage: storage,
-            mapped_at_creation: false,
-        });
-        queue.write_buffer(&amp, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0]));
-        let partials = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-adamw grad-norm partials"),
-            size: (16 * total_chunks as u64 + 8 * tensors.len() as u64).max(16),
-            usage: storage,
-            mapped_at_creation: false,
-        });
+            // Uniforms: globals at 0, then one DispatchInfo per dispatch at aligned offsets.
+            let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
+            let globals_size = std::mem::size_of::<Globals>() as u64;
+            let info_at = |i: usize| globals_size.div_ceil(ualign) * ualign + i as u64 * ualign;
+            let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-adamw uniforms"),
+                size: info_at(keys.len()).max(info_at(0) + ualign),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
 
-        let prologue_bind_group = make_bind_group(
-            device,
-            "wgpu-adamw prologue",
-            &kernel.prologue_layout,
-            vec![
-                (0, binding(&uniform, 0, globals_size)),
-                (8, meta.as_entire_binding()),
-                (11, amp.as_entire_binding()),
-                (13, partials.as_entire_binding()),
-            ],
-        );
-        let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
-        let mut dispatches = Vec::new();
-        let mut first_chunk = 0u32;
-        let mut first_tensor = 0u32;
-        for (k, key) in keys.iter().enumerate() {
-            let (param, p_win, grad, g_win, arena) = key;
-            let n_chunks = chunk_lists[k].len() as u32;
-            let grid_x = n_chunks.min(max_dim);
-            let grid_y = n_chunks.div_ceil(grid_x);
-            if grid_y > max_dim {
-                return Err(Error::DeviceLimit(format!(
-                    "{n_chunks} chunks exceed the dispatch grid"
-                )));
-            }
-            let n_tensors = tensor_lists[k].len() as u32;
-            let info = DispatchInfo {
-                first_chunk,
-                n_chunks,
-                grid_x,
-                first_tensor,
-                n_tensors,
-                _pad: [0; 3],
+            let state_buffer = |label: &str, elems: u64| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: (elems * 4).max(16),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })
             };
-            queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
-            first_chunk += n_chunks;
-            first_tensor += n_tensors;
-            let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
-            let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
-            let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
-            let stand_in = &arenas.max_exp_avg_sq[0];
-            // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
-            let head = || {
-                let info = std::mem::size_of::<DispatchInfo>() as u64;
+            let arenas = Arenas {
+                exp_avg: arena_fill
+                    .iter()
+                    .map(|&n| state_buffer("exp_avg", n))
+                    .collect(),
+                exp_avg_sq: arena_fill
+                    .iter()
+                    .map(|&n| state_buffer("exp_avg_sq", n))
+                    .collect(),
+                max_exp_avg_sq: if config.amsgrad {
+                    arena_fill
+                        .iter()
+                        .map(|&n| state_buffer("max_exp_avg_sq", n))
+                        .collect()
+                } else {
+                    vec![state_buffer("max_exp_avg_sq (unused)", 4)]
+                },
+            };
+            // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
+
+            let storage = wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC;
+            let amp = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-adamw amp"),
+                size: 16,
+                usage: storage,
+                mapped_at_creation: false,
+            });
+            queue.write_buffer(&amp, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0]));
+            let partials = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-adamw grad-norm partials"),
+                size: (16 * total_chunks as u64 + 8 * tensors.len() as u64).max(16),
+                usage: storage,
+                mapped_at_creation: false,
+            });
+
+            let prologue_bind_group = make_bind_group(
+                device,
+                "wgpu-adamw prologue",
+                &kernel.prologue_layout,
                 vec![
                     (0, binding(&uniform, 0, globals_size)),
-                    (1, binding(&uniform, info_at(k), info)),
-                    (2, meta.as_entire_binding()),
-                    (4, binding(grad, *g_win, g_size / 4 * 4)),
-                ]
-            };
-            let mut update_entries = head();
-            update_entries.extend([
-                (3, binding(param, *p_win, p_size / 4 * 4)),
-                (5, arenas.exp_avg[*arena].as_entire_binding()),
-                (6, arenas.exp_avg_sq[*arena].as_entire_binding()),
-                (7, vmax.as_entire_binding()),
-                (14, vec4_view(param, *p_win, p_size, stand_in)),
-                (15, vec4_view(grad, *g_win, g_size, stand_in)),
-            ]);
-            let bind_group = make_bind_group(
-                device,
-                "wgpu-adamw update",
-                &kernel.update_layout,
-                update_entries,
+                    (8, meta.as_entire_binding()),
+                    (11, amp.as_entire_binding()),
+                    (13, partials.as_entire_binding()),
+                ],
             );
-            let mut reduce_entries = head();
-            reduce_entries.extend([
-                (10, amp.as_entire_binding()),
-                (12, partials.as_entire_binding()),
-            ]);
-            let reduce_bind_group = make_bind_group(
-                device,
-                "wgpu-adamw reduce",
-                &kernel.reduce_layout,
-                reduce_entries,
-            );
-            dispatches.push(Dispatch {
-                bind_group,
-                reduce_bind_group,
-                grid: (grid_x, grid_y),
-                tensor_groups: n_tensors.div_ceil(8),
-            });
-        }
+            let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
+            let mut dispatches = Vec::new();
+            let mut first_chunk = 0u32;
+            let mut first_tensor = 0u32;
+            for (k, key) in keys.iter().enumerate() {
+                let (param, p_win, grad, g_win, arena) = key;
+                let n_chunks = chunk_lists[k].len() as u32;
+                let grid_x = n_chunks.min(max_dim);
+                let grid_y = n_chunks.div_ceil(grid_x);
+                if grid_y > max_dim {
+                    return Err(Error::DeviceLimit(format!(
+                        "{n_chunks} chunks exceed the dispatch grid"
+                    )));
+                }
+                let n_tensors = tensor_lists[k].len() as u32;
+                let info = DispatchInfo {
+                    first_chunk,
+                    n_chunks,
+                    grid_x,
+                    first_tensor,
+                    n_tensors,
+                    _pad: [0; 3],
+                };
+                queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
+                first_chunk += n_chunks;
+                first_tensor += n_tensors;
+                let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
+                let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
+                let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
+                let stand_in = &arenas.max_exp_avg_sq[0];
+                // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
+                let head = || {
+                    let info = std::mem::size_of::<DispatchInfo>() as u64;
+                    vec![
+                        (0, binding(&uniform, 0, globals_size)),
+                        (1, binding(&uniform, info_at(k), info)),
+                        (2, meta.as_entire_binding()),
+                        (4, binding(grad, *g_win, g_size / 4 * 4)),
+                    ]
+                };
+                let mut update_entries = head();
+                update_entries.extend([
+                    (3, binding(param, *p_win, p_size / 4 * 4)),
+                    (5, arenas.exp_avg[*arena].as_entire_binding()),
+                    (6, arenas.exp_avg_sq[*arena].as_entire_binding()),
+                    (7, vmax.as_entire_binding()),
+                    (14, vec4_view(param, *p_win, p_size, stand_in)),
+                    (15, vec4_view(grad, *g_win, g_size, stand_in)),
+                ]);
+                let bind_group = make_bind_group(
+                    device,
+                    "wgpu-adamw update",
+                    &kernel.update_layout,
+                    update_entries,
+                );
+                let mut reduce_entries = head();
+                reduce_entries.extend([
+                    (10, amp.as_entire_binding()),
+                    (12, partials.as_entire_binding()),
+                ]);
+                let reduce_bind_group = make_bind_group(
+                    device,
+                    "wgpu-adamw reduce",
+                    &kernel.reduce_layout,
+                    reduce_entries,
+                );
+                dispatches.push(Dispatch {
+                    bind_group,
+                    reduce_bind_group,
+                    grid: (grid_x, grid_y),
+                    tensor_groups: n_tensors.div_ceil(8),
+                });
+            }
 
-        if let Some(e) = pollster::block_on(oom_scope.pop()) {
-            return Err(Error::Device(e.to_string()));
-        }
-        if let Some(e) = pollster::block_on(error_scope.pop()) {
-            return Err(Error::Device(e.to_string()));
-        }
-        Ok(Self {
-            device: device.clone(),
-            queue: queue.clone(),
-            config,
-            groups: groups.iter().map(|g| g.config).collect(),
-            kernel,
-            globals,
-            meta,
-            amp,
-            arenas,
-            tensors,
-            prologue_bind_group,
-            dispatches,
-            max_binding_size: max_binding,
-        })
+            Ok(Self {
+                device: device.clone(),
+                queue: queue.clone(),
+                config,
+                groups: groups.iter().map(|g| g.config).collect(),
+                kernel,
+                globals,
+                meta,
+                amp,
+                arenas,
+                tensors,
+                prologue_bind_group,
+                dispatches,
+                max_binding_size: max_binding,
+            })
+        })?
     }
 
     /// The configuration.
@@ -497,6 +495,19 @@ impl GpuAdamW {
     }
 
     /// Records one optimizer step into `pass`, an open compute pass of the engine's.
+    ///
+    /// What it leaves behind: a compute pass keeps its state from one dispatch to the next
+    /// (WebGPU semantics), and this call sets the pass's **pipeline** (to one of this
+    /// optimizer's: the update pipeline, last) and **bind group 0** (to one of its own). It
+    /// sets no other bind group index and no immediates. An engine dispatch recorded after it
+    /// in the same pass must therefore call `set_pipeline` and `set_bind_group` for every
+    /// group its own pipeline uses, group 0 included; a dispatch without its own
+    /// `set_pipeline` would silently re-run the optimizer's update. [`GpuAdamW::encode_step`]
+    /// records the step in a pass of its own and leaves no state behind.
+    ///
+    /// Errors of the recorded work (a registered buffer destroyed, say) surface when the
+    /// engine submits it, through the engine's error scopes or uncaptured-error handler;
+    /// [`GpuAdamW::step`] records and submits inside error scopes instead.
     pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
         if self.config.loss_scaling || self.config.max_grad_norm.is_some() {
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {
@@ -534,26 +545,16 @@ impl GpuAdamW {
         self.record_step(&mut pass);
     }
 
-    /// Records and submits one step. Does not wait for it.
-    pub fn step(&self) -> wgpu::SubmissionIndex {
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.encode_step(&mut encoder);
-        self.queue.submit([encoder.finish()])
-    }
-
-    /// [`GpuAdamW::step`] inside error scopes: a validation error (for example an engine
-    /// buffer destroyed while registered) or an out-of-memory error is returned instead of
-    /// reaching wgpu's uncaptured-error handler.
-    pub fn step_checked(&self) -> Result<wgpu::SubmissionIndex> {
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let index = self.step();
-        let oom = pollster::block_on(oom.pop());
-        let validation = pollster::block_on(validation.pop());
-        match oom.or(validation) {
-            Some(e) => Err(Error::Device(e.to_string())),
-            None => Ok(index),
-        }
+    /// Records and submits one step; does not wait for it to run. wgpu's validation and
+    /// out-of-memory errors (for example an engine buffer destroyed while registered) are
+    /// caught with error scopes and returned, never passed to the device's uncaptured-error
+    /// handler (whose default panics).
+    pub fn step(&self) -> Result<wgpu::SubmissionIndex> {
+        checked(&self.device, || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            self.encode_step(&mut encoder);
+            self.queue.submit([encoder.finish()])
+        })
     }
 
     /// Reads back the learning rate each group used at the last step (0 before the first).
@@ -610,32 +611,48 @@ impl GpuAdamW {
 
     /// Records a copy of the 4 words of [`GpuAdamW::amp_buffer`] into `dst` at `offset`, to
     /// log `found_inf` and the gradient norm of every step without waiting on the device.
+    /// `dst` needs `COPY_DST` and 16 bytes at `offset` (a multiple of 4); otherwise an
+    /// [`Error::InvalidArgument`] and nothing is recorded.
     pub fn encode_copy_amp(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         dst: &wgpu::Buffer,
         offset: u64,
-    ) {
+    ) -> Result<()> {
+        check_copy_range(dst, offset, 16, wgpu::BufferUsages::COPY_DST)?;
         encoder.copy_buffer_to_buffer(&self.amp, 0, dst, offset, 16);
+        Ok(())
     }
 
-    /// Reads back the whole state (for checkpoints and tests).
+    /// Reads back the whole state (for checkpoints and tests). It is a snapshot of one
+    /// moment of the queue: the counters, the loss scale and every moment buffer are copied
+    /// by one submit, so a step submitted by another thread lands either wholly before it or
+    /// wholly after it.
     pub fn state(&self) -> Result<OptimizerState> {
-        let read_all = |bufs: &[wgpu::Buffer]| -> Result<Vec<Vec<f32>>> {
-            bufs.iter()
-                .map(|b| {
-                    let w = self.read_words(b, 0, b.size())?;
-                    Ok(bytemuck::cast_slice(&w).to_vec())
-                })
-                .collect()
-        };
-        let m = read_all(&self.arenas.exp_avg)?;
-        let v = read_all(&self.arenas.exp_avg_sq)?;
-        let vmax = if self.config.amsgrad {
-            Some(read_all(&self.arenas.max_exp_avg_sq)?)
-        } else {
-            None
-        };
+        let a = &self.arenas;
+        let moments: Vec<&wgpu::Buffer> = a
+            .exp_avg
+            .iter()
+            .chain(&a.exp_avg_sq)
+            .chain(if self.config.amsgrad {
+                &a.max_exp_avg_sq[..]
+            } else {
+                &[]
+            })
+            .collect();
+        let mut ranges = vec![
+            (&self.meta, 0, 4 * u64::from(COUNTER_WORDS)),
+            (&self.amp, 0, 4),
+        ];
+        ranges.extend(moments.iter().map(|b| (*b, 0, b.size())));
+        let mut words = read_buffers(&self.device, &self.queue, &ranges)?.into_iter();
+        let counters = words.next().expect("one per range");
+        let loss_scale = f32::from_bits(words.next().expect("one per range")[0]);
+        let mut arenas: Vec<Vec<f32>> = words.map(|w| bytemuck::cast_slice(&w).to_vec()).collect();
+        let n = a.exp_avg.len();
+        let vmax = self.config.amsgrad.then(|| arenas.split_off(2 * n));
+        let v = arenas.split_off(n);
+        let m = arenas;
         let gather = |arenas: &[Vec<f32>], t: &TensorInfo| -> Vec<f32> {
             let mut out = Vec::with_capacity(t.len as usize);
             for p in &t.pieces {
@@ -647,8 +664,11 @@ impl GpuAdamW {
         Ok(OptimizerState {
             config: self.config,
             groups: self.groups.clone(),
-            counters: self.read_counters()?,
-            loss_scale: self.read_loss_scale()?,
+            counters: Counters {
+                sched: counters[COUNTER_SCHED],
+                adam: counters[COUNTER_ADAM],
+            },
+            loss_scale,
             tensors: self
                 .tensors
                 .iter()
@@ -709,14 +729,71 @@ impl GpuAdamW {
         self.load_state(&OptimizerState::load(path)?)
     }
 
-    /// Copies `size` bytes at `offset` of `buffer` (which needs `COPY_SRC`) back to the host.
+    /// Copies `size` bytes at `offset` of `buffer` back to the host and waits (see
+    /// [`read_buffer`]).
     pub fn read_words(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u32>> {
         read_buffer(&self.device, &self.queue, buffer, offset, size)
     }
 }
 
-/// Copies `size` bytes (a multiple of 4) at `offset` of `buffer` back to the host and waits.
-/// `buffer` needs `BufferUsages::COPY_SRC`.
+/// Runs `f`, which records or submits work on `device`, inside validation and out-of-memory
+/// error scopes, and with wgpu's panics (a handle of another `wgpu::Instance`) caught:
+/// either becomes an [`Error::Device`] instead of reaching the uncaptured-error handler.
+fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let oom = pollster::block_on(oom.pop());
+    let validation = pollster::block_on(validation.pop());
+    let out = out.map_err(|payload| {
+        let what = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        Error::Device(format!(
+            "wgpu panicked ({what}): is every buffer from this device's wgpu::Instance?"
+        ))
+    })?;
+    match oom.or(validation) {
+        Some(e) => Err(Error::Device(e.to_string())),
+        None => Ok(out),
+    }
+}
+
+/// Checks a `(buffer, offset, size)` range for a copy out of it: `COPY_SRC`, 4-byte
+/// alignment, in bounds.
+fn check_copy_range(
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidArgument(why));
+    if !buffer.usage().contains(usage) {
+        return bad(format!("the buffer lacks BufferUsages::{usage:?}"));
+    }
+    if offset % wgpu::COPY_BUFFER_ALIGNMENT != 0 || size % wgpu::COPY_BUFFER_ALIGNMENT != 0 {
+        return bad(format!(
+            "offset {offset} and size {size} must be multiples of {}",
+            wgpu::COPY_BUFFER_ALIGNMENT
+        ));
+    }
+    if offset
+        .checked_add(size)
+        .is_none_or(|end| end > buffer.size())
+    {
+        return bad(format!(
+            "{size} bytes at offset {offset} run past the buffer's end ({} bytes)",
+            buffer.size()
+        ));
+    }
+    Ok(())
+}
+
+/// Copies `size` bytes (a multiple of 4) at `offset` (a multiple of 4) of `buffer` back to
+/// the host and waits. `buffer` needs `BufferUsages::COPY_SRC`; a range that does not fit
+/// is an [`Error::InvalidArgument`], a device error an [`Error::Device`].
 pub fn read_buffer(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -724,37 +801,74 @@ pub fn read_buffer(
     offset: u64,
     size: u64,
 ) -> Result<Vec<u32>> {
-    if size == 0 {
-        return Ok(Vec::new());
+    Ok(read_buffers(device, queue, &[(buffer, offset, size)])?
+        .pop()
+        .expect("one per range"))
+}
+
+/// Reads several ranges with one submit, so that they are one snapshot of the queue.
+fn read_buffers(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    ranges: &[(&wgpu::Buffer, u64, u64)],
+) -> Result<Vec<Vec<u32>>> {
+    for &(buffer, offset, size) in ranges {
+        check_copy_range(buffer, offset, size, wgpu::BufferUsages::COPY_SRC)?;
     }
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("wgpu-adamw readback"),
-        size,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-    queue.submit([encoder.finish()]);
-    let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        let _ = tx.send(r);
-    });
+    let staging: Vec<Option<wgpu::Buffer>> = checked(device, || {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let staging = ranges
+            .iter()
+            .map(|&(buffer, offset, size)| {
+                (size > 0).then(|| {
+                    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("wgpu-adamw readback"),
+                        size,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+                    staging
+                })
+            })
+            .collect();
+        queue.submit([encoder.finish()]);
+        staging
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, s) in staging.iter().enumerate() {
+        if let Some(s) = s {
+            let tx = tx.clone();
+            s.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send((i, r));
+            });
+        }
+    }
+    drop(tx);
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Readback(e.to_string()))?;
-    match pollster::block_on(rx.receive()) {
-        Some(Ok(())) => {}
-        Some(Err(e)) => return Err(Error::Readback(e.to_string())),
-        None => return Err(Error::Readback("map callback dropped".into())),
+    let mut mapped = 0;
+    while let Ok((_, r)) = rx.try_recv() {
+        r.map_err(|e| Error::Readback(e.to_string()))?;
+        mapped += 1;
     }
-    let data = staging
-        .get_mapped_range(..)
-        .map_err(|e| Error::Readback(e.to_string()))?;
-    let out = bytemuck::pod_collect_to_vec(&data);
-    drop(data);
-    staging.unmap();
-    Ok(out)
+    if mapped != staging.iter().flatten().count() {
+        return Err(Error::Readback("a map callback did not run".into()));
+    }
+    staging
+        .iter()
+        .map(|s| {
+            let Some(s) = s else { return Ok(Vec::new()) };
+            let data = s
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            let out = bytemuck::pod_collect_to_vec(&data);
+            drop(data);
+            s.unmap();
+            Ok(out)
+        })
+        .collect()
 }
 
 fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
@@ -871,19 +985,25 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
 impl GpuAdamW {
     /// Records a copy of the last step's per-group scalars into `dst` at `offset`: 16 bytes
     /// per group, `[lr, 1 - lr*wd, lr / bc1, sqrt(bc2)]` as f32. Lets a loop log the lr of every
-    /// step without waiting on the device; `dst` needs `COPY_DST`.
+    /// step without waiting on the device. `dst` needs `COPY_DST` and room at `offset` (a
+    /// multiple of 4); otherwise an [`Error::InvalidArgument`] and nothing is recorded.
     pub fn encode_copy_step_scalars(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         dst: &wgpu::Buffer,
         offset: u64,
-    ) {
-        encoder.copy_buffer_to_buffer(
-            &self.meta,
-            u64::from(self.globals.scalars_at) * 4,
-            dst,
-            offset,
-            16 * self.groups.len() as u64,
-        );
+    ) -> Result<()> {
+        let size = 16 * self.groups.len() as u64;
+        check_copy_range(dst, offset, size, wgpu::BufferUsages::COPY_DST)?;
+        if size > 0 {
+            encoder.copy_buffer_to_buffer(
+                &self.meta,
+                u64::from(self.globals.scalars_at) * 4,
+                dst,
+                offset,
+                size,
+            );
+        }
+        Ok(())
     }
 }

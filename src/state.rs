@@ -193,7 +193,7 @@ impl OptimizerState {
             })
             .collect::<Vec<_>>();
         for g in &groups {
-            g.validate().map_err(wrap)?;
+            config.validate_group(g).map_err(wrap)?;
         }
         let tensor_groups = cfg["tensor_groups"]
             .as_array()
@@ -244,28 +244,18 @@ impl OptimizerState {
         })
     }
 
-    /// Writes the checkpoint atomically: to a temporary file beside `path`, then renamed over
-    /// it, so a crash mid-save leaves any previous checkpoint intact.
+    /// Writes the checkpoint atomically: to a temporary file of its own beside `path`
+    /// (unique per save, so concurrent saves never share one), flushed to disk, then renamed
+    /// over `path`. A reader of `path` sees either the previous complete file or the new one,
+    /// never a partial one, whatever other threads or processes save at the same time; the
+    /// last rename wins. An existing file keeps its permissions; a read-only one is refused
+    /// (an [`Error::Io`] of kind `PermissionDenied`) and left as it is.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_bytes()?;
-        let io = |source| Error::Io {
+        atomic_write(path, &bytes).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
         })
     }
 
@@ -323,6 +313,18 @@ impl OptimizerState {
                     t.group
                 ));
             }
+            let vmax_len = t.max_exp_avg_sq.as_ref().map(Vec::len);
+            if t.exp_avg_sq.len() != len || vmax_len != config.amsgrad.then_some(len) {
+                return mismatch(format!(
+                    "tensor {i}: its moments have different lengths or max_exp_avg_sq does not match amsgrad"
+                ));
+            }
+        }
+        if self.counters.at_limit() {
+            return Err(Error::StepLimit(format!(
+                "the state's counters ({}, {}) are at 2^32 - 1: no further step can be taken",
+                self.counters.sched, self.counters.adam
+            )));
         }
         Ok(())
     }
@@ -351,4 +353,77 @@ fn read_u32s(st: &safetensors::SafeTensors<'_>, name: &str, path: &Path) -> Resu
         return Err(bad(path, format!("`{name}` must be a 1-D U32 tensor")));
     }
     Ok(bytemuck::pod_collect_to_vec(t.data()))
+}
+
+/// Writes `bytes` to `path` through a unique temporary file in the same directory, then
+/// renames it into place (see [`OptimizerState::save`]).
+fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+
+    let permissions = match std::fs::metadata(path) {
+        Ok(m) if m.permissions().readonly() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the checkpoint file is read-only; not replacing it",
+            ))
+        }
+        Ok(m) => Some(m.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
+    // A name no other save uses: process, a per-process counter, and the clock (in case a
+    // previous process with the same id left a file behind, `create_new` still refuses it).
+    let (mut tmp, mut file) = loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(
+            ".{}-{}-{nanos}.tmp",
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => break (Some(tmp), f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
+        file.write_all(bytes)?;
+        if let Some(p) = permissions {
+            file.set_permissions(p)?;
+        }
+        file.sync_all()?;
+        drop(file);
+        let from = tmp.take().expect("set above");
+        if let Err(e) = std::fs::rename(&from, path) {
+            tmp = Some(from);
+            return Err(e);
+        }
+        // Make the rename itself durable (where directories can be opened and synced).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Some(t) = tmp {
+        let _ = std::fs::remove_file(t);
+    }
+    result
 }

@@ -442,8 +442,8 @@ fn replay_gpu(
         }
         let mut encoder = device.create_command_encoder(&Default::default());
         opt.encode_step(&mut encoder);
-        opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64);
-        opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64);
+        opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64)?;
+        opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64)?;
         queue.submit([encoder.finish()]);
     }
     let flat: Vec<f32> =
@@ -483,17 +483,19 @@ pub struct Worst {
 impl Worst {
     fn add(&mut self, x: f64, want: f64, tol: f64, at: impl FnOnce() -> String) {
         let err = (x - want).abs();
-        let ratio = if err == 0.0 {
+        let ratio = if !x.is_finite() || !want.is_finite() {
+            // Infinities and NaNs (PyTorch's values at the f32 edges) must be the same.
+            if x == want || (x.is_nan() && want.is_nan()) {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else if err == 0.0 {
             0.0
         } else if tol > 0.0 {
             err / tol
         } else {
             f64::INFINITY
-        };
-        let ratio = if x.is_nan() != want.is_nan() {
-            f64::INFINITY
-        } else {
-            ratio
         };
         self.abs = self.abs.max(if err.is_nan() { 0.0 } else { err });
         if ratio > self.ratio || (self.at.is_empty() && ratio >= self.ratio) {

@@ -120,13 +120,52 @@ pub fn add_round_odd(a: f32, b: f32) -> f32 {
     f32::from_bits(if away { bits + 1 } else { bits - 1 })
 }
 
-/// `a * b + c` with one rounding, emulated as the kernel does it (WGSL's `fma` may be
-/// unfused); equals `f32::mul_add` wherever nothing overflows or goes subnormal.
+/// `a * b + c` with one rounding, for operands whose products and sums stay below 2^126.
 #[inline(always)]
-pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+fn fma_core(a: f32, b: f32, c: f32) -> f32 {
     let (uh, ul) = two_prod(a, b);
     let (th, tl) = two_sum(c, uh);
     th + add_round_odd(tl, ul)
+}
+
+/// Unbiased exponent of a finite `x` (-127 for zero and subnormals; 128 for inf and NaN).
+#[inline(always)]
+fn exponent(x: f32) -> i32 {
+    ((x.to_bits() >> 23) & 0xff) as i32 - 127
+}
+
+/// 2^-100: stands in for a `c` too small to scale (see [`fma_exact`]).
+const TINY_TIE: f32 = f32::from_bits(27 << 23);
+
+/// `a * b + c` with one rounding, emulated as the kernel does it (WGSL's `fma` may be
+/// unfused): equals `f32::mul_add` for every input whose result is not subnormal, including
+/// overflow to +-inf and infinite or NaN operands.
+#[inline(always)]
+pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+    let (ea, eb, ec) = (exponent(a), exponent(b), exponent(c));
+    if ea == 128 || eb == 128 || ec == 128 {
+        if ea != 128 && eb != 128 {
+            return c;
+        }
+        return a * b + c;
+    }
+    if ea < 124 && eb < 124 && ea + eb < 124 && ec < 124 {
+        return fma_core(a, b, c);
+    }
+    if ea + eb >= 130 {
+        return a * b;
+    }
+    let (sa, sb) = if ea >= eb {
+        (a * (1.0 / 256.0), b)
+    } else {
+        (a, b * (1.0 / 256.0))
+    };
+    let sc = if c != 0.0 && ec < -64 {
+        TINY_TIE.copysign(c)
+    } else {
+        c * (1.0 / 256.0)
+    };
+    fma_core(sa, sb, sc) * 256.0
 }
 
 /// The schedule's factor at `epoch` (see the kernel's `schedule_factor`).
@@ -208,6 +247,14 @@ pub struct Counters {
     pub adam: u32,
 }
 
+impl Counters {
+    /// Whether a counter is at `u32::MAX`, so that no further step can be taken: the kernel
+    /// refuses such a step (skipped, nothing changed) rather than wrap the counter.
+    pub fn at_limit(&self) -> bool {
+        self.sched == u32::MAX || self.adam == u32::MAX
+    }
+}
+
 /// Per-group scalars of one step, as the kernel's prologue writes them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepScalars {
@@ -251,6 +298,9 @@ impl Default for StepGlobals {
 /// `1 / s` rounded to nearest, as the kernel's `recip`.
 pub fn recip(s: f32) -> f32 {
     let r = 1.0 / s;
+    if is_nonfinite(s) || is_nonfinite(r) || r == 0.0 {
+        return r;
+    }
     let e = fma_exact(-s, r, 1.0);
     fma_exact(r, e, r)
 }
@@ -266,6 +316,47 @@ pub fn grad_multiplier(g: &Globals, loss_scale: f32) -> f32 {
 
 fn is_nonfinite(x: f32) -> bool {
     x.to_bits() & 0x7f80_0000 == 0x7f80_0000
+}
+
+/// Flag of [`nonfinite_flags`]: some gradient is +-inf or NaN.
+pub const NONFINITE: u32 = 1;
+/// Flag of [`nonfinite_flags`]: some gradient is NaN.
+pub const NAN: u32 = 2;
+
+/// The non-finite flags of one raw gradient, as the kernel's `nonfinite_flags`.
+#[inline(always)]
+pub fn nonfinite_flags(x: f32) -> u32 {
+    if !is_nonfinite(x) {
+        0
+    } else if x.is_nan() {
+        NONFINITE | NAN
+    } else {
+        NONFINITE
+    }
+}
+
+/// The global norm from its sum of squares and the gradients' flags, as the kernel's
+/// `finish_norm`: NaN if a gradient is NaN, inf if one is infinite or the squares overflow.
+pub fn finish_norm(sum_sq: f32, flags: u32, root: f32) -> f32 {
+    if flags & NAN != 0 {
+        f32::NAN
+    } else if flags & NONFINITE != 0 || is_nonfinite(sum_sq) {
+        f32::INFINITY
+    } else {
+        root
+    }
+}
+
+/// `clip_grad_norm_`'s coefficient `min(max_norm / (norm + 1e-6), 1)`, as the kernel's
+/// `clip_coefficient`: 0 for an infinite norm, NaN for a NaN one.
+pub fn clip_coefficient(g: &Globals, norm: f32) -> f32 {
+    if norm.is_nan() {
+        norm
+    } else if norm.is_infinite() {
+        0.0
+    } else {
+        (g.max_grad_norm / (norm + 1e-6)).min(1.0)
+    }
 }
 
 /// `(hi, lo) + (x, y)`, both unevaluated sums.
@@ -286,35 +377,35 @@ fn workgroup_tree(acc: &mut [(f32, f32); 256], flag: &mut [u32; 256]) {
     }
 }
 
-/// The kernel's `reduce` for one chunk (at most `256 * ELEMS_PER_THREAD` gradients): the sum of squares of the
-/// unscaled gradients as an unevaluated sum `hi + lo`, and whether any raw gradient is
-/// non-finite.
-pub fn reduce_chunk(grads: &[f32], inv: f32) -> ((f32, f32), bool) {
+/// The kernel's `reduce` for one chunk (at most `256 * ELEMS_PER_THREAD` gradients): the sum
+/// of squares of the unscaled gradients as an unevaluated sum `hi + lo`, and the raw
+/// gradients' [`nonfinite_flags`].
+pub fn reduce_chunk(grads: &[f32], inv: f32) -> ((f32, f32), u32) {
     let (mut acc, mut flag) = ([(0f32, 0f32); 256], [0u32; 256]);
     for k in 0..grads.len().div_ceil(WORKGROUP as usize) {
         for lane in 0..WORKGROUP as usize {
             if let Some(&raw) = grads.get(k * WORKGROUP as usize + lane) {
-                flag[lane] |= u32::from(is_nonfinite(raw));
+                flag[lane] |= nonfinite_flags(raw);
                 let x = raw * inv;
                 acc[lane] = add_double(acc[lane], two_prod(x, x));
             }
         }
     }
     workgroup_tree(&mut acc, &mut flag);
-    (acc[0], flag[0] != 0)
+    (acc[0], flag[0])
 }
 
 /// The prologue's reduction of all chunk partials: strided per lane, then a tree.
-pub fn reduce_partials(partials: &[((f32, f32), bool)]) -> ((f32, f32), bool) {
+pub fn reduce_partials(partials: &[((f32, f32), u32)]) -> ((f32, f32), u32) {
     let (mut acc, mut flag) = ([(0f32, 0f32); 256], [0u32; 256]);
     for lane in 0..256 {
         for &(x, f) in partials.iter().skip(lane).step_by(256) {
             acc[lane] = add_double(acc[lane], x);
-            flag[lane] |= u32::from(f);
+            flag[lane] |= f;
         }
     }
     workgroup_tree(&mut acc, &mut flag);
-    (acc[0], flag[0] != 0)
+    (acc[0], flag[0])
 }
 
 /// `acc + x * x` with two roundings, as ATen's (unfused) CPU norm kernel adds a square.
@@ -325,14 +416,21 @@ fn add_square(acc: f32, x: f32) -> f32 {
 
 /// The kernel's `tensor_norms` for one tensor: its norm summed in PyTorch's CPU order
 /// (8 interleaved lanes, lanes added left to right, then the tail), and whether any raw
-/// gradient is non-finite. Rust's `sqrt` is correctly rounded, as the kernel's `sqrt_rn`.
-pub fn tensor_norm_torch(grads: &[f32], inv: f32) -> (f32, bool) {
+/// gradient is non-finite ([`nonfinite_flags`]). Rust's `sqrt` is correctly rounded, as the
+/// kernel's `sqrt_rn`.
+pub fn tensor_norm_torch(grads: &[f32], inv: f32) -> (f32, u32) {
+    let (sum_sq, flags) = torch_sum_sq(grads, inv);
+    (sum_sq.sqrt(), flags)
+}
+
+/// The sum of squares of [`tensor_norm_torch`], before its square root.
+fn torch_sum_sq(grads: &[f32], inv: f32) -> (f32, u32) {
     let body = grads.len() - grads.len() % 8;
     let mut lanes = [0f32; 8];
-    let mut flag = false;
+    let mut flag = 0;
     for (lane, acc) in lanes.iter_mut().enumerate() {
         for &raw in grads[..body].iter().skip(lane).step_by(8) {
-            flag |= is_nonfinite(raw);
+            flag |= nonfinite_flags(raw);
             *acc = add_square(*acc, raw * inv);
         }
     }
@@ -341,58 +439,66 @@ pub fn tensor_norm_torch(grads: &[f32], inv: f32) -> (f32, bool) {
         b += l;
     }
     for &raw in &grads[body..] {
-        flag |= is_nonfinite(raw);
+        flag |= nonfinite_flags(raw);
         b = add_square(b, raw * inv);
     }
-    (b.sqrt(), flag)
+    (b, flag)
 }
 
-/// The prologue's final reduction: the global norm and found_inf, from the chunk partials
-/// ([`reduce_chunk`]) or, with [`crate::GradNormOrder::TorchCpu`], from the per-tensor norms
-/// ([`tensor_norm_torch`], in registration order).
+/// The prologue's final reduction: the global norm and the gradients' non-finite flags,
+/// from the chunk partials ([`reduce_chunk`]) or, with [`crate::GradNormOrder::TorchCpu`],
+/// from the per-tensor norms ([`tensor_norm_torch`], in registration order).
 pub fn final_norm(
     g: &Globals,
-    partials: &[((f32, f32), bool)],
-    tensor_norms: &[(f32, bool)],
-) -> (f32, bool) {
+    partials: &[((f32, f32), u32)],
+    tensor_norms: &[(f32, u32)],
+) -> (f32, u32) {
     if g.flags & FLAG_TORCH_NORM != 0 {
         let norms: Vec<f32> = tensor_norms.iter().map(|t| t.0).collect();
-        let found = tensor_norms.iter().any(|t| t.1);
-        return (tensor_norm_torch(&norms, 1.0).0, found);
+        let flags = tensor_norms.iter().fold(0, |f, t| f | t.1);
+        // The kernel sums the squares of the norms as `tensor_norm_torch` does.
+        let (sum_sq, _) = torch_sum_sq(&norms, 1.0);
+        return (finish_norm(sum_sq, flags, sum_sq.sqrt()), flags);
     }
-    let ((hi, lo), found) = reduce_partials(partials);
-    ((hi + lo).sqrt(), found)
+    let ((hi, lo), flags) = reduce_partials(partials);
+    let sum_sq = hi + lo;
+    (finish_norm(sum_sq, flags, sum_sq.sqrt()), flags)
 }
 
 /// The kernel's `prologue` without loss scaling or clipping: per group
 /// `(base_lr, weight_decay)`, the scalars of the next step; advances the counters.
 pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> Vec<StepScalars> {
-    prologue_amp(g, groups, counters, (0.0, false), 1.0).0
+    prologue_amp(g, groups, counters, (0.0, 0), 1.0).0
 }
 
 /// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step,
 /// and the step's AMP/clipping results; advances the counters. `reduced` is
-/// [`final_norm`]'s `(norm, found_inf)` (used only with loss scaling or clipping).
+/// [`final_norm`]'s `(norm, flags)` (used only with loss scaling or clipping). A counter at
+/// its limit (`u32::MAX`) refuses the step: skipped, counters unchanged, as the kernel does.
 pub fn prologue_amp(
     g: &Globals,
     groups: &[(f32, f32)],
     counters: &mut Counters,
-    reduced: (f32, bool),
+    reduced: (f32, u32),
     loss_scale: f32,
 ) -> (Vec<StepScalars>, StepGlobals) {
     let mut step = StepGlobals::default();
     if g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP) != 0 {
-        let (norm, found) = reduced;
-        step.found_inf = found;
-        step.skipped = g.flags & FLAG_LOSS_SCALE != 0 && found;
+        let (norm, flags) = reduced;
+        step.found_inf = flags != 0;
+        step.skipped = g.flags & FLAG_LOSS_SCALE != 0 && step.found_inf;
         step.inv_scale = grad_multiplier(g, loss_scale);
         step.grad_norm = norm;
         if g.flags & FLAG_CLIP != 0 {
-            step.clip_coef = (g.max_grad_norm / (norm + 1e-6)).min(1.0);
+            step.clip_coef = clip_coefficient(g, norm);
         }
     }
+    if counters.at_limit() {
+        step.skipped = true;
+        return (Vec::new(), step);
+    }
     let epoch = counters.sched / g.steps_per_epoch;
-    let t = counters.adam.wrapping_add(1) as f32;
+    let t = (counters.adam + 1) as f32;
     let bc1 = -expm1_neg(t * g.ln_beta1);
     let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
     let scalars = groups
@@ -407,8 +513,8 @@ pub fn prologue_amp(
             }
         })
         .collect();
-    counters.sched = counters.sched.wrapping_add(1);
-    counters.adam = counters.adam.wrapping_add(u32::from(!step.skipped));
+    counters.sched += 1;
+    counters.adam += u32::from(!step.skipped);
     (scalars, step)
 }
 

@@ -70,7 +70,7 @@ impl Setup {
             .queue
             .write_buffer(&self.g, 0, bytemuck::cast_slice(&flat));
         self.opt.set_loss_scale(scale);
-        self.opt.step();
+        self.opt.step().unwrap();
         self.cpu.set_loss_scale(scale);
         let gs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
         let mut views: Vec<&mut [f32]> = self.host.iter_mut().map(Vec::as_mut_slice).collect();
@@ -210,7 +210,7 @@ fn the_loss_scale_can_be_written_on_the_device() {
             .write_buffer(&s.g, 0, bytemuck::cast_slice(&flat));
     }
     a.opt.set_loss_scale(256.0);
-    a.opt.step();
+    a.opt.step().unwrap();
     let scale = storage_buffer(&b.ctx.device, &b.ctx.queue, &[256.0]);
     let mut encoder = b.ctx.device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(&scale, 0, b.opt.amp_buffer(), 0, 4);

@@ -514,10 +514,17 @@ impl GpuMlp {
 
     /// Records a copy of the last loss, accuracy and step scalars into `dst` at `offset`
     /// ([`LOG_RECORD_BYTES`] bytes; `dst` needs `COPY_DST`).
-    pub fn encode_log(&self, encoder: &mut wgpu::CommandEncoder, dst: &wgpu::Buffer, offset: u64) {
+    pub fn encode_log(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        offset: u64,
+    ) -> anyhow::Result<()> {
         encoder.copy_buffer_to_buffer(&self.stats, 0, dst, offset, 16);
         // 16 bytes per param group.
-        self.opt.encode_copy_step_scalars(encoder, dst, offset + 16);
+        self.opt
+            .encode_copy_step_scalars(encoder, dst, offset + 16)?;
+        Ok(())
     }
 
     /// Submits `encoder`'s work.

@@ -316,7 +316,7 @@ fn train_one(
         for s in step..=end {
             model.encode_train_step(&mut encoder);
             if logged.get(next) == Some(&s) {
-                model.encode_log(&mut encoder, &log, next as u64 * LOG_RECORD_BYTES);
+                model.encode_log(&mut encoder, &log, next as u64 * LOG_RECORD_BYTES)?;
                 next += 1;
             }
         }
