@@ -360,6 +360,24 @@ impl GpuAdamW {
                 mapped_at_creation: false,
             });
 
+            // wgpu resolves a buffer handle by its index in the device's own wgpu::Instance, so a
+            // buffer of another instance may name one of the buffers just created here.
+            let own: Vec<&wgpu::Buffer> = [&meta, &uniform, &amp, &partials]
+                .into_iter()
+                .chain(&arenas.exp_avg)
+                .chain(&arenas.exp_avg_sq)
+                .chain(&arenas.max_exp_avg_sq)
+                .collect();
+            for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
+                if own.contains(&&t.param) || own.contains(&&t.grad) {
+                    return Err(Error::InvalidTensor {
+                        tensor: i,
+                        reason:
+                            "its buffer is not one of this device's (from another wgpu::Instance?)"
+                                .into(),
+                    });
+                }
+            }
             let prologue_bind_group = make_bind_group(
                 device,
                 "wgpu-adamw prologue",
