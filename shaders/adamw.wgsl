@@ -40,7 +40,7 @@ struct Globals {
     n_tensors: u32,
     tensors_at: u32,      // word offset of the tensor table in `meta` (FLAG_TORCH_NORM)
     tensor_norms_at: u32, // word offset of the per-tensor norms in `partials`
-    _pad: u32,
+    segments_at: u32,     // word offset of the segment table of packed chunks in `meta`
 }
 
 struct DispatchInfo {
@@ -465,14 +465,23 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
     let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
     let g0 = meta_ro[ce + 1u];
-    let count = meta_ro[ce + 3u] & 0xffffu;
+    var count = meta_ro[ce + 3u] & 0xffffu;
+    let is_packed = count == 0u;
+    if (is_packed) {
+        count = meta_ro[ce + 2u];
+    }
     let inv = grad_multiplier(amp_ro[0]);
     var acc = vec2<f32>(0.0, 0.0);
     var flag = 0u;
     for (var k = 0u; k < ELEMS_PER_THREAD; k++) {
         let i = k * WORKGROUP + lid;
         if (i < count) {
-            let raw = grad[g0 + i];
+            var gi = g0 + i;
+            if (is_packed) {
+                let se = g.segments_at + 4u * segment_of(meta_ro[ce], meta_ro[ce + 1u], i);
+                gi = meta_ro[se + 1u] + i - (meta_ro[se + 3u] & 0xffffu);
+            }
+            let raw = grad[gi];
             flag = flag | nonfinite_flags(raw);
             let x = raw * inv;
             acc = add_double(acc, two_prod(x, x));
@@ -768,6 +777,65 @@ fn update_scalar(pi: u32, gi: u32, si: u32, k: StepConsts) {
     }
 }
 
+// The per-step scalars of a param group.
+fn step_consts(group: u32) -> StepConsts {
+    let sc = g.scalars_at + 4u * group;
+    return StepConsts(
+        bitcast<f32>(meta_ro[sc + 1u]),
+        bitcast<f32>(meta_ro[sc + 2u]),
+        bitcast<f32>(meta_ro[sc + 3u]),
+        bitcast<f32>(meta_ro[STEP_INV_SCALE]),
+        bitcast<f32>(meta_ro[STEP_CLIP_COEF]),
+    );
+}
+
+// Packed chunks (src/plan.rs): short tensors share a chunk. Its entry is (first segment,
+// word offset of its element map, elements, segments << 16; the count 0 marks it); each
+// segment entry in the segment table is (param, grad and state offsets of the tensor's first
+// element, its start in the chunk | group << 16), and the element map gives each element's
+// segment as a 16-bit index.
+fn segment_of(first: u32, map_at: u32, i: u32) -> u32 {
+    let j = (meta_ro[map_at + i / 2u] >> (16u * (i & 1u))) & 0xffffu;
+    return first + j;
+}
+
+// Start in the chunk of segment `s` of a packed chunk, or `total` past its last.
+fn segment_start(s: u32, end: u32, total: u32) -> u32 {
+    if (s >= end) {
+        return total;
+    }
+    return meta_ro[g.segments_at + 4u * s + 3u] & 0xffffu;
+}
+
+// A packed chunk's update: thread t takes elements t * ELEMS_PER_THREAD.. in a row, so it
+// looks up the segment of its first element only and walks on from there (the segments of a
+// chunk are short and many; reading a tensor's few elements in a row costs less than a
+// lookup per element).
+fn update_packed(first: u32, map_at: u32, total: u32, n_segments: u32, lid: u32) {
+    let i0 = lid * ELEMS_PER_THREAD;
+    if (i0 >= total) {
+        return;
+    }
+    let end = first + n_segments;
+    var s = segment_of(first, map_at, i0);
+    var start = segment_start(s, end, total);
+    var next = segment_start(s + 1u, end, total);
+    var k = step_consts(meta_ro[g.segments_at + 4u * s + 3u] >> 16u);
+    for (var i = i0; i < min(i0 + ELEMS_PER_THREAD, total); i++) {
+        if (i >= next) {
+            s = s + 1u;
+            start = next;
+            next = segment_start(s + 1u, end, total);
+            let sc = g.scalars_at + 4u * (meta_ro[g.segments_at + 4u * s + 3u] >> 16u);
+            k.decay = bitcast<f32>(meta_ro[sc + 1u]);
+            k.step_size = bitcast<f32>(meta_ro[sc + 2u]);
+        }
+        let se = g.segments_at + 4u * s;
+        let off = i - start;
+        update_scalar(meta_ro[se] + off, meta_ro[se + 1u] + off, meta_ro[se + 2u] + off, k);
+    }
+}
+
 @compute @workgroup_size(256)
 fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let chunk = wg.y * dispatch.grid_x + wg.x;
@@ -775,21 +843,18 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     // Chunk entry: element offsets of its first element in the param, grad and state
-    // bindings, then (count | group << 16).
+    // bindings, then (count | group << 16); count 0 marks a packed chunk.
     let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
     let p0 = meta_ro[ce];
     let g0 = meta_ro[ce + 1u];
     let s0 = meta_ro[ce + 2u];
     let packed = meta_ro[ce + 3u];
     let count = packed & 0xffffu;
-    let sc = g.scalars_at + 4u * (packed >> 16u);
-    let k = StepConsts(
-        bitcast<f32>(meta_ro[sc + 1u]),
-        bitcast<f32>(meta_ro[sc + 2u]),
-        bitcast<f32>(meta_ro[sc + 3u]),
-        bitcast<f32>(meta_ro[STEP_INV_SCALE]),
-        bitcast<f32>(meta_ro[STEP_CLIP_COEF]),
-    );
+    if (count == 0u) {
+        update_packed(p0, g0, s0, packed >> 16u, lid);
+        return;
+    }
+    let k = step_consts(packed >> 16u);
     let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
 
     if (((p0 | g0 | s0) & 3u) != 0u) {

@@ -4,6 +4,7 @@
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{Globals, CHUNK, FLAG_AMSGRAD, FLAG_MAXIMIZE};
+use crate::plan::{cpu_chunks, CpuChunk};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::{self, Counters, StepGlobals, StepScalars};
 
@@ -29,6 +30,8 @@ pub struct CpuAdamW {
     last_step: StepGlobals,
     loss_scale: f32,
     threads: usize,
+    /// The kernel's chunk plan for one buffer pair (the order of the norm's partial sums).
+    chunks: Vec<CpuChunk>,
 }
 
 /// Elements below which a tensor is updated on the calling thread.
@@ -49,6 +52,8 @@ impl CpuAdamW {
                 (lr as f32, wd as f32)
             })
             .collect();
+        let lens: Vec<usize> = groups.iter().flat_map(|g| g.lens.iter().copied()).collect();
+        let chunks = cpu_chunks(&lens, CHUNK as usize);
         let tensors = groups
             .iter()
             .enumerate()
@@ -72,6 +77,7 @@ impl CpuAdamW {
             last_step: StepGlobals::default(),
             loss_scale: 1.0,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            chunks,
         })
     }
 
@@ -147,11 +153,23 @@ impl CpuAdamW {
                     .collect();
                 twin::final_norm(&self.globals, &[], &norms)
             } else {
-                let partials: Vec<((f32, f32), u32)> = grads
+                // Chunk by chunk in the kernel's plan (short tensors packed), as its `reduce`.
+                let partials: Vec<((f32, f32), u32)> = self
+                    .chunks
                     .iter()
-                    .flat_map(|g| {
-                        g.chunks(CHUNK as usize)
-                            .map(move |c| twin::reduce_chunk(c, inv))
+                    .map(|c| match c {
+                        CpuChunk::Run {
+                            tensor,
+                            start,
+                            count,
+                        } => twin::reduce_chunk(&grads[*tensor][*start..start + count], inv),
+                        CpuChunk::Packed(members) => {
+                            let joined: Vec<f32> = members
+                                .iter()
+                                .flat_map(|&t| grads[t].iter().copied())
+                                .collect();
+                            twin::reduce_chunk(&joined, inv)
+                        }
                     })
                     .collect();
                 twin::final_norm(&self.globals, &partials, &[])

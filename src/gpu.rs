@@ -7,6 +7,7 @@ use crate::kernel::{
     DispatchInfo, Globals, Kernel, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
     STEP_SKIPPED, WORKGROUP,
 };
+use crate::plan::{window_of, GpuPlan, PlanLimits, TensorInfo};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -62,21 +63,6 @@ pub struct GpuOptions {
     pub elems_per_thread: Option<u32>,
 }
 
-/// Where a piece of a tensor's state lives.
-#[derive(Clone, Copy, Debug)]
-struct Piece {
-    arena: usize,
-    state_offset: u64,
-    len: u64,
-}
-
-#[derive(Debug)]
-struct TensorInfo {
-    group: usize,
-    len: u64,
-    pieces: Vec<Piece>,
-}
-
 #[derive(Debug)]
 struct Dispatch {
     bind_group: wgpu::BindGroup,
@@ -116,17 +102,6 @@ pub struct GpuAdamW {
     prologue_bind_group: wgpu::BindGroup,
     dispatches: Vec<Dispatch>,
     max_binding_size: u64,
-}
-
-/// Splits the chunk table of every dispatch: (param buffer, window), (grad buffer, window), arena.
-type DispatchKey = (wgpu::Buffer, u64, wgpu::Buffer, u64, usize);
-
-fn window_of(offset: u64, buffer_size: u64, limit: u64, stride: u64) -> (u64, u64) {
-    if buffer_size <= limit {
-        return (0, buffer_size);
-    }
-    let start = (offset / stride) * stride;
-    (start, (buffer_size - start).min(limit))
 }
 
 impl GpuAdamW {
@@ -181,99 +156,38 @@ impl GpuAdamW {
                 "max storage binding size {max_binding} is too small"
             )));
         }
-        // A piece of a tensor must fit in one window of each of its buffers and in one arena.
-        let max_piece = (max_binding - stride) / 4;
-        let arena_capacity = max_binding / 4;
 
         validate_bindings(&groups)?;
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
         checked(device, || {
-            // Plan: pieces, arenas, chunk tables per dispatch key.
-            let mut tensors = Vec::new();
-            let mut arena_fill: Vec<u64> = vec![0];
-            let mut keys: Vec<DispatchKey> = Vec::new();
-            // wgpu hashes buffers by identity, which never changes: fine as keys.
-            #[allow(clippy::mutable_key_type)]
-            let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
-            let mut chunk_lists: Vec<Vec<[u32; 4]>> = Vec::new();
-            // Per key, its tensors that lie wholly in it: (grad offset, len, tensor index).
-            let mut tensor_lists: Vec<Vec<[u32; 4]>> = Vec::new();
-            let torch_norm = config.grad_norm_order == GradNormOrder::TorchCpu
-                && (config.max_grad_norm.is_some() || config.loss_scaling);
-            for (gi, group) in groups.iter().enumerate() {
-                for t in &group.tensors {
-                    let mut pieces = Vec::new();
-                    let mut done = 0u64;
-                    while done < t.len {
-                        let len = (t.len - done).min(max_piece);
-                        let mut arena = arena_fill.len() - 1;
-                        if arena_fill[arena] + len > arena_capacity {
-                            arena_fill.push(0);
-                            arena += 1;
-                        }
-                        let state_offset = arena_fill[arena];
-                        // Keep every piece's state 256-byte aligned.
-                        arena_fill[arena] = (state_offset + len).div_ceil(64) * 64;
-                        let p_byte = t.param_offset + 4 * done;
-                        let g_byte = t.grad_offset + 4 * done;
-                        let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
-                        let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
-                        let key = (t.param.clone(), p_win, t.grad.clone(), g_win, arena);
-                        let k = *key_index.entry(key.clone()).or_insert_with(|| {
-                            keys.push(key);
-                            chunk_lists.push(Vec::new());
-                            tensor_lists.push(Vec::new());
-                            keys.len() - 1
-                        });
-                        let (p0, g0) = ((p_byte - p_win) / 4, (g_byte - g_win) / 4);
-                        if done == 0 {
-                            tensor_lists[k].push([
-                                g0 as u32,
-                                t.len as u32,
-                                tensors.len() as u32,
-                                0,
-                            ]);
-                        } else if torch_norm {
-                            return Err(Error::Unsupported(format!(
-                            "tensor {}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({} bytes)",
-                            tensors.len(),
-                            max_binding
-                        )));
-                        }
-                        for start in (0..len).step_by(chunk as usize) {
-                            let count = (len - start).min(chunk) as u32;
-                            chunk_lists[k].push([
-                                (p0 + start) as u32,
-                                (g0 + start) as u32,
-                                (state_offset + start) as u32,
-                                count | (gi as u32) << 16,
-                            ]);
-                        }
-                        pieces.push(Piece {
-                            arena,
-                            state_offset,
-                            len,
-                        });
-                        done += len;
-                    }
-                    tensors.push(TensorInfo {
-                        group: gi,
-                        len: t.len,
-                        pieces,
-                    });
-                }
-            }
-
+            let plan = GpuPlan::new(
+                &groups,
+                PlanLimits {
+                    max_binding,
+                    stride,
+                    chunk,
+                    torch_norm: config.grad_norm_order == GradNormOrder::TorchCpu
+                        && (config.max_grad_norm.is_some() || config.loss_scaling),
+                },
+            )?;
+            let GpuPlan {
+                arena_fill,
+                keys,
+                tensor_lists,
+                ..
+            } = &plan;
             let kernel = Kernel::new(device, ept);
             let n_groups = groups.len() as u32;
-            let total_chunks: usize = chunk_lists.iter().map(Vec::len).sum();
+            let total_chunks = plan.total_chunks();
             let mut globals = Globals::new(&config, n_groups);
             globals.groups_at = COUNTER_WORDS;
             globals.scalars_at = globals.groups_at + 4 * n_groups;
             globals.chunks_at = globals.scalars_at + 4 * n_groups;
             globals.n_chunks = total_chunks as u32;
-            globals.n_tensors = tensors.len() as u32;
-            globals.tensors_at = globals.chunks_at + 4 * total_chunks as u32;
+            globals.n_tensors = plan.tensors.len() as u32;
+            let tables = plan.meta_tables(globals.chunks_at);
+            globals.segments_at = tables.segments_at;
+            globals.tensors_at = tables.end;
             globals.tensor_norms_at = 4 * total_chunks as u32;
             let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
             let meta_words = globals.tensors_at as usize + 4 * total_tensor_entries;
@@ -284,12 +198,17 @@ impl GpuAdamW {
                 meta_init[at] = (lr as f32).to_bits();
                 meta_init[at + 1] = (wd as f32).to_bits();
             }
-            let mut at = globals.chunks_at as usize;
-            for list in chunk_lists.iter().chain(&tensor_lists) {
-                for c in list {
-                    meta_init[at..at + 4].copy_from_slice(c);
-                    at += 4;
-                }
+            let tables = tables
+                .chunks
+                .iter()
+                .chain(&tables.segments)
+                .chain(&tables.maps)
+                .chain(tensor_lists.iter().flatten().flatten());
+            for (word, &w) in meta_init[globals.chunks_at as usize..]
+                .iter_mut()
+                .zip(tables)
+            {
+                *word = w;
             }
             let meta = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw meta"),
@@ -355,7 +274,7 @@ impl GpuAdamW {
             queue.write_buffer(&amp, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0]));
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw grad-norm partials"),
-                size: (16 * total_chunks as u64 + 8 * tensors.len() as u64).max(16),
+                size: (16 * total_chunks as u64 + 8 * plan.tensors.len() as u64).max(16),
                 usage: storage,
                 mapped_at_creation: false,
             });
@@ -395,7 +314,7 @@ impl GpuAdamW {
             let mut first_tensor = 0u32;
             for (k, key) in keys.iter().enumerate() {
                 let (param, p_win, grad, g_win, arena) = key;
-                let n_chunks = chunk_lists[k].len() as u32;
+                let n_chunks = plan.chunk_lists[k].len() as u32;
                 let grid_x = n_chunks.min(max_dim);
                 let grid_y = n_chunks.div_ceil(grid_x);
                 if grid_y > max_dim {
@@ -473,7 +392,7 @@ impl GpuAdamW {
                 meta,
                 amp,
                 arenas,
-                tensors,
+                tensors: plan.tensors,
                 prologue_bind_group,
                 dispatches,
                 max_binding_size: max_binding,

@@ -95,8 +95,8 @@ pub struct Globals {
     pub tensors_at: u32,
     /// Word offset of the per-tensor norms in the partials buffer.
     pub tensor_norms_at: u32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad: u32,
+    /// Word offset of the segment table of packed chunks in `meta` (see [`crate::plan`]).
+    pub segments_at: u32,
 }
 
 impl Globals {

@@ -45,6 +45,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod kernel;
+pub mod plan;
 pub mod probe;
 pub mod schedule;
 pub mod state;

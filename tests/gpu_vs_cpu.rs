@@ -86,10 +86,24 @@ fn close_param(gpu: f32, cpu: f32) -> bool {
 }
 
 fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_per_submit: usize) {
-    let ctx = common::gpu();
     let mut rng = Rng(seed);
     let model = random_model(&mut rng, max_len);
     let config = random_config(&mut rng);
+    run_model(seed, rng, model, config, options, steps, steps_per_submit);
+}
+
+/// Steps `model` on the GPU and the CPU twin with the same random gradients and compares
+/// parameters, moments, lr and (with clipping or loss scaling) the gradient norm.
+fn run_model(
+    seed: u64,
+    mut rng: Rng,
+    model: Model,
+    config: AdamWConfig,
+    options: GpuOptions,
+    steps: usize,
+    steps_per_submit: usize,
+) {
+    let ctx = common::gpu();
     let init: Vec<f32> = (0..model.total).map(|_| rng.normal()).collect();
     let pbuf = storage_buffer(&ctx.device, &ctx.queue, &init);
     let gbuf = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; model.total]);
@@ -190,6 +204,70 @@ fn run_case(seed: u64, options: GpuOptions, max_len: u64, steps: usize, steps_pe
     }
     for (g, c) in opt.read_lr().unwrap().iter().zip(cpu.lr()) {
         assert!(close(*g, c), "seed {seed}: lr gpu {g} cpu {c}");
+    }
+    if config.max_grad_norm.is_some() && opt.dispatches_per_step() == 1 {
+        // One buffer pair: the same chunk plan on both, so the same partial sums.
+        let (g, c) = (opt.read_grad_norm().unwrap(), cpu.last_step().grad_norm);
+        assert_eq!(
+            g.to_bits(),
+            c.to_bits(),
+            "seed {seed}: grad norm gpu {g} cpu {c}"
+        );
+    }
+}
+
+/// `n` tensors of 1-7 elements (the biases and norms of a deep model, or worse) with a few
+/// large ones among them, in three groups, at random 4-byte offsets.
+fn tiny_model(rng: &mut Rng, n: usize) -> Model {
+    let mut groups: Vec<(GroupConfig, Vec<(u64, usize)>)> = (0..3)
+        .map(|g| {
+            (
+                GroupConfig {
+                    lr: (g > 0).then_some(1e-2 / g as f64),
+                    weight_decay: (g == 2).then_some(0.0),
+                },
+                Vec::new(),
+            )
+        })
+        .collect();
+    let mut at = rng.range(0, 3);
+    for i in 0..n {
+        let len = if i % 997 == 500 {
+            rng.range(1000, 6000) as usize
+        } else {
+            rng.range(1, 8) as usize
+        };
+        groups[rng.range(0, 3) as usize].1.push((at, len));
+        at += len as u64 + rng.range(0, 3);
+    }
+    Model {
+        groups,
+        total: at as usize + 1,
+    }
+}
+
+#[test]
+fn thousands_of_tiny_tensors_match_the_cpu_twin() {
+    for (seed, options) in [
+        (61, GpuOptions::default()),
+        (
+            62,
+            GpuOptions {
+                max_binding_size: Some(16 << 10),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut rng = Rng(seed);
+        let model = tiny_model(&mut rng, 5000);
+        let config = AdamWConfig::default()
+            .with_amsgrad(true)
+            .with_max_grad_norm(Some(0.5))
+            .with_schedule(Schedule::Cosine {
+                t_max: 5,
+                eta_min: 1e-5,
+            });
+        run_model(seed, rng, model, config, options, 4, 2);
     }
 }
 
@@ -312,6 +390,41 @@ fn dispatches_do_not_grow_with_the_number_of_tensors() {
     .unwrap();
     assert_eq!(opt.num_tensors(), n_tensors);
     assert_eq!(opt.dispatches_per_step(), 1);
+    // Short tensors share chunks: 55 of these per chunk of 2048, as the CPU plan says.
+    let plan = wgpu_adamw::plan::cpu_chunks(&[37; 300], wgpu_adamw::kernel::CHUNK as usize);
+    assert_eq!(plan.len(), 6);
+    assert_eq!(opt.globals().n_chunks as usize, plan.len());
+}
+
+#[test]
+fn short_tensors_share_chunks_in_the_plan() {
+    use wgpu_adamw::plan::{cpu_chunks, CpuChunk};
+    let run = |tensor, start, count| CpuChunk::Run {
+        tensor,
+        start,
+        count,
+    };
+    assert_eq!(
+        cpu_chunks(&[3, 5, 5000, 0, 2, 1000, 1500, 1100, 2000], 2048),
+        [
+            CpuChunk::Packed(vec![0, 1, 4, 5]),
+            run(2, 0, 2048),
+            run(2, 2048, 2048),
+            run(2, 4096, 904),
+            run(6, 0, 1500),
+            run(7, 0, 1100),
+            run(8, 0, 2000),
+        ]
+    );
+    // A full packed chunk closes; the next short tensor opens another where it stands.
+    assert_eq!(
+        cpu_chunks(&[1000, 1000, 100, 7, 2048], 2048),
+        [
+            CpuChunk::Packed(vec![0, 1]),
+            CpuChunk::Packed(vec![2, 3]),
+            run(4, 0, 2048),
+        ]
+    );
 }
 
 #[test]

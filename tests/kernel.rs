@@ -84,6 +84,7 @@ fn globals_layout_matches_the_shader() {
         ("n_tensors", offset_of!(Globals, n_tensors)),
         ("tensors_at", offset_of!(Globals, tensors_at)),
         ("tensor_norms_at", offset_of!(Globals, tensor_norms_at)),
+        ("segments_at", offset_of!(Globals, segments_at)),
     ];
     let named: Vec<(String, u32)> = members
         .into_iter()

@@ -82,6 +82,12 @@ pub fn workloads(quick: bool) -> Vec<Workload> {
             Workload::new("gpt2_small", gpt2_shapes(768, 12, 50257, 1024)),
         ]
     };
+    // Thousands of tiny tensors (1 to 7 elements) in one buffer pair: the step should cost
+    // what their elements cost, as one flat tensor of the same size (`flat_fused_ms`).
+    w.push(Workload::new(
+        "tiny_10k",
+        (0..10_000).map(|i| vec![1 + i % 7]).collect(),
+    ));
     let mut ams = flat(if quick { 22 } else { 26 });
     ams.name.push_str("_amsgrad");
     ams.amsgrad = true;
@@ -103,6 +109,9 @@ mod tests {
         let d256 = q.iter().find(|w| w.name == "gpt2_d256").unwrap();
         assert_eq!(d256.shapes.len(), 52);
         assert_eq!(d256.params(), 5_322_240);
+        let tiny = q.iter().find(|w| w.name == "tiny_10k").unwrap();
+        assert_eq!(tiny.shapes.len(), 10_000);
+        assert_eq!(tiny.params(), 39_994);
         assert_eq!(q.last().unwrap().name, "flat_2^22_amsgrad");
         assert_eq!(q.last().unwrap().bytes_per_step(), 36 << 22);
     }

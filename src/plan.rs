@@ -1,0 +1,349 @@
+//! The multi-tensor chunk plan: which workgroup of `update` (and `reduce`) handles which
+//! elements, and where each tensor's state lives.
+//!
+//! A tensor of at least half a chunk gets chunks of its own (runs of up to `chunk` elements).
+//! Shorter tensors are packed: consecutive short tensors of one buffer pair share a chunk
+//! until it is full, and the workgroup finds each element's tensor by a binary search over the
+//! chunk's segments. The step's cost then follows the number of elements, not the number of
+//! tensors. The CPU reference follows the same plan ([`cpu_chunks`]) wherever its results
+//! depend on it: the gradient norm is summed chunk by chunk.
+
+use crate::error::{Error, Result};
+use crate::gpu::ParamGroup;
+use std::collections::HashMap;
+
+/// Tensors shorter than this (half a chunk of `chunk` elements) are packed with others.
+pub fn pack_below(chunk: u64) -> u64 {
+    chunk / 2
+}
+
+/// One chunk of the CPU reference's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuChunk {
+    /// `count` elements of `tensor` from `start`.
+    Run {
+        /// The tensor (registration order).
+        tensor: usize,
+        /// First element.
+        start: usize,
+        /// Number of elements.
+        count: usize,
+    },
+    /// Whole short tensors, in this order.
+    Packed(Vec<usize>),
+}
+
+/// The chunks of tensors of `lens` elements that share one buffer pair, in the order the
+/// kernel's chunk table lists them: a packed chunk sits where its first tensor is.
+pub fn cpu_chunks(lens: &[usize], chunk: usize) -> Vec<CpuChunk> {
+    let mut out = Vec::new();
+    let mut open: Option<(usize, usize)> = None; // (index in out, elements)
+    for (tensor, &len) in lens.iter().enumerate() {
+        if len == 0 {
+            continue;
+        }
+        if (len as u64) < pack_below(chunk as u64) {
+            match &mut open {
+                Some((at, fill)) if *fill + len <= chunk => {
+                    if let CpuChunk::Packed(m) = &mut out[*at] {
+                        m.push(tensor);
+                    }
+                    *fill += len;
+                }
+                _ => {
+                    open = Some((out.len(), len));
+                    out.push(CpuChunk::Packed(vec![tensor]));
+                }
+            }
+            continue;
+        }
+        for start in (0..len).step_by(chunk) {
+            out.push(CpuChunk::Run {
+                tensor,
+                start,
+                count: (len - start).min(chunk),
+            });
+        }
+    }
+    out
+}
+
+/// Where a piece of a tensor's state lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub arena: usize,
+    pub state_offset: u64,
+    pub len: u64,
+}
+
+/// A registered tensor: its group, length and the pieces of its state.
+#[derive(Debug)]
+pub(crate) struct TensorInfo {
+    pub group: usize,
+    pub len: u64,
+    pub pieces: Vec<Piece>,
+}
+
+/// What one `update` dispatch binds: (param buffer, window), (grad buffer, window), arena.
+pub(crate) type DispatchKey = (wgpu::Buffer, u64, wgpu::Buffer, u64, usize);
+
+/// One entry of a dispatch's chunk table, before the segment table is laid out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ChunkEntry {
+    /// `[param, grad, state offset, count | group << 16]`.
+    Run([u32; 4]),
+    /// Index into [`GpuPlan::packed`].
+    Packed(usize),
+}
+
+/// The segments of one packed chunk: `[param, grad, state offset, start | group << 16]`.
+#[derive(Debug, Default)]
+pub(crate) struct PackedChunk {
+    pub segments: Vec<[u32; 4]>,
+    pub fill: u64,
+}
+
+/// The chunk, segment and element-map tables of [`GpuPlan::meta_tables`].
+#[derive(Debug, Default)]
+pub(crate) struct MetaTables {
+    pub chunks: Vec<u32>,
+    pub segments_at: u32,
+    pub segments: Vec<u32>,
+    pub maps: Vec<u32>,
+    /// The word after the last table.
+    pub end: u32,
+}
+
+/// The whole plan of a GPU optimizer.
+#[derive(Debug, Default)]
+pub(crate) struct GpuPlan {
+    pub tensors: Vec<TensorInfo>,
+    /// Elements used in each state arena (a multiple of 4).
+    pub arena_fill: Vec<u64>,
+    pub keys: Vec<DispatchKey>,
+    pub chunk_lists: Vec<Vec<ChunkEntry>>,
+    pub packed: Vec<PackedChunk>,
+    /// Per key, its tensors that lie wholly in it: `[grad offset, len, tensor index, 0]`.
+    pub tensor_lists: Vec<Vec<[u32; 4]>>,
+}
+
+/// The window of a buffer that holds byte `offset`: the whole buffer when it fits in one
+/// binding, else a window of `limit` bytes starting at a multiple of `stride`.
+pub(crate) fn window_of(offset: u64, buffer_size: u64, limit: u64, stride: u64) -> (u64, u64) {
+    if buffer_size <= limit {
+        return (0, buffer_size);
+    }
+    let start = (offset / stride) * stride;
+    (start, (buffer_size - start).min(limit))
+}
+
+/// Binding limits the plan must respect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanLimits {
+    /// Bytes per storage binding.
+    pub max_binding: u64,
+    /// Window stride in bytes.
+    pub stride: u64,
+    /// Elements per chunk.
+    pub chunk: u64,
+    /// The torch_cpu norm order is on: every tensor must lie in one window.
+    pub torch_norm: bool,
+}
+
+impl GpuPlan {
+    /// Plans `groups`: pieces that each fit one window of their buffers and one arena, chunk
+    /// tables per dispatch key, short tensors packed per buffer-pair window.
+    pub(crate) fn new(groups: &[ParamGroup], lim: PlanLimits) -> Result<Self> {
+        let PlanLimits {
+            max_binding,
+            stride,
+            chunk,
+            torch_norm,
+        } = lim;
+        // A piece of a tensor must fit in one window of each of its buffers and in one arena.
+        let max_piece = (max_binding - stride) / 4;
+        let arena_capacity = max_binding / 16 * 4;
+        let mut plan = GpuPlan {
+            arena_fill: vec![0],
+            ..Default::default()
+        };
+        // wgpu hashes buffers by identity, which never changes: fine as keys.
+        #[allow(clippy::mutable_key_type)]
+        let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
+        // The open packed chunk of each (param, window, grad, window): (key, packed index).
+        #[allow(clippy::mutable_key_type)]
+        let mut open: HashMap<(wgpu::Buffer, u64, wgpu::Buffer, u64), (usize, usize)> =
+            HashMap::new();
+        let mut key_of = |plan: &mut GpuPlan, key: DispatchKey| {
+            *key_index.entry(key.clone()).or_insert_with(|| {
+                plan.keys.push(key);
+                plan.chunk_lists.push(Vec::new());
+                plan.tensor_lists.push(Vec::new());
+                plan.keys.len() - 1
+            })
+        };
+        for (gi, group) in groups.iter().enumerate() {
+            for t in &group.tensors {
+                let index = plan.tensors.len();
+                let windows = |done: u64| {
+                    let p_byte = t.param_offset + 4 * done;
+                    let g_byte = t.grad_offset + 4 * done;
+                    let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
+                    let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
+                    (p_win, g_win, (p_byte - p_win) / 4, (g_byte - g_win) / 4)
+                };
+                if t.len > 0 && t.len < pack_below(chunk) {
+                    // Short: a segment of its buffer pair's open packed chunk, its state packed
+                    // tightly (no alignment) in that chunk's arena.
+                    let (p_win, g_win, p0, g0) = windows(0);
+                    let pair = (t.param.clone(), p_win, t.grad.clone(), g_win);
+                    let slot = open.get(&pair).copied().filter(|&(k, pi)| {
+                        plan.packed[pi].fill + t.len <= chunk
+                            && plan.arena_fill[plan.keys[k].4] + t.len <= arena_capacity
+                    });
+                    let (k, pi) = match slot {
+                        Some(s) => s,
+                        None => {
+                            let mut arena = plan.arena_fill.len() - 1;
+                            if plan.arena_fill[arena] + t.len > arena_capacity {
+                                plan.arena_fill.push(0);
+                                arena += 1;
+                            }
+                            let k = key_of(
+                                &mut plan,
+                                (t.param.clone(), p_win, t.grad.clone(), g_win, arena),
+                            );
+                            plan.packed.push(PackedChunk::default());
+                            let pi = plan.packed.len() - 1;
+                            plan.chunk_lists[k].push(ChunkEntry::Packed(pi));
+                            open.insert(pair, (k, pi));
+                            (k, pi)
+                        }
+                    };
+                    let arena = plan.keys[k].4;
+                    let state_offset = plan.arena_fill[arena];
+                    plan.arena_fill[arena] += t.len;
+                    let packed = &mut plan.packed[pi];
+                    packed.segments.push([
+                        p0 as u32,
+                        g0 as u32,
+                        state_offset as u32,
+                        packed.fill as u32 | (gi as u32) << 16,
+                    ]);
+                    packed.fill += t.len;
+                    plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
+                    plan.tensors.push(TensorInfo {
+                        group: gi,
+                        len: t.len,
+                        pieces: vec![Piece {
+                            arena,
+                            state_offset,
+                            len: t.len,
+                        }],
+                    });
+                    continue;
+                }
+                let mut pieces = Vec::new();
+                let mut done = 0u64;
+                while done < t.len {
+                    let len = (t.len - done).min(max_piece);
+                    let mut arena = plan.arena_fill.len() - 1;
+                    // Every run's state starts 256-byte aligned.
+                    let mut state_offset = plan.arena_fill[arena].div_ceil(64) * 64;
+                    if state_offset + len > arena_capacity {
+                        plan.arena_fill.push(0);
+                        arena += 1;
+                        state_offset = 0;
+                    }
+                    plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
+                    let (p_win, g_win, p0, g0) = windows(done);
+                    let k = key_of(
+                        &mut plan,
+                        (t.param.clone(), p_win, t.grad.clone(), g_win, arena),
+                    );
+                    if done == 0 {
+                        plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
+                    } else if torch_norm {
+                        return Err(Error::Unsupported(format!(
+                            "tensor {index}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({max_binding} bytes)"
+                        )));
+                    }
+                    for start in (0..len).step_by(chunk as usize) {
+                        let count = (len - start).min(chunk) as u32;
+                        plan.chunk_lists[k].push(ChunkEntry::Run([
+                            (p0 + start) as u32,
+                            (g0 + start) as u32,
+                            (state_offset + start) as u32,
+                            count | (gi as u32) << 16,
+                        ]));
+                    }
+                    pieces.push(Piece {
+                        arena,
+                        state_offset,
+                        len,
+                    });
+                    done += len;
+                }
+                plan.tensors.push(TensorInfo {
+                    group: gi,
+                    len: t.len,
+                    pieces,
+                });
+            }
+        }
+        for fill in &mut plan.arena_fill {
+            *fill = fill.div_ceil(4) * 4;
+        }
+        Ok(plan)
+    }
+
+    /// Number of chunks of all dispatches.
+    pub(crate) fn total_chunks(&self) -> usize {
+        self.chunk_lists.iter().map(Vec::len).sum()
+    }
+
+    /// The meta words of the chunk tables of all dispatches, of the segment table and of the
+    /// packed chunks' element maps, for tables that start at word `chunks_at` of `meta`, one
+    /// after the other. A packed chunk's entry is `[first segment, word offset of its element
+    /// map, elements, segments << 16]` (count 0 marks it); its element map holds, for each element, the
+    /// index of its segment within the chunk, as 16-bit halves of u32 words (element `i` in
+    /// word `i / 2`, bits `16 * (i % 2)..`).
+    pub(crate) fn meta_tables(&self, chunks_at: u32) -> MetaTables {
+        let n_segments: usize = self.packed.iter().map(|p| p.segments.len()).sum();
+        let segments_at = chunks_at + 4 * self.total_chunks() as u32;
+        let maps_at = segments_at + 4 * n_segments as u32;
+        let mut t = MetaTables {
+            segments_at,
+            ..Default::default()
+        };
+        for entry in self.chunk_lists.iter().flatten() {
+            match *entry {
+                ChunkEntry::Run(e) => t.chunks.extend_from_slice(&e),
+                ChunkEntry::Packed(pi) => {
+                    let p = &self.packed[pi];
+                    t.chunks.extend_from_slice(&[
+                        (t.segments.len() / 4) as u32,
+                        maps_at + t.maps.len() as u32,
+                        p.fill as u32,
+                        (p.segments.len() as u32) << 16,
+                    ]);
+                    let mut map = vec![0u32; (p.fill as usize).div_ceil(2)];
+                    for (j, seg) in p.segments.iter().enumerate() {
+                        let start = (seg[3] & 0xffff) as usize;
+                        let end = p
+                            .segments
+                            .get(j + 1)
+                            .map_or(p.fill as usize, |n| (n[3] & 0xffff) as usize);
+                        for i in start..end {
+                            map[i / 2] |= (j as u32) << (16 * (i % 2));
+                        }
+                    }
+                    t.maps.extend(map);
+                    t.segments.extend(p.segments.iter().flatten());
+                }
+            }
+        }
+        t.end = maps_at + t.maps.len() as u32;
+        t
+    }
+}
