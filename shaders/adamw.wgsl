@@ -49,9 +49,9 @@ struct DispatchInfo {
     grid_x: u32,
     first_tensor: u32,    // this binding's tensors in the tensor table (FLAG_TORCH_NORM)
     n_tensors: u32,
+    n_runs: u32,          // chunks [0, n_runs) are runs of one tensor (`update`), the rest
+    packed_grid_x: u32,   // packed chunks of short tensors (`update_packed`, this grid width)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> g: Globals;
@@ -240,42 +240,47 @@ const TWO_POW_M8: f32 = 0.00390625;
 
 // a * b + c with a single rounding, as IEEE fma: exact for every finite input whose result
 // is not subnormal, +-inf where the exact result overflows, and fma's inf/NaN otherwise.
+// Near the top of the range the error-free transformations would overflow, so there the
+// larger factor and c are scaled by 2^-8 (exact: the larger factor is >= 2^62, or the product
+// is negligible next to c), added once and scaled back (exact, or the correct overflow to
+// inf). A c too small to scale only decides ties: any value of its sign far below the
+// product's last bit does the same, so it becomes +-2^-100. Written with selects, not
+// branches: one fma_core per element on every path.
 fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     let ea = exponent(a);
     let eb = exponent(b);
     let ec = exponent(c);
+    let big = ea >= 124 || eb >= 124 || ea + eb >= 124 || ec >= 124;
+    let sa = select(a, a * TWO_POW_M8, big && ea >= eb);
+    let sb = select(b, b * TWO_POW_M8, big && ea < eb);
+    var sc = select(c, c * TWO_POW_M8, big);
+    sc = select(sc, select(-TINY_TIE, TINY_TIE, c > 0.0), big && c != 0.0 && ec < -64);
+    let r = fma_core(sa, sb, sc) * select(1.0, TWO_POW_8, big);
+    // |a * b| >= 2^130 > 2 |c|: the exact result overflows.
+    let product_overflows = ea + eb >= 130;
+    // An infinity or NaN: with a and b finite the product is exact and the result is c;
+    // otherwise the product is itself inf or NaN, and so is the sum.
+    let special = select(a * b + c, c, ea != 128 && eb != 128);
     if (ea == 128 || eb == 128 || ec == 128) {
-        // An infinity or NaN: with a and b finite the product is exact and the result is c;
-        // otherwise the product is itself inf or NaN, and so is the sum.
-        if (ea != 128 && eb != 128) {
-            return c;
-        }
-        return a * b + c;
+        return special;
     }
-    if (ea < 124 && eb < 124 && ea + eb < 124 && ec < 124) {
-        return fma_core(a, b, c);
-    }
-    if (ea + eb >= 130) {
-        // |a * b| >= 2^130 > 2 * |c|: the exact result overflows.
-        return a * b;
-    }
-    // Near the top of the range: scale the larger factor and c by 2^-8 (exact: the larger
-    // factor is >= 2^62 here, or the product is negligible next to c), add once, scale back
-    // (exact, or the correct overflow to inf). A c so small that it would lose bits only
-    // decides ties: any value of its sign far below the product's last bit does the same,
-    // so it becomes +-2^-100.
-    var sa = a;
-    var sb = b;
-    if (ea >= eb) {
-        sa = a * TWO_POW_M8;
-    } else {
-        sb = b * TWO_POW_M8;
-    }
-    var sc = c * TWO_POW_M8;
-    if (c != 0.0 && ec < -64) {
-        sc = select(-TINY_TIE, TINY_TIE, c > 0.0);
-    }
-    return fma_core(sa, sb, sc) * TWO_POW_8;
+    return select(r, a * b, product_overflows);
+}
+
+// fma_exact(coeff, b, c) for the first moment, where the coefficient is normal and
+// |coeff| <= 1 (so the product cannot overflow where b does not): fma_exact's scaling
+// reduced to a few selects on the bit patterns of b and c, cheap enough for every element.
+// Infinities and NaN: coeff * b + c is already fma's result.
+fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
+    let mb = bitcast<u32>(b) & 0x7fffffffu;
+    let mc = bitcast<u32>(c) & 0x7fffffffu;
+    let top = max(mb, mc);
+    let big = top >= 0x7d800000u; // 2^124
+    let s = select(1.0, TWO_POW_M8, big);
+    let tie = select(-TINY_TIE, TINY_TIE, c > 0.0);
+    let sc = select(c * s, tie, big && mc != 0u && mc < 0x1f800000u); // 2^-64
+    let r = fma_core(coeff, b * s, sc) * select(1.0, TWO_POW_8, big);
+    return select(r, coeff * b + c, top >= 0x7f800000u);
 }
 
 // 2^-100.
@@ -750,7 +755,7 @@ fn adam_element(raw_grad: f32, p_old: f32, m_old: f32, v_old: f32, vmax_old: f32
     let small = g.one_minus_beta1 < 0.5;
     let coeff = select(g.lerp_big_coeff, g.one_minus_beta1, small);
     let base = select(gr, m_old, small);
-    let m = fma_exact(coeff, gr - m_old, base);
+    let m = lerp_fma(coeff, gr - m_old, base);
     let v = opaque(v_old * g.beta2) + opaque(g.one_minus_beta2 * gr * gr);
     var v_hat = v;
     if ((g.flags & FLAG_AMSGRAD) != 0u) {
@@ -790,7 +795,7 @@ fn step_consts(group: u32) -> StepConsts {
 }
 
 // Packed chunks (src/plan.rs): short tensors share a chunk. Its entry is (first segment,
-// word offset of its element map, elements, segments << 16; the count 0 marks it); each
+// word offset of its element map, elements, 0: the count 0 marks it); each
 // segment entry in the segment table is (param, grad and state offsets of the tensor's first
 // element, its start in the chunk | group << 16), and the element map gives each element's
 // segment as a 16-bit index.
@@ -799,61 +804,48 @@ fn segment_of(first: u32, map_at: u32, i: u32) -> u32 {
     return first + j;
 }
 
-// Start in the chunk of segment `s` of a packed chunk, or `total` past its last.
-fn segment_start(s: u32, end: u32, total: u32) -> u32 {
-    if (s >= end) {
-        return total;
-    }
-    return meta_ro[g.segments_at + 4u * s + 3u] & 0xffffu;
-}
-
-// A packed chunk's update: thread t takes elements t * ELEMS_PER_THREAD.. in a row, so it
-// looks up the segment of its first element only and walks on from there (the segments of a
-// chunk are short and many; reading a tensor's few elements in a row costs less than a
-// lookup per element).
-fn update_packed(first: u32, map_at: u32, total: u32, n_segments: u32, lid: u32) {
-    let i0 = lid * ELEMS_PER_THREAD;
-    if (i0 >= total) {
+// A packed chunk's update: element i of the chunk by thread i % 256, as in any chunk (loads
+// coalesced across the workgroup), each element's tensor from the element map.
+// Its own entry point (not a branch of `update`): the extra code would slow every chunk.
+@compute @workgroup_size(256)
+fn update_packed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let chunk = dispatch.n_runs + wg.y * dispatch.packed_grid_x + wg.x;
+    if (chunk >= dispatch.n_chunks || meta_ro[STEP_SKIPPED] != 0u) {
         return;
     }
-    let end = first + n_segments;
-    var s = segment_of(first, map_at, i0);
-    var start = segment_start(s, end, total);
-    var next = segment_start(s + 1u, end, total);
-    var k = step_consts(meta_ro[g.segments_at + 4u * s + 3u] >> 16u);
-    for (var i = i0; i < min(i0 + ELEMS_PER_THREAD, total); i++) {
-        if (i >= next) {
-            s = s + 1u;
-            start = next;
-            next = segment_start(s + 1u, end, total);
-            let sc = g.scalars_at + 4u * (meta_ro[g.segments_at + 4u * s + 3u] >> 16u);
+    let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
+    let first = meta_ro[ce];
+    let map_at = meta_ro[ce + 1u];
+    let total = meta_ro[ce + 2u];
+    var k = step_consts(0u);
+    for (var e = 0u; e < ELEMS_PER_THREAD; e++) {
+        let i = e * WORKGROUP + lid;
+        if (i < total) {
+            let se = g.segments_at + 4u * segment_of(first, map_at, i);
+            let info = meta_ro[se + 3u];
+            let off = i - (info & 0xffffu);
+            let sc = g.scalars_at + 4u * (info >> 16u);
             k.decay = bitcast<f32>(meta_ro[sc + 1u]);
             k.step_size = bitcast<f32>(meta_ro[sc + 2u]);
+            update_scalar(meta_ro[se] + off, meta_ro[se + 1u] + off, meta_ro[se + 2u] + off, k);
         }
-        let se = g.segments_at + 4u * s;
-        let off = i - start;
-        update_scalar(meta_ro[se] + off, meta_ro[se + 1u] + off, meta_ro[se + 2u] + off, k);
     }
 }
 
 @compute @workgroup_size(256)
 fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let chunk = wg.y * dispatch.grid_x + wg.x;
-    if (chunk >= dispatch.n_chunks || meta_ro[STEP_SKIPPED] != 0u) {
+    if (chunk >= dispatch.n_runs || meta_ro[STEP_SKIPPED] != 0u) {
         return;
     }
     // Chunk entry: element offsets of its first element in the param, grad and state
-    // bindings, then (count | group << 16); count 0 marks a packed chunk.
+    // bindings, then (count | group << 16).
     let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
     let p0 = meta_ro[ce];
     let g0 = meta_ro[ce + 1u];
     let s0 = meta_ro[ce + 2u];
     let packed = meta_ro[ce + 3u];
     let count = packed & 0xffffu;
-    if (count == 0u) {
-        update_packed(p0, g0, s0, packed >> 16u, lid);
-        return;
-    }
     let k = step_consts(packed >> 16u);
     let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
 
@@ -910,8 +902,9 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 @group(0) @binding(9) var<storage, read_write> probe_io: array<u32>;
 
 @compute @workgroup_size(64)
-fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>) {
-    let i = id.x + 1u;
+fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    // A 2-D grid past 65535 workgroups: rows of n.x * 64 steps.
+    let i = id.y * n.x * 64u + id.x + 1u;
     if (i >= arrayLength(&probe_io)) {
         return;
     }

@@ -55,7 +55,7 @@ impl Schedule {
     /// Checks every parameter of the schedule.
     pub fn validate(&self) -> Result<()> {
         let finite_nonneg = |name, x: f64| {
-            if x.is_finite() && x >= 0.0 && x <= F32_MAX {
+            if (0.0..=F32_MAX).contains(&x) {
                 Ok(())
             } else {
                 Err(hyper(
@@ -432,7 +432,7 @@ impl AdamWConfig {
 const F32_MAX: f64 = f32::MAX as f64;
 
 fn check_lr(name: &'static str, lr: f64) -> Result<()> {
-    if lr.is_finite() && lr >= 0.0 && lr <= F32_MAX {
+    if (0.0..=F32_MAX).contains(&lr) {
         Ok(())
     } else {
         Err(hyper(
@@ -443,7 +443,7 @@ fn check_lr(name: &'static str, lr: f64) -> Result<()> {
 }
 
 fn check_weight_decay(wd: f64) -> Result<()> {
-    if wd.is_finite() && wd >= 0.0 && wd <= F32_MAX {
+    if (0.0..=F32_MAX).contains(&wd) {
         Ok(())
     } else {
         Err(hyper(

@@ -67,7 +67,11 @@ pub struct GpuOptions {
 struct Dispatch {
     bind_group: wgpu::BindGroup,
     reduce_bind_group: wgpu::BindGroup,
+    /// Grid over all its chunks (`reduce`).
     grid: (u32, u32),
+    /// Grids of `update` over its runs and of `update_packed` over its packed chunks.
+    run_grid: Option<(u32, u32)>,
+    packed_grid: Option<(u32, u32)>,
     /// Workgroups of `tensor_norms` (8 tensors each).
     tensor_groups: u32,
 }
@@ -315,13 +319,22 @@ impl GpuAdamW {
             for (k, key) in keys.iter().enumerate() {
                 let (param, p_win, grad, g_win, arena) = key;
                 let n_chunks = plan.chunk_lists[k].len() as u32;
-                let grid_x = n_chunks.min(max_dim);
-                let grid_y = n_chunks.div_ceil(grid_x);
-                if grid_y > max_dim {
-                    return Err(Error::DeviceLimit(format!(
-                        "{n_chunks} chunks exceed the dispatch grid"
-                    )));
-                }
+                let n_runs = plan.runs_of(k) as u32;
+                let grid = |n: u32| -> Result<Option<(u32, u32)>> {
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    let x = n.min(max_dim);
+                    if n.div_ceil(x) > max_dim {
+                        return Err(Error::DeviceLimit(format!(
+                            "{n} chunks exceed the dispatch grid"
+                        )));
+                    }
+                    Ok(Some((x, n.div_ceil(x))))
+                };
+                let (grid_x, grid_y) = grid(n_chunks)?.unwrap_or((1, 1));
+                let run_grid = grid(n_runs)?;
+                let packed_grid = grid(n_chunks - n_runs)?;
                 let n_tensors = tensor_lists[k].len() as u32;
                 let info = DispatchInfo {
                     first_chunk,
@@ -329,7 +342,9 @@ impl GpuAdamW {
                     grid_x,
                     first_tensor,
                     n_tensors,
-                    _pad: [0; 3],
+                    n_runs,
+                    packed_grid_x: packed_grid.map_or(1, |g| g.0),
+                    _pad: 0,
                 };
                 queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
                 first_chunk += n_chunks;
@@ -378,6 +393,8 @@ impl GpuAdamW {
                     bind_group,
                     reduce_bind_group,
                     grid: (grid_x, grid_y),
+                    run_grid,
+                    packed_grid,
                     tensor_groups: n_tensors.div_ceil(8),
                 });
             }
@@ -415,10 +432,14 @@ impl GpuAdamW {
         &self.globals
     }
 
-    /// Number of `update` dispatches per step (one per distinct param/grad buffer window and
-    /// state arena; independent of the number of tensors).
+    /// Number of update dispatches per step: one per distinct param/grad buffer window and
+    /// state arena, plus one for the packed chunks of short tensors of each such window that
+    /// has both; independent of the number of tensors.
     pub fn dispatches_per_step(&self) -> usize {
-        self.dispatches.len()
+        self.dispatches
+            .iter()
+            .map(|d| usize::from(d.run_grid.is_some()) + usize::from(d.packed_grid.is_some()))
+            .sum()
     }
 
     /// Bytes per storage binding this optimizer splits its work at.
@@ -435,7 +456,7 @@ impl GpuAdamW {
     ///
     /// What it leaves behind: a compute pass keeps its state from one dispatch to the next
     /// (WebGPU semantics), and this call sets the pass's **pipeline** (to one of this
-    /// optimizer's: the update pipeline, last) and **bind group 0** (to one of its own). It
+    /// optimizer's update pipelines) and **bind group 0** (to one of its own). It
     /// sets no other bind group index and no immediates. An engine dispatch recorded after it
     /// in the same pass must therefore call `set_pipeline` and `set_bind_group` for every
     /// group its own pipeline uses, group 0 included; a dispatch without its own
@@ -464,10 +485,22 @@ impl GpuAdamW {
         pass.set_pipeline(&self.kernel.prologue);
         pass.set_bind_group(0, &self.prologue_bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
-        pass.set_pipeline(&self.kernel.update);
-        for d in &self.dispatches {
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+        for (pipeline, grid) in [
+            (
+                &self.kernel.update,
+                (|d: &Dispatch| d.run_grid) as fn(&Dispatch) -> _,
+            ),
+            (&self.kernel.update_packed, |d: &Dispatch| d.packed_grid),
+        ] {
+            if self.dispatches.iter().any(|d| grid(d).is_some()) {
+                pass.set_pipeline(pipeline);
+            }
+            for d in &self.dispatches {
+                if let Some((x, y)) = grid(d) {
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
         }
     }
 
@@ -676,7 +709,7 @@ impl GpuAdamW {
 /// Runs `f`, which records or submits work on `device`, inside validation and out-of-memory
 /// error scopes, and with wgpu's panics (a handle of another `wgpu::Instance`) caught:
 /// either becomes an [`Error::Device`] instead of reaching the uncaptured-error handler.
-fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -785,13 +818,13 @@ fn read_buffers(
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Readback(e.to_string()))?;
-    let mut mapped = 0;
-    while let Ok((_, r)) = rx.try_recv() {
-        r.map_err(|e| Error::Readback(e.to_string()))?;
-        mapped += 1;
-    }
-    if mapped != staging.iter().flatten().count() {
-        return Err(Error::Readback("a map callback did not run".into()));
+    // The poll has resolved every mapping; another thread polling the same device may be the
+    // one that runs a callback, so wait for each to arrive rather than assume it has.
+    for _ in staging.iter().flatten() {
+        match rx.recv() {
+            Ok((_, r)) => r.map_err(|e| Error::Readback(e.to_string()))?,
+            Err(_) => return Err(Error::Readback("a map callback was dropped".into())),
+        }
     }
     staging
         .iter()

@@ -190,8 +190,13 @@ pub struct DispatchInfo {
     pub first_tensor: u32,
     /// Number of its tensors.
     pub n_tensors: u32,
+    /// Its first `n_runs` chunks are runs of one tensor (the `update` entry point), the rest
+    /// packed chunks of short tensors (`update_packed`).
+    pub n_runs: u32,
+    /// Workgroups along x of the `update_packed` grid.
+    pub packed_grid_x: u32,
     /// Padding.
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 /// The compiled kernel: its pipelines and their bind group layouts.
@@ -210,8 +215,10 @@ pub struct Kernel {
     pub tensor_norms: wgpu::ComputePipeline,
     /// The `prologue` entry point.
     pub prologue: wgpu::ComputePipeline,
-    /// The `update` entry point.
+    /// The `update` entry point (chunks that are runs of one tensor).
     pub update: wgpu::ComputePipeline,
+    /// The `update_packed` entry point (packed chunks of short tensors).
+    pub update_packed: wgpu::ComputePipeline,
 }
 
 fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
@@ -300,6 +307,7 @@ impl Kernel {
         });
         let prologue = pipeline(&prologue_layout, "prologue");
         let update = pipeline(&update_layout, "update");
+        let update_packed = pipeline(&update_layout, "update_packed");
         let reduce = pipeline(&reduce_layout, "reduce");
         let tensor_norms = pipeline(&reduce_layout, "tensor_norms");
         Self {
@@ -308,6 +316,7 @@ impl Kernel {
             reduce_layout,
             prologue,
             update,
+            update_packed,
             reduce,
             tensor_norms,
         }

@@ -34,10 +34,12 @@ pub enum CpuChunk {
 }
 
 /// The chunks of tensors of `lens` elements that share one buffer pair, in the order the
-/// kernel's chunk table lists them: a packed chunk sits where its first tensor is.
+/// kernel's chunk table lists them: the runs in tensor order, then the packed chunks in the
+/// order they were opened.
 pub fn cpu_chunks(lens: &[usize], chunk: usize) -> Vec<CpuChunk> {
     let mut out = Vec::new();
-    let mut open: Option<(usize, usize)> = None; // (index in out, elements)
+    let mut packed = Vec::new();
+    let mut open: Option<(usize, usize)> = None; // (index in packed, elements)
     for (tensor, &len) in lens.iter().enumerate() {
         if len == 0 {
             continue;
@@ -45,14 +47,14 @@ pub fn cpu_chunks(lens: &[usize], chunk: usize) -> Vec<CpuChunk> {
         if (len as u64) < pack_below(chunk as u64) {
             match &mut open {
                 Some((at, fill)) if *fill + len <= chunk => {
-                    if let CpuChunk::Packed(m) = &mut out[*at] {
+                    if let CpuChunk::Packed(m) = &mut packed[*at] {
                         m.push(tensor);
                     }
                     *fill += len;
                 }
                 _ => {
-                    open = Some((out.len(), len));
-                    out.push(CpuChunk::Packed(vec![tensor]));
+                    open = Some((packed.len(), len));
+                    packed.push(CpuChunk::Packed(vec![tensor]));
                 }
             }
             continue;
@@ -65,6 +67,7 @@ pub fn cpu_chunks(lens: &[usize], chunk: usize) -> Vec<CpuChunk> {
             });
         }
     }
+    out.extend(packed);
     out
 }
 
@@ -302,10 +305,18 @@ impl GpuPlan {
         self.chunk_lists.iter().map(Vec::len).sum()
     }
 
+    /// Number of run chunks (not packed) of dispatch `k`.
+    pub(crate) fn runs_of(&self, k: usize) -> usize {
+        self.chunk_lists[k]
+            .iter()
+            .filter(|e| matches!(e, ChunkEntry::Run(_)))
+            .count()
+    }
+
     /// The meta words of the chunk tables of all dispatches, of the segment table and of the
     /// packed chunks' element maps, for tables that start at word `chunks_at` of `meta`, one
     /// after the other. A packed chunk's entry is `[first segment, word offset of its element
-    /// map, elements, segments << 16]` (count 0 marks it); its element map holds, for each element, the
+    /// map, elements, 0]` (count 0 marks it); its element map holds, for each element, the
     /// index of its segment within the chunk, as 16-bit halves of u32 words (element `i` in
     /// word `i / 2`, bits `16 * (i % 2)..`).
     pub(crate) fn meta_tables(&self, chunks_at: u32) -> MetaTables {
@@ -316,7 +327,12 @@ impl GpuPlan {
             segments_at,
             ..Default::default()
         };
-        for entry in self.chunk_lists.iter().flatten() {
+        // Per dispatch, its runs first, then its packed chunks.
+        let ordered = self.chunk_lists.iter().flat_map(|list| {
+            let runs = list.iter().filter(|e| matches!(e, ChunkEntry::Run(_)));
+            runs.chain(list.iter().filter(|e| matches!(e, ChunkEntry::Packed(_))))
+        });
+        for entry in ordered {
             match *entry {
                 ChunkEntry::Run(e) => t.chunks.extend_from_slice(&e),
                 ChunkEntry::Packed(pi) => {
@@ -325,7 +341,7 @@ impl GpuPlan {
                         (t.segments.len() / 4) as u32,
                         maps_at + t.maps.len() as u32,
                         p.fill as u32,
-                        (p.segments.len() as u32) << 16,
+                        0,
                     ]);
                     let mut map = vec![0u32; (p.fill as usize).div_ceil(2)];
                     for (j, seg) in p.segments.iter().enumerate() {

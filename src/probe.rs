@@ -1,9 +1,9 @@
 //! The learning rate of arbitrary steps, computed by the kernel's own schedule code on the
 //! device (the `schedule_probe` entry point), or by its CPU twin.
 
-use crate::config::AdamWConfig;
+use crate::config::{AdamWConfig, GroupConfig};
 use crate::error::{Error, Result};
-use crate::gpu::read_buffer;
+use crate::gpu::{checked, read_buffer};
 use crate::kernel::{Globals, SHADER_SOURCE};
 use crate::twin;
 
@@ -17,10 +17,26 @@ pub fn schedule_lrs_gpu(
     steps: &[u32],
 ) -> Result<Vec<f32>> {
     config.validate()?;
+    config.validate_group(&GroupConfig {
+        lr: Some(base_lr),
+        weight_decay: None,
+    })?;
     if steps.contains(&0) {
         return Err(Error::ShapeMismatch("steps are 1-based".into()));
     }
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let io_buf = checked(device, || probe(device, queue, config, base_lr, steps))?;
+    let out = read_buffer(device, queue, &io_buf, 0, io_buf.size())?;
+    Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
+}
+
+/// Records and submits the probe; returns the buffer it writes.
+fn probe(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    config: &AdamWConfig,
+    base_lr: f64,
+    steps: &[u32],
+) -> wgpu::Buffer {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("wgpu-adamw schedule probe"),
         source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
@@ -77,16 +93,16 @@ pub fn schedule_lrs_gpu(
         pass.dispatch_workgroups(groups.min(max), groups.div_ceil(max).max(1), 1);
     }
     queue.submit([encoder.finish()]);
-    if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(Error::Device(e.to_string()));
-    }
-    let out = read_buffer(device, queue, &io_buf, 0, io_buf.size())?;
-    Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
+    io_buf
 }
 
 /// The same as [`schedule_lrs_gpu`], on the CPU twin of the kernel.
 pub fn schedule_lrs_cpu(config: &AdamWConfig, base_lr: f64, steps: &[u32]) -> Result<Vec<f32>> {
     config.validate()?;
+    config.validate_group(&GroupConfig {
+        lr: Some(base_lr),
+        weight_decay: None,
+    })?;
     let g = Globals::new(config, 1);
     steps
         .iter()

@@ -168,6 +168,25 @@ pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     fma_core(sa, sb, sc) * 256.0
 }
 
+/// [`fma_exact`] for the first moment, where `coeff` is normal and `|coeff| <= 1`, as the
+/// kernel's `lerp_fma`: the same scaling reduced to selects on the bits of `b` and `c`.
+#[inline(always)]
+pub fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
+    let (mb, mc) = (b.to_bits() & 0x7fff_ffff, c.to_bits() & 0x7fff_ffff);
+    let top = mb.max(mc);
+    if top >= 0x7f80_0000 {
+        return coeff * b + c;
+    }
+    let big = top >= 0x7d80_0000;
+    let s = if big { 1.0 / 256.0 } else { 1.0 };
+    let sc = if big && mc != 0 && mc < 0x1f80_0000 {
+        TINY_TIE.copysign(c)
+    } else {
+        c * s
+    };
+    fma_core(coeff, b * s, sc) * if big { 256.0 } else { 1.0 }
+}
+
 /// The schedule's factor at `epoch` (see the kernel's `schedule_factor`).
 pub fn schedule_factor(g: &Globals, epoch: u32) -> f32 {
     match g.kind {
@@ -552,7 +571,7 @@ pub fn update_element(
     } else {
         (g.lerp_big_coeff, gr)
     };
-    let m = fma_exact(coeff, gr - m_old, base);
+    let m = lerp_fma(coeff, gr - m_old, base);
     let v = *exp_avg_sq * g.beta2 + g.one_minus_beta2 * gr * gr;
     let mut v_hat = v;
     if g.flags & FLAG_AMSGRAD != 0 {

@@ -407,22 +407,22 @@ fn short_tensors_share_chunks_in_the_plan() {
     assert_eq!(
         cpu_chunks(&[3, 5, 5000, 0, 2, 1000, 1500, 1100, 2000], 2048),
         [
-            CpuChunk::Packed(vec![0, 1, 4, 5]),
             run(2, 0, 2048),
             run(2, 2048, 2048),
             run(2, 4096, 904),
             run(6, 0, 1500),
             run(7, 0, 1100),
             run(8, 0, 2000),
+            CpuChunk::Packed(vec![0, 1, 4, 5]),
         ]
     );
-    // A full packed chunk closes; the next short tensor opens another where it stands.
+    // A full packed chunk closes; the next short tensor opens another.
     assert_eq!(
         cpu_chunks(&[1000, 1000, 100, 7, 2048], 2048),
         [
+            run(4, 0, 2048),
             CpuChunk::Packed(vec![0, 1]),
             CpuChunk::Packed(vec![2, 3]),
-            run(4, 0, 2048),
         ]
     );
 }

@@ -25,6 +25,7 @@ fn naga_validates_the_shader() {
     for e in [
         "prologue",
         "update",
+        "update_packed",
         "reduce",
         "tensor_norms",
         "schedule_probe",
@@ -106,6 +107,8 @@ fn dispatch_info_layout_matches_the_shader() {
         ("grid_x", offset_of!(DispatchInfo, grid_x)),
         ("first_tensor", offset_of!(DispatchInfo, first_tensor)),
         ("n_tensors", offset_of!(DispatchInfo, n_tensors)),
+        ("n_runs", offset_of!(DispatchInfo, n_runs)),
+        ("packed_grid_x", offset_of!(DispatchInfo, packed_grid_x)),
     ];
     for ((wn, wo), (rn, ro)) in members.iter().zip(rust) {
         assert_eq!((wn.as_str(), *wo as usize), (rn, ro));

@@ -113,7 +113,7 @@ fn step_while_snapshotting(opt: &GpuAdamW, steps: usize, snapshot: impl Fn() + S
     let done = AtomicBool::new(false);
     let taken = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let snapshots = s.spawn(|| {
             while !done.load(Ordering::Acquire) {
                 snapshot();
                 taken.fetch_add(1, Ordering::AcqRel);
@@ -123,12 +123,14 @@ fn step_while_snapshotting(opt: &GpuAdamW, steps: usize, snapshot: impl Fn() + S
             opt.step().unwrap();
             if k % 4 == 0 {
                 let seen = taken.load(Ordering::Acquire);
-                while taken.load(Ordering::Acquire) == seen {
+                // (A snapshot that panicked ends the wait; the join below reports it.)
+                while taken.load(Ordering::Acquire) == seen && !snapshots.is_finished() {
                     std::thread::yield_now();
                 }
             }
         }
         done.store(true, Ordering::Release);
+        snapshots.join().expect("the snapshot thread");
     });
     taken.load(Ordering::Acquire)
 }
@@ -314,6 +316,11 @@ fn emulated_fma_equals_ieee_fma_at_the_top_of_the_range() {
                     );
                     // Same operands, a and b swapped (the scaled factor is the larger one).
                     assert!(same(fma_exact(b, a, c), b.mul_add(a, c)));
+                    // The first moment's form (|coeff| <= 1).
+                    if a.abs() <= 1.0 {
+                        assert!(same(wgpu_adamw::twin::lerp_fma(a, b, c), want));
+                        assert!(same(wgpu_adamw::twin::lerp_fma(a, c, b), a.mul_add(c, b)));
+                    }
                 }
             }
         }
