@@ -806,7 +806,7 @@ fn segment_of(first: u32, map_at: u32, i: u32) -> u32 {
 
 // A packed chunk's update: element i of the chunk by thread i % 256, as in any chunk (loads
 // coalesced across the workgroup), each element's tensor from the element map.
-// Its own entry point (not a branch of `update`): the extra code would slow every chunk.
+// It is an entry point of its own, not a branch of `update`: the extra code slowed every chunk.
 @compute @workgroup_size(256)
 fn update_packed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let chunk = dispatch.n_runs + wg.y * dispatch.packed_grid_x + wg.x;

@@ -2,62 +2,33 @@
 
 mod common;
 
-use common::{read_f32, storage_buffer, Rng};
-use wgpu_adamw::{
-    AdamWConfig, CpuAdamW, CpuParamGroup, GpuAdamW, GradNormOrder, ParamGroup, Schedule,
-};
+use common::{storage_buffer, Pair, Rng};
+use wgpu_adamw::{AdamWConfig, GradNormOrder, Schedule};
 
 const LENS: [usize; 4] = [3000, 7, 1024, 513];
 
 struct Setup {
-    ctx: wgpu_adamw::GpuContext,
-    p: wgpu::Buffer,
-    g: wgpu::Buffer,
-    opt: GpuAdamW,
-    cpu: CpuAdamW,
-    host: Vec<Vec<f32>>,
+    pair: Pair,
     rng: Rng,
 }
 
-fn setup(config: AdamWConfig, seed: u64) -> Setup {
-    let ctx = common::gpu();
-    let mut rng = Rng(seed);
-    let total: usize = LENS.iter().sum();
-    let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
-    let p = storage_buffer(&ctx.device, &ctx.queue, &init);
-    let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; total]);
-    let tensors = common::packed(&p, &g, &LENS);
-    let opt = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        config,
-        vec![ParamGroup {
-            tensors,
-            ..Default::default()
-        }],
-    )
-    .unwrap();
-    let cpu = CpuAdamW::new(
-        config,
-        vec![CpuParamGroup {
-            lens: LENS.to_vec(),
-            ..Default::default()
-        }],
-    )
-    .unwrap();
-    let mut host = Vec::new();
-    let mut at = 0;
-    for &n in &LENS {
-        host.push(init[at..at + n].to_vec());
-        at += n;
+impl std::ops::Deref for Setup {
+    type Target = Pair;
+    fn deref(&self) -> &Pair {
+        &self.pair
     }
+}
+
+impl std::ops::DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut Pair {
+        &mut self.pair
+    }
+}
+
+fn setup(config: AdamWConfig, seed: u64) -> Setup {
+    let mut rng = Rng(seed);
     Setup {
-        ctx,
-        p,
-        g,
-        opt,
-        cpu,
-        host,
+        pair: Pair::new(config, &LENS, &mut rng),
         rng,
     }
 }
@@ -65,26 +36,15 @@ fn setup(config: AdamWConfig, seed: u64) -> Setup {
 impl Setup {
     /// One step on both backends with these (scaled) gradients.
     fn step(&mut self, grads: &[Vec<f32>], scale: f32) {
-        let flat: Vec<f32> = grads.concat();
-        self.ctx
-            .queue
-            .write_buffer(&self.g, 0, bytemuck::cast_slice(&flat));
         self.opt.set_loss_scale(scale);
-        self.opt.step().unwrap();
         self.cpu.set_loss_scale(scale);
-        let gs: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-        let mut views: Vec<&mut [f32]> = self.host.iter_mut().map(Vec::as_mut_slice).collect();
-        self.cpu.step(&mut views, &gs).unwrap();
+        self.pair.step(grads).unwrap();
     }
 
     fn grads(&mut self, scale: f32) -> Vec<Vec<f32>> {
         LENS.iter()
             .map(|&n| self.rng.grads(n).iter().map(|x| x * scale).collect())
             .collect()
-    }
-
-    fn gpu_params(&self) -> Vec<f32> {
-        read_f32(&self.ctx, &self.p, 0, LENS.iter().sum())
     }
 }
 

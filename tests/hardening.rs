@@ -142,16 +142,7 @@ fn a_destroyed_engine_buffer_is_a_device_error() {
     let ctx = common::gpu();
     let p = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
     let g = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
-    let opt = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        AdamWConfig::default(),
-        vec![ParamGroup {
-            tensors: vec![TensorBinding::whole(&p, &g)],
-            ..Default::default()
-        }],
-    )
-    .unwrap();
+    let opt = common::one_tensor_optimizer(&ctx, &p, &g).unwrap();
     opt.step().unwrap();
     g.destroy();
     let r = opt.step();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{read_f32, storage_buffer, Rng};
+use common::{read_f32, storage_buffer, Pair, Rng};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use wgpu_adamw::{
     AdamWConfig, Counters, CpuAdamW, CpuParamGroup, Error, GpuAdamW, GpuOptions, OptimizerState,
@@ -346,75 +346,6 @@ fn emulated_fma_equals_ieee_fma_at_the_top_of_the_range() {
     }
 }
 
-/// A GPU optimizer and its CPU reference over `lens`, packed in one buffer pair.
-struct Pair {
-    ctx: wgpu_adamw::GpuContext,
-    p: wgpu::Buffer,
-    g: wgpu::Buffer,
-    opt: GpuAdamW,
-    cpu: CpuAdamW,
-    host: Vec<Vec<f32>>,
-}
-
-impl Pair {
-    fn new(config: AdamWConfig, lens: &[usize], seed: u64) -> Self {
-        let ctx = common::gpu();
-        let mut rng = Rng(seed);
-        let total: usize = lens.iter().sum();
-        let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
-        let p = storage_buffer(&ctx.device, &ctx.queue, &init);
-        let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; total]);
-        let opt = GpuAdamW::new(
-            &ctx.device,
-            &ctx.queue,
-            config,
-            vec![ParamGroup {
-                tensors: common::packed(&p, &g, lens),
-                ..Default::default()
-            }],
-        )
-        .unwrap();
-        let cpu = CpuAdamW::new(
-            config,
-            vec![CpuParamGroup {
-                lens: lens.to_vec(),
-                ..Default::default()
-            }],
-        )
-        .unwrap();
-        let mut host = Vec::new();
-        let mut at = 0;
-        for &n in lens {
-            host.push(init[at..at + n].to_vec());
-            at += n;
-        }
-        Pair {
-            ctx,
-            p,
-            g,
-            opt,
-            cpu,
-            host,
-        }
-    }
-
-    /// One step on both backends with the same gradients.
-    fn step(&mut self, grads: &[Vec<f32>]) -> Result<(), Error> {
-        let flat: Vec<f32> = grads.concat();
-        self.ctx
-            .queue
-            .write_buffer(&self.g, 0, bytemuck::cast_slice(&flat));
-        self.opt.step()?;
-        let mut p: Vec<&mut [f32]> = self.host.iter_mut().map(|x| &mut x[..]).collect();
-        let g: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
-        self.cpu.step(&mut p, &g)
-    }
-
-    fn gpu_params(&self) -> Vec<f32> {
-        read_f32(&self.ctx, &self.p, 0, self.host.iter().map(Vec::len).sum())
-    }
-}
-
 fn grads_for(lens: &[usize], rng: &mut Rng) -> Vec<Vec<f32>> {
     lens.iter().map(|&n| rng.grads(n)).collect()
 }
@@ -425,8 +356,8 @@ fn grads_for(lens: &[usize], rng: &mut Rng) -> Vec<Vec<f32>> {
 fn an_infinite_loss_scale_is_a_zero_gradient_step_as_in_pytorch() {
     let lens = [3000usize, 7, 1029];
     let scaled = AdamWConfig::default().with_loss_scaling(true);
-    let mut amp = Pair::new(scaled, &lens, 21);
-    let mut plain = Pair::new(AdamWConfig::default(), &lens, 21);
+    let mut amp = Pair::new(scaled, &lens, &mut Rng(21));
+    let mut plain = Pair::new(AdamWConfig::default(), &lens, &mut Rng(21));
     amp.opt.set_loss_scale(f32::INFINITY);
     amp.cpu.set_loss_scale(f32::INFINITY);
     let mut rng = Rng(22);
@@ -451,8 +382,8 @@ fn an_infinite_loss_scale_is_a_zero_gradient_step_as_in_pytorch() {
 fn clipping_an_overflowing_norm_is_a_zero_gradient_step_as_in_pytorch() {
     let lens = [2048usize, 5, 700];
     let clipped = AdamWConfig::default().with_max_grad_norm(Some(1.0));
-    let mut clip = Pair::new(clipped, &lens, 31);
-    let mut plain = Pair::new(AdamWConfig::default(), &lens, 31);
+    let mut clip = Pair::new(clipped, &lens, &mut Rng(31));
+    let mut plain = Pair::new(AdamWConfig::default(), &lens, &mut Rng(31));
     let mut rng = Rng(32);
     let zeros: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.0; n]).collect();
     let mut grads = grads_for(&lens, &mut rng);
@@ -628,44 +559,19 @@ fn buffers_of_another_wgpu_instance_are_an_error_not_a_panic() {
         .collect();
     let p = storage_buffer(&other.device, &other.queue, &[1.0; 64]);
     let g = storage_buffer(&other.device, &other.queue, &[1.0; 64]);
-    let r = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        AdamWConfig::default(),
-        vec![ParamGroup {
-            tensors: vec![TensorBinding::whole(&p, &g)],
-            ..Default::default()
-        }],
-    );
+    let r = common::one_tensor_optimizer(&ctx, &p, &g);
     assert!(matches!(r, Err(Error::Device(_))), "{r:?}");
     // Handles that do exist on `ctx` (wgpu numbers each instance's buffers from 0) name
     // the optimizer's own buffers there: refused too.
     let other2 = common::gpu();
     let p1 = storage_buffer(&other2.device, &other2.queue, &[1.0; 64]);
     let g1 = storage_buffer(&other2.device, &other2.queue, &[1.0; 64]);
-    let r = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        AdamWConfig::default(),
-        vec![ParamGroup {
-            tensors: vec![TensorBinding::whole(&p1, &g1)],
-            ..Default::default()
-        }],
-    );
+    let r = common::one_tensor_optimizer(&ctx, &p1, &g1);
     assert!(r.is_err(), "{r:?}");
     // The device is still usable.
     let p2 = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
     let g2 = storage_buffer(&ctx.device, &ctx.queue, &[1.0; 64]);
-    let opt = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        AdamWConfig::default(),
-        vec![ParamGroup {
-            tensors: vec![TensorBinding::whole(&p2, &g2)],
-            ..Default::default()
-        }],
-    )
-    .unwrap();
+    let opt = common::one_tensor_optimizer(&ctx, &p2, &g2).unwrap();
     opt.step().unwrap();
 }
 
@@ -689,7 +595,7 @@ fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
             adam: u32::MAX - 1,
         },
     ] {
-        let mut pair = Pair::new(config, &lens, 41);
+        let mut pair = Pair::new(config, &lens, &mut Rng(41));
         let mut rng = Rng(42);
         // Give the moments some history, then move the counters next to the limit.
         pair.step(&grads_for(&lens, &mut rng)).unwrap();
@@ -759,7 +665,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 #[test]
 fn an_engine_kernel_after_record_step_runs_correctly_with_its_own_state() {
     let lens = [4096usize, 33];
-    let mut pair = Pair::new(AdamWConfig::default(), &lens, 51);
+    let mut pair = Pair::new(AdamWConfig::default(), &lens, &mut Rng(51));
     let ctx = &pair.ctx;
     let module = ctx
         .device

@@ -93,3 +93,92 @@ pub fn packed(
         })
         .collect()
 }
+
+/// A GPU optimizer and its CPU reference over tensors of `lens` elements packed in one buffer
+/// pair, both starting from the same random parameters.
+pub struct Pair {
+    pub ctx: GpuContext,
+    pub p: wgpu::Buffer,
+    pub g: wgpu::Buffer,
+    pub opt: wgpu_adamw::GpuAdamW,
+    pub cpu: wgpu_adamw::CpuAdamW,
+    /// The CPU reference's parameters, per tensor.
+    pub host: Vec<Vec<f32>>,
+}
+
+impl Pair {
+    pub fn new(config: wgpu_adamw::AdamWConfig, lens: &[usize], rng: &mut Rng) -> Self {
+        let ctx = gpu();
+        let total: usize = lens.iter().sum();
+        let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
+        let p = storage_buffer(&ctx.device, &ctx.queue, &init);
+        let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; total]);
+        let opt = wgpu_adamw::GpuAdamW::new(
+            &ctx.device,
+            &ctx.queue,
+            config,
+            vec![wgpu_adamw::ParamGroup {
+                tensors: packed(&p, &g, lens),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        let cpu = wgpu_adamw::CpuAdamW::new(
+            config,
+            vec![wgpu_adamw::CpuParamGroup {
+                lens: lens.to_vec(),
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        let mut host = Vec::new();
+        let mut at = 0;
+        for &n in lens {
+            host.push(init[at..at + n].to_vec());
+            at += n;
+        }
+        Pair {
+            ctx,
+            p,
+            g,
+            opt,
+            cpu,
+            host,
+        }
+    }
+
+    /// One step on both backends with the same gradients (the GPU's error first).
+    pub fn step(&mut self, grads: &[Vec<f32>]) -> wgpu_adamw::Result<()> {
+        let flat: Vec<f32> = grads.concat();
+        self.ctx
+            .queue
+            .write_buffer(&self.g, 0, bytemuck::cast_slice(&flat));
+        self.opt.step()?;
+        let mut p: Vec<&mut [f32]> = self.host.iter_mut().map(|x| &mut x[..]).collect();
+        let g: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+        self.cpu.step(&mut p, &g)
+    }
+
+    /// The GPU's parameters, all tensors back to back.
+    pub fn gpu_params(&self) -> Vec<f32> {
+        read_f32(&self.ctx, &self.p, 0, self.host.iter().map(Vec::len).sum())
+    }
+}
+
+/// An optimizer with PyTorch's defaults over one tensor that fills `p` and `g`, on the device
+/// `ctx` (whose instance the buffers may or may not belong to).
+pub fn one_tensor_optimizer(
+    ctx: &GpuContext,
+    p: &wgpu::Buffer,
+    g: &wgpu::Buffer,
+) -> wgpu_adamw::Result<wgpu_adamw::GpuAdamW> {
+    wgpu_adamw::GpuAdamW::new(
+        &ctx.device,
+        &ctx.queue,
+        wgpu_adamw::AdamWConfig::default(),
+        vec![wgpu_adamw::ParamGroup {
+            tensors: vec![wgpu_adamw::TensorBinding::whole(p, g)],
+            ..Default::default()
+        }],
+    )
+}
