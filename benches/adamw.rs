@@ -10,9 +10,9 @@
 
 use wgpu_adamw_bench::{run, BenchOptions};
 
-fn number(arg: Option<String>) -> usize {
+fn number(flag: &str, arg: Option<String>) -> anyhow::Result<usize> {
     arg.and_then(|a| a.parse().ok())
-        .expect("--iters, --warmup and --k-reps take a number")
+        .ok_or_else(|| anyhow::anyhow!("{flag} takes a number"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,16 +23,25 @@ fn main() -> anyhow::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
-            "--json" => json = args.next(),
+            "--json" => {
+                json = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow::anyhow!("--json takes a file name"))?,
+                )
+            }
             "--wall" => opts.force_wall = true,
             "--no-cpu" => opts.cpu = false,
             "--cpu-only" => cpu_only = true,
-            "--iters" => opts.iters = number(args.next()),
-            "--warmup" => opts.warmup = number(args.next()),
-            "--k-reps" => opts.k_reps = number(args.next()),
-            // `cargo bench` passes `--bench`; a bare word filters workloads by name.
+            "--iters" => opts.iters = number("--iters", args.next())?,
+            "--warmup" => opts.warmup = number("--warmup", args.next())?,
+            "--k-reps" => opts.k_reps = number("--k-reps", args.next())?,
+            // `cargo bench` passes `--bench`.
+            "--bench" => {}
+            // A bare word filters workloads by name.
             s if !s.starts_with('-') => opts.filter.push(s.to_string()),
-            _ => {}
+            other => anyhow::bail!(
+                "unknown argument `{other}` (known: --quick, --json FILE, --wall, --no-cpu, --cpu-only, --iters N, --warmup N, --k-reps N, workload names)"
+            ),
         }
     }
     if cpu_only {

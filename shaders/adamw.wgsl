@@ -1,11 +1,14 @@
 // AdamW fused with an on-device learning-rate schedule.
 //
-// Two entry points, recorded back to back in one compute pass per optimizer step:
-//   `prologue` (one workgroup): advances the step counters and writes, per param group, the
-//       step's scalars (lr, 1 - lr*wd, lr / bc1, sqrt(bc2)) into `meta`;
-//   `update` (one workgroup per chunk of 256 * ELEMS_PER_THREAD elements): the per-element
-//       AdamW update.
-// wgpu orders the two dispatches because both touch `meta`.
+// One compute pass per optimizer step records, in this order:
+//   `reduce` or `tensor_norms` (only with loss scaling or clipping): per chunk (or per tensor,
+//       in PyTorch's CPU order) the gradients' sum of squares and non-finite flags;
+//   `prologue` (one workgroup): the global norm and found_inf, the step counters, and per
+//       param group the step's scalars (lr, 1 - lr*wd, lr / bc1, sqrt(bc2)) into `meta`;
+//   `update` (one workgroup per chunk of 256 * ELEMS_PER_THREAD elements of one tensor) and
+//       `update_packed` (one per chunk of packed short tensors): the per-element AdamW update.
+// wgpu orders the dispatches because each writes what the next reads. A sixth entry point,
+// `schedule_probe`, evaluates the schedule at arbitrary steps (the CLI's `schedule`).
 //
 // The CPU twin of this file is `src/twin.rs`: same functions, same order of operations.
 // Numerics (see the crate docs): `1 - beta` and `ln(beta)` come from the host in f64;
@@ -19,7 +22,7 @@ struct Globals {
     t_mult: u32,
     total_steps: u32,
     cycles_num: u32,      // 2 * num_cycles = cycles_num / 2^cycles_shift
-    flags: u32,           // bit 0: amsgrad, bit 1: maximize
+    flags: u32,           // FLAG_AMSGRAD | FLAG_MAXIMIZE | FLAG_LOSS_SCALE | FLAG_CLIP | FLAG_TORCH_NORM
     n_groups: u32,
     eta_min: f32,
     cycles_shift: u32,

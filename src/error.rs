@@ -61,6 +61,9 @@ pub enum Error {
     /// in a state without wrapping it.
     #[error("step limit: {0}")]
     StepLimit(String),
+    /// A checkpoint could not be serialised.
+    #[error("could not serialise the checkpoint: {0}")]
+    Serialize(String),
     /// A trace uses a feature this build does not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -150,7 +150,7 @@ impl GpuAdamW {
         let stride = (max_binding / 2) / align * align;
         let ept = options.elems_per_thread.unwrap_or(ELEMS_PER_THREAD);
         if !(1..=255).contains(&ept) {
-            return Err(Error::DeviceLimit(format!(
+            return Err(Error::InvalidArgument(format!(
                 "elems_per_thread {ept} is outside 1..=255"
             )));
         }

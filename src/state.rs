@@ -119,7 +119,7 @@ impl OptimizerState {
         views.push((
             "counters".into(),
             TensorView::new(Dtype::U32, vec![2], counter_bytes)
-                .map_err(|e| Error::Device(format!("safetensors: {e}")))?,
+                .map_err(|e| Error::Serialize(e.to_string()))?,
         ));
         for (i, t) in self.tensors.iter().enumerate() {
             views.push((format!("exp_avg/{i}"), view(&t.exp_avg)?));
@@ -143,8 +143,7 @@ impl OptimizerState {
             ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
             ("config".to_string(), config.to_string()),
         ]);
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Device(format!("safetensors: {e}")))
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Serialize(e.to_string()))
     }
 
     /// Parses safetensors bytes written by [`OptimizerState::to_bytes`]; `path` names the
@@ -332,7 +331,7 @@ impl OptimizerState {
 
 fn view(data: &[f32]) -> Result<TensorView<'_>> {
     TensorView::new(Dtype::F32, vec![data.len()], bytemuck::cast_slice(data))
-        .map_err(|e| Error::Device(format!("safetensors: {e}")))
+        .map_err(|e| Error::Serialize(e.to_string()))
 }
 
 fn read_f32s(st: &safetensors::SafeTensors<'_>, name: &str, path: &Path) -> Result<Vec<f32>> {

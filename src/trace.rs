@@ -481,6 +481,14 @@ pub struct Worst {
 }
 
 impl Worst {
+    /// A replay that has too few or too many values of this kind fails outright.
+    fn wrong_count(&mut self, what: String, got: usize, want: usize) {
+        if got != want {
+            self.ratio = f64::INFINITY;
+            self.at = format!("{what}: {got} values, the trace has {want}");
+        }
+    }
+
     fn add(&mut self, x: f64, want: f64, tol: f64, at: impl FnOnce() -> String) {
         let err = (x - want).abs();
         let ratio = if !x.is_finite() || !want.is_finite() {
@@ -558,7 +566,10 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         max_exp_avg_sq: trace.config.amsgrad.then(Worst::default),
         ..Default::default()
     };
+    let empty = Vec::new();
+    let nth = |v: &[Vec<f32>], i: usize| v.get(i).unwrap_or(&empty).clone();
     let cmp = |w: &mut Worst, got: &[f32], want: &[f32], name: &str, atol: f64, rtol: f64| {
+        w.wrong_count(name.to_string(), got.len(), want.len());
         for (i, (&x, &t)) in got.iter().zip(want).enumerate() {
             let t = f64::from(t);
             w.add(f64::from(x), t, atol + rtol * t.abs(), || {
@@ -566,10 +577,12 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
             });
         }
     };
+    c.params
+        .wrong_count("tensors".into(), out.params.len(), trace.params.len());
     for (i, p) in trace.params.iter().enumerate() {
         cmp(
             &mut c.params,
-            &out.params[i],
+            &nth(&out.params, i),
             &p.final_param,
             &p.name,
             PARAM_ATOL,
@@ -577,7 +590,7 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         );
         cmp(
             &mut c.exp_avg,
-            &out.exp_avg[i],
+            &nth(&out.exp_avg, i),
             &p.final_exp_avg,
             &p.name,
             0.0,
@@ -585,7 +598,7 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         );
         cmp(
             &mut c.exp_avg_sq,
-            &out.exp_avg_sq[i],
+            &nth(&out.exp_avg_sq, i),
             &p.final_exp_avg_sq,
             &p.name,
             0.0,
@@ -596,11 +609,12 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
             &p.final_max_exp_avg_sq,
             out.max_exp_avg_sq.as_ref(),
         ) {
-            cmp(w, &got[i], want, &p.name, 0.0, MOMENT_RTOL);
+            cmp(w, &nth(got, i), want, &p.name, 0.0, MOMENT_RTOL);
         }
     }
     if let Some(want) = &trace.skipped {
         let mut w = Worst::default();
+        w.wrong_count("skipped".into(), out.skipped.len(), want.len());
         for (s, (&x, &t)) in out.skipped.iter().zip(want).enumerate() {
             w.add(f64::from(u8::from(x)), f64::from(u8::from(t)), 0.0, || {
                 format!("step {}", s + 1)
@@ -608,7 +622,9 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         }
         c.skipped = Some(w);
     }
+    c.lr.wrong_count("lr groups".into(), out.lr.len(), trace.lr.len());
     for (g, (want, got)) in trace.lr.iter().zip(&out.lr).enumerate() {
+        c.lr.wrong_count(format!("lr/{g}"), got.len(), want.len());
         let max = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
         for (s, (&t, &x)) in want.iter().zip(got).enumerate() {
             c.lr.add(

@@ -1,8 +1,10 @@
 //! The CPU twin of `shaders/adamw.wgsl`: the same functions, in the same order of f32
 //! operations, so the two can be read side by side and compared element by element.
 //!
-//! [`crate::CpuAdamW`] is built from these functions; tests compare them with the kernel and
-//! with the f64 closed forms of [`crate::schedule`].
+//! [`crate::CpuAdamW`] calls them for the schedule, the prologue and the gradient norm; its
+//! vectorised per-element loop (`cpu.rs`) restates [`update_element`] and is tested bit for bit
+//! against it. Tests compare these functions with the kernel and with the f64 closed forms of
+//! [`crate::schedule`].
 
 use crate::kernel::{
     Globals, FLAG_AMSGRAD, FLAG_CLIP, FLAG_LOSS_SCALE, FLAG_MAXIMIZE, FLAG_TORCH_NORM, WORKGROUP,

@@ -94,3 +94,29 @@ fn resumed_replay_is_bit_identical() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A replay with fewer values than the trace (a step, a tensor, an element missing) fails,
+/// however close the values it has.
+#[test]
+fn a_replay_with_missing_values_fails() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/cosine_default.safetensors"
+    );
+    let trace = Trace::load(std::path::Path::new(path)).unwrap();
+    let out = replay(&trace, Backend::Cpu, None).unwrap();
+    assert!(compare(&trace, &out).passed());
+    let mut fewer_steps = out.clone();
+    fewer_steps.lr[0].pop();
+    let mut fewer_tensors = out.clone();
+    fewer_tensors.params.pop();
+    let mut fewer_elements = out.clone();
+    fewer_elements.exp_avg[0].pop();
+    for (what, o) in [
+        ("step", fewer_steps),
+        ("tensor", fewer_tensors),
+        ("element", fewer_elements),
+    ] {
+        assert!(!compare(&trace, &o).passed(), "a missing {what} passed");
+    }
+}

@@ -5,7 +5,8 @@
 //! CPU time to record one step. `cargo bench` and `wgpu-adamw bench` both run [`run`].
 //!
 //! The benchmark measures and reports; it never asserts a timing. Its workloads carry the
-//! names of `shared/tools/torch_adamw_bench.py`, so the two reports can be read side by side.
+//! names of the project's PyTorch benchmark script (`torch_adamw_bench.py`, kept with the shared
+//! traces outside this repository), so the two reports can be read side by side.
 
 #![warn(missing_docs)]
 
@@ -674,7 +675,7 @@ impl Report {
         if self.workloads.iter().any(|w| w.cpu_ms.is_some()) {
             let _ = writeln!(
                 s,
-                "  CPU reference within 0.8 x of PyTorch's fused CPU AdamW: compare cpu_ms with\n    `python3 shared/tools/torch_adamw_bench.py --device cpu{}` on this machine",
+                "  CPU reference within 0.8 x of PyTorch's fused CPU AdamW: compare cpu_ms with\n    PyTorch's (the project's `torch_adamw_bench.py --device cpu{}`) on this machine",
                 if self.quick { " --quick" } else { "" }
             );
             for w in &self.workloads {

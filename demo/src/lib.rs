@@ -4,7 +4,8 @@
 //! full-batch on two interleaved spirals, entirely on the GPU. Forward pass, softmax
 //! cross-entropy and backward pass are WGSL kernels (`demo/shaders/`); the parameters and
 //! gradients live in one arena buffer each, and [`wgpu_adamw::GpuAdamW`] updates them in
-//! one dispatch per step with the learning rate computed on the device. The loss and the lr
+//! one compute pass per step (a prologue dispatch, then the update dispatches) with the
+//! learning rate computed on the device. The loss and the lr
 //! are copied into a log buffer on the device and read back every few dozen steps.
 //!
 //! The same model, data and initial weights are trained under four schedules (constant,
