@@ -267,13 +267,15 @@ fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     if (ea == 128 || eb == 128 || ec == 128) {
         return special;
     }
-    return select(r, a * b, product_overflows);
+    // A zero factor: the product is an exact zero, and a * b + c gets the sign of a zero
+    // result right (-0 + -0 = -0), which the error-free sum does not.
+    return select(select(r, a * b, product_overflows), a * b + c, a == 0.0 || b == 0.0);
 }
 
 // fma_exact(coeff, b, c) for the first moment, where the coefficient is normal and
 // |coeff| <= 1 (so the product cannot overflow where b does not): fma_exact's scaling
 // reduced to a few selects on the bit patterns of b and c, cheap enough for every element.
-// Infinities and NaN: coeff * b + c is already fma's result.
+// Infinities, NaN and a zero b: coeff * b + c is already fma's result.
 fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
     let mb = bitcast<u32>(b) & 0x7fffffffu;
     let mc = bitcast<u32>(c) & 0x7fffffffu;
@@ -283,7 +285,8 @@ fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
     let tie = select(-TINY_TIE, TINY_TIE, c > 0.0);
     let sc = select(c * s, tie, big && mc != 0u && mc < 0x1f800000u); // 2^-64
     let r = fma_core(coeff, b * s, sc) * select(1.0, TWO_POW_8, big);
-    return select(r, coeff * b + c, top >= 0x7f800000u);
+    // Infinities and NaN, and b = 0 (an exact zero product: the sign of a zero result).
+    return select(r, coeff * b + c, top >= 0x7f800000u || mb == 0u);
 }
 
 // 2^-100.
@@ -424,7 +427,8 @@ fn clip_coefficient(norm: f32) -> f32 {
 }
 
 // 1 / s rounded to nearest (one Newton step with exact residuals), as PyTorch's
-// `scale.double().reciprocal().float()`.
+// `scale.double().reciprocal().float()`: for |s| in [2^-100, 2^100] and every power of two
+// (beyond, the correction's product is subnormal and the result may be an ulp off).
 fn recip(s: f32) -> f32 {
     let r = 1.0 / s;
     if (is_nonfinite(s) || is_nonfinite(r) || r == 0.0) {
@@ -547,7 +551,8 @@ fn div_residual(c: f32, a: f32, b: f32) -> f32 {
 }
 
 // sqrt rounded to nearest: the candidate around the builtin's result with the smallest
-// exact residual |c^2 - b|.
+// exact residual |c^2 - b| (exact for b >= 2^-100; below, the residual's low part is
+// subnormal).
 fn sqrt_rn(b: f32) -> f32 {
     let r = sqrt(b);
     if (b == 0.0) {
@@ -914,4 +919,31 @@ fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
     let step = probe_io[i];
     let epoch = (step - 1u) / g.steps_per_epoch;
     probe_io[i] = bitcast<u32>(schedule_lr(bitcast<f32>(probe_io[0]), epoch));
+}
+
+// ---------------------------------------------------------------- numerics probe
+//
+// One numerics function over many inputs, for bit-for-bit tests against the CPU twin:
+// probe_io[0] selects the function (NUMERICS_* in src/probe.rs), then 4 words per case:
+// a, b, c (f32 bits), and the result written in the fourth.
+
+@compute @workgroup_size(64)
+fn numerics_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    let at = 1u + 4u * (id.y * n.x * 64u + id.x);
+    if (at + 3u >= arrayLength(&probe_io)) {
+        return;
+    }
+    let a = bitcast<f32>(probe_io[at]);
+    let b = bitcast<f32>(probe_io[at + 1u]);
+    let c = bitcast<f32>(probe_io[at + 2u]);
+    var r: f32;
+    switch (probe_io[0]) {
+        case 0u: { r = fma_exact(a, b, c); }
+        case 1u: { r = lerp_fma(a, b, c); }
+        case 2u: { r = recip(a); }
+        case 3u: { r = div_rn(a, b); }
+        case 4u: { r = sqrt_rn(a); }
+        default: { r = expm1_neg(a); }
+    }
+    probe_io[at + 3u] = bitcast<u32>(r);
 }

@@ -603,7 +603,8 @@ fn finish<const MAXIMIZE: bool>(
 
 /// [`twin::fma_exact`] with its rounding to odd written without a branch, so it vectorizes;
 /// operands near the top of the range, infinities and NaN (where the error-free
-/// transformations would overflow) go to the twin's own scaled path.
+/// transformations would overflow) and zero factors (the sign of a zero result) go to the
+/// twin's own path.
 #[inline(always)]
 fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     let (uh, ul) = twin::two_prod(a, b);
@@ -611,7 +612,7 @@ fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
     let core = th + add_round_odd(tl, ul);
     let exp = |x: f32| ((x.to_bits() >> 23) & 0xff) as i32 - 127;
     let (ea, eb, ec) = (exp(a), exp(b), exp(c));
-    if (ea < 124) & (eb < 124) & (ea + eb < 124) & (ec < 124) {
+    if (ea < 124) & (eb < 124) & (ea + eb < 124) & (ec < 124) & (a != 0.0) & (b != 0.0) {
         core
     } else {
         twin::fma_exact(a, b, c)

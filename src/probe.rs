@@ -29,7 +29,60 @@ pub fn schedule_lrs_gpu(
     Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
 }
 
-/// Records and submits the probe; returns the buffer it writes.
+/// A numerics function of the kernel, for [`numerics_gpu`] and [`numerics_cpu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// `fma_exact(a, b, c)`.
+    FmaExact = 0,
+    /// `lerp_fma(a, b, c)` (the first moment's fma, `|a| <= 1`).
+    LerpFma = 1,
+    /// `recip(a)`: `1 / a` rounded to nearest.
+    Recip = 2,
+    /// `div_rn(a, b)`: `a / b` rounded to nearest.
+    DivRn = 3,
+    /// `sqrt_rn(a)`: `sqrt(a)` rounded to nearest.
+    SqrtRn = 4,
+    /// `expm1_neg(a)` for `a <= 0`.
+    Expm1Neg = 5,
+}
+
+/// `f` of each `(a, b, c)` in `cases`, computed by the kernel's own function on the device
+/// (the `numerics_probe` entry point): for bit-for-bit tests of the kernel against its twin.
+pub fn numerics_gpu(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    f: Numerics,
+    cases: &[[f32; 3]],
+) -> Result<Vec<f32>> {
+    let mut io = vec![f as u32];
+    for c in cases {
+        io.extend(c.iter().map(|x| x.to_bits()));
+        io.push(0);
+    }
+    let config = AdamWConfig::default();
+    let buf = checked(device, || {
+        run_probe(device, queue, &config, "numerics_probe", &io, cases.len())
+    })?;
+    let out = read_buffer(device, queue, &buf, 0, buf.size())?;
+    Ok(out[1..].chunks(4).map(|w| f32::from_bits(w[3])).collect())
+}
+
+/// The same as [`numerics_gpu`], on the CPU twin.
+pub fn numerics_cpu(f: Numerics, cases: &[[f32; 3]]) -> Vec<f32> {
+    cases
+        .iter()
+        .map(|&[a, b, c]| match f {
+            Numerics::FmaExact => twin::fma_exact(a, b, c),
+            Numerics::LerpFma => twin::lerp_fma(a, b, c),
+            Numerics::Recip => twin::recip(a),
+            Numerics::DivRn => a / b,
+            Numerics::SqrtRn => a.sqrt(),
+            Numerics::Expm1Neg => twin::expm1_neg(a),
+        })
+        .collect()
+}
+
+/// Records and submits the schedule probe; returns the buffer it writes.
 fn probe(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
@@ -37,15 +90,31 @@ fn probe(
     base_lr: f64,
     steps: &[u32],
 ) -> wgpu::Buffer {
+    let mut io = Vec::with_capacity(steps.len() + 1);
+    io.push((base_lr as f32).to_bits());
+    io.extend_from_slice(steps);
+    run_probe(device, queue, config, "schedule_probe", &io, steps.len())
+}
+
+/// Runs `entry` (64 invocations per workgroup, one per case) over the words `io`, bound at
+/// binding 9 beside the uniform block of `config`; returns the buffer.
+fn run_probe(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    config: &AdamWConfig,
+    entry: &str,
+    io: &[u32],
+    cases: usize,
+) -> wgpu::Buffer {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("wgpu-adamw schedule probe"),
         source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("schedule_probe"),
+        label: Some(entry),
         layout: None,
         module: &module,
-        entry_point: Some("schedule_probe"),
+        entry_point: Some(entry),
         compilation_options: Default::default(),
         cache: None,
     });
@@ -57,9 +126,6 @@ fn probe(
         mapped_at_creation: false,
     });
     queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
-    let mut io = Vec::with_capacity(steps.len() + 1);
-    io.push((base_lr as f32).to_bits());
-    io.extend_from_slice(steps);
     let io_buf = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("probe io"),
         size: (io.len() * 4) as u64,
@@ -68,7 +134,7 @@ fn probe(
             | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    queue.write_buffer(&io_buf, 0, bytemuck::cast_slice(&io));
+    queue.write_buffer(&io_buf, 0, bytemuck::cast_slice(io));
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("probe"),
         layout: &pipeline.get_bind_group_layout(0),
@@ -88,7 +154,7 @@ fn probe(
         let mut pass = encoder.begin_compute_pass(&Default::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        let groups = (steps.len() as u32).div_ceil(64);
+        let groups = (cases as u32).div_ceil(64);
         let max = device.limits().max_compute_workgroups_per_dimension;
         pass.dispatch_workgroups(groups.min(max), groups.div_ceil(max).max(1), 1);
     }

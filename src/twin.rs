@@ -151,6 +151,10 @@ pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
         }
         return a * b + c;
     }
+    if a == 0.0 || b == 0.0 {
+        // An exact zero product: `a * b + c` gets the sign of a zero result right.
+        return a * b + c;
+    }
     if ea < 124 && eb < 124 && ea + eb < 124 && ec < 124 {
         return fma_core(a, b, c);
     }
@@ -176,7 +180,7 @@ pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
 pub fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
     let (mb, mc) = (b.to_bits() & 0x7fff_ffff, c.to_bits() & 0x7fff_ffff);
     let top = mb.max(mc);
-    if top >= 0x7f80_0000 {
+    if top >= 0x7f80_0000 || mb == 0 {
         return coeff * b + c;
     }
     let big = top >= 0x7d80_0000;
@@ -316,7 +320,8 @@ impl Default for StepGlobals {
     }
 }
 
-/// `1 / s` rounded to nearest, as the kernel's `recip`.
+/// `1 / s` rounded to nearest, as the kernel's `recip`, for `|s|` in `[2^-100, 2^100]` and every
+/// power of two.
 pub fn recip(s: f32) -> f32 {
     let r = 1.0 / s;
     if is_nonfinite(s) || is_nonfinite(r) || r == 0.0 {
