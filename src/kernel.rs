@@ -1,11 +1,20 @@
-//! The fused kernel `shaders/adamw.wgsl`: its uniform struct, its constants and the pipelines
+//! The fused kernel `shaders/*.wgsl`: its uniform struct, its constants and the pipelines
 //! that run it. [`crate::twin`] is its CPU twin.
 
 use crate::config::{AdamWConfig, GradNormOrder, Schedule};
 use bytemuck::{Pod, Zeroable};
 
-/// The WGSL source of the fused AdamW + schedule kernel.
-pub const SHADER_SOURCE: &str = include_str!("../shaders/adamw.wgsl");
+/// The WGSL source of the fused AdamW + schedule kernel: its files, by concept, concatenated
+/// (the twin in `src/twin/` follows the same split).
+pub const SHADER_SOURCE: &str = concat!(
+    include_str!("../shaders/layout.wgsl"),
+    include_str!("../shaders/numerics.wgsl"),
+    include_str!("../shaders/schedule.wgsl"),
+    include_str!("../shaders/grad_norm.wgsl"),
+    include_str!("../shaders/prologue.wgsl"),
+    include_str!("../shaders/update.wgsl"),
+    include_str!("../shaders/probes.wgsl"),
+);
 
 /// Default elements per invocation of `update` and `reduce` (the shader's `ELEMS_PER_THREAD`
 /// override): one workgroup handles a chunk of `WORKGROUP * ELEMS_PER_THREAD` elements.

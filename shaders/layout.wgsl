@@ -1,0 +1,84 @@
+// AdamW fused with an on-device learning-rate schedule: the kernel's shared layout (uniform
+// blocks, flags, the words of `meta`). The kernel is this file and, concatenated after it in
+// this order (src/kernel.rs), numerics.wgsl, schedule.wgsl, grad_norm.wgsl, prologue.wgsl,
+// update.wgsl and probes.wgsl; src/twin/ is its CPU twin, file for file (no twin for this
+// one, whose structs are src/kernel.rs's, nor for the probes).
+//
+// One compute pass per optimizer step records, in this order:
+//   `reduce` or `tensor_norms` (only with loss scaling or clipping): per chunk (or per tensor,
+//       in PyTorch's CPU order) the gradients' sum of squares and non-finite flags;
+//   `prologue` (one workgroup): the global norm and found_inf, the step counters, and per
+//       param group the step's scalars (lr, 1 - lr*wd, lr / bc1, sqrt(bc2)) into `meta`;
+//   `update` (one workgroup per chunk of 256 * ELEMS_PER_THREAD elements of one tensor) and
+//       `update_packed` (one per chunk of packed short tensors): the per-element AdamW update.
+// wgpu orders the dispatches because each writes what the next reads. Two more entry points
+// (probes.wgsl) evaluate the schedule at arbitrary steps and the numerics functions on given
+// operands, for the CLI and the tests.
+//
+// Numerics (see the crate docs): `1 - beta` and `ln(beta)` come from the host in f64;
+// `1 - beta^t` is `-expm1(t * ln(beta))`; the cosine is reduced in integers and evaluated with
+// our own polynomials, never with WGSL's builtin transcendentals, whose precision varies.
+
+struct Globals {
+    kind: u32,            // 0 constant, 1 cosine, 2 cosine warm restarts, 3 warmup + cosine
+    steps_per_epoch: u32,
+    period: u32,          // t_max | t_0 | warmup_steps
+    t_mult: u32,
+    total_steps: u32,
+    cycles_num: u32,      // 2 * num_cycles = cycles_num / 2^cycles_shift
+    flags: u32,           // FLAG_AMSGRAD | FLAG_MAXIMIZE | FLAG_LOSS_SCALE | FLAG_CLIP | FLAG_TORCH_NORM
+    n_groups: u32,
+    eta_min: f32,
+    cycles_shift: u32,
+    eps: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    lerp_big_coeff: f32,  // (1 - beta1) - 1 in f32: torch.lerp's coefficient for weights >= 0.5
+    ln_beta1: f32,
+    ln_beta2: f32,
+    groups_at: u32,       // word offsets into `meta`
+    scalars_at: u32,
+    chunks_at: u32,
+    zero: u32,            // always 0, opaque to the compiler (see `opaque`)
+    n_chunks: u32,        // chunks of all dispatches (gradient-norm partials)
+    max_grad_norm: f32,   // clipping threshold (FLAG_CLIP)
+    n_tensors: u32,
+    tensors_at: u32,      // word offset of the tensor table in `meta` (FLAG_TORCH_NORM)
+    tensor_norms_at: u32, // word offset of the per-tensor norms in `partials`
+    segments_at: u32,     // word offset of the segment table of packed chunks in `meta`
+}
+
+struct DispatchInfo {
+    first_chunk: u32,
+    n_chunks: u32,
+    grid_x: u32,
+    first_tensor: u32,    // this binding's tensors in the tensor table (FLAG_TORCH_NORM)
+    n_tensors: u32,
+    n_runs: u32,          // chunks [0, n_runs) are runs of one tensor (`update`), the rest
+    packed_grid_x: u32,   // packed chunks of short tensors (`update_packed`, this grid width)
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> g: Globals;
+
+const FLAG_AMSGRAD: u32 = 1u;
+const FLAG_MAXIMIZE: u32 = 2u;
+const FLAG_LOSS_SCALE: u32 = 4u;  // unscale by amp[0] and skip the step on non-finite gradients
+const FLAG_CLIP: u32 = 8u;        // clip the global gradient norm to max_grad_norm
+const FLAG_TORCH_NORM: u32 = 16u; // the norm in PyTorch's CPU summation order (see below)
+
+// meta[0]: scheduler steps taken, meta[1]: Adam steps taken (t of the last update),
+// meta[2]: the last step was skipped, meta[3]: its gradient multiplier 1/loss_scale,
+// meta[4]: its clipping coefficient.
+const COUNTER_SCHED: u32 = 0u;
+const COUNTER_ADAM: u32 = 1u;
+const STEP_SKIPPED: u32 = 2u;
+const STEP_INV_SCALE: u32 = 3u;
+const STEP_CLIP_COEF: u32 = 4u;
+
+const WORKGROUP: u32 = 256u;
+// Elements per invocation of `update` and `reduce`: a chunk is WORKGROUP * ELEMS_PER_THREAD
+// elements (set by the host, GpuOptions::elems_per_thread).
+override ELEMS_PER_THREAD: u32 = 8u;

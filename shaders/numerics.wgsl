@@ -1,0 +1,215 @@
+// Numerics of the kernel (twin: src/twin/numerics.rs): exponentials and trigonometric
+// polynomials for the schedules and bias corrections, and the exact fused multiply-add.
+
+const HALF_PI: f32 = 1.5707963267948966;
+const LN2_HI: f32 = 0.693145751953125;      // few mantissa bits: n * LN2_HI is exact
+const LN2_LO: f32 = 1.428606765330187e-6;
+const INV_LN2: f32 = 1.4426950408889634;
+
+// ---------------------------------------------------------------- numerics helpers
+
+// expm1(x) for x <= 0, without the builtin exp.
+fn expm1_neg(x: f32) -> f32 {
+    if (x > -0.34657359) {
+        return expm1_poly(x);
+    }
+    if (x < -104.0) {
+        return -1.0;
+    }
+    let n = round(x * INV_LN2);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    return ldexp(1.0 + expm1_poly(r), i32(n)) - 1.0;
+}
+
+// Taylor series to x^8 / 8!, |x| <= ln(2)/2: relative error < 1e-9.
+fn expm1_poly(x: f32) -> f32 {
+    let p = 1.0 / 5040.0 + x * (1.0 / 40320.0);
+    let q = 1.0 / 120.0 + x * (1.0 / 720.0 + x * p);
+    let s = 1.0 / 6.0 + x * (1.0 / 24.0 + x * q);
+    return x * (1.0 + x * (0.5 + x * s));
+}
+
+// sin and cos for |t| <= pi/4 (Taylor to t^9 / t^8: error < 3e-8).
+fn sin_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    return t * (1.0 + t2 * (-1.0 / 6.0 + t2 * (1.0 / 120.0 + t2 * (-1.0 / 5040.0 + t2 * (1.0 / 362880.0)))));
+}
+
+fn cos_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    return 1.0 + t2 * (-0.5 + t2 * (1.0 / 24.0 + t2 * (-1.0 / 720.0 + t2 * (1.0 / 40320.0))));
+}
+
+// cos^2(pi/2 * a/b) where a + d = b, 0 <= a <= b, given both a and d = b - a exactly, so the
+// result is relatively accurate near both ends (the cosine's crest and its trough).
+fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
+    var c: f32;
+    if (a <= d) {
+        c = cos_poly(HALF_PI * (a / b));
+    } else {
+        c = sin_poly(HALF_PI * (d / b));
+    }
+    return c * c;
+}
+
+// cos^2(pi/2 * (n + rem/period)) for an integer n (only its parity matters) and rem < period.
+fn cos_sq_phase(n_odd: bool, rem: u32, period: u32) -> f32 {
+    let a = f32(rem);
+    let d = f32(period - rem);
+    if (n_odd) {
+        return cos_sq_half_pi(d, a, f32(period));
+    }
+    return cos_sq_half_pi(a, d, f32(period));
+}
+
+// Full 64-bit product of two u32, as (hi, lo).
+fn mul_wide(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let p11 = a1 * b1;
+    let mid = (p00 >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    let lo = (p00 & 0xffffu) | (mid << 16u);
+    let hi = p11 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+    return vec2<u32>(hi, lo);
+}
+
+// (hi * 2^32 + lo) divided by m > 0: (low 32 bits of the quotient, remainder).
+// Bit-serial long division.
+fn divmod64(hi: u32, lo: u32, m: u32) -> vec2<u32> {
+    var rem = 0u;
+    var q = 0u;
+    for (var i = 0u; i < 64u; i++) {
+        let bit = select((lo >> (63u - i)) & 1u, (hi >> (31u - i)) & 1u, i < 32u);
+        let carry = rem >> 31u;
+        rem = (rem << 1u) | bit;
+        q = q << 1u;
+        if (carry == 1u || rem >= m) {
+            rem = rem - m;
+            q = q | 1u;
+        }
+    }
+    return vec2<u32>(q, rem);
+}
+
+// ---------------------------------------------------------------- exact fused multiply-add
+//
+// WGSL's fma() may be evaluated unfused (lavapipe does), so the exact one is emulated:
+// Dekker's product (every partial product is exact, so contracting a*b + c into a hardware
+// fma cannot change a result), then Boldo & Melquiond's emulated FMA (the low parts added
+// with rounding to odd). Only additions round. Shader compilers may rewrite float additions
+// as if they were exact (`(a + b) - a` to `b`: lavapipe's NIR does), which would erase the
+// rounding errors these algorithms compute; `opaque` hides each intermediate behind an
+// integer xor with a uniform zero, which no compiler can see through.
+
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ g.zero);
+}
+
+// x rounded to its 12 leading mantissa bits (Veltkamp's split, done on the bits).
+fn hi12(x: f32) -> f32 {
+    return bitcast<f32>((bitcast<u32>(x) + 0x800u) & 0xfffff000u);
+}
+
+// (s, e): s = a + b rounded, s + e = a + b exactly (Knuth's TwoSum).
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = opaque(a + b);
+    let bb = opaque(s - a);
+    return vec2<f32>(s, (a - opaque(s - bb)) + (b - bb));
+}
+
+// a * b = hi + lo exactly, hi = a * b rounded to nearest (Dekker).
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let ah = hi12(a);
+    let al = a - ah;
+    let bh = hi12(b);
+    let bl = b - bh;
+    let p = ah * bh;
+    let q = opaque(ah * bl + al * bh);
+    let z = opaque(p + q);
+    let zz = opaque(opaque(p - z) + q) + al * bl;
+    let hi = opaque(z + zz);
+    return vec2<f32>(hi, zz - opaque(hi - z));
+}
+
+// a + b rounded to odd: on an inexact sum, the neighbour whose last mantissa bit is 1.
+fn add_round_odd(a: f32, b: f32) -> f32 {
+    let s = two_sum(a, b);
+    let bits = bitcast<u32>(s.x);
+    if (s.y == 0.0 || (bits & 1u) == 1u) {
+        return s.x;
+    }
+    let away = (s.y > 0.0) == (s.x > 0.0);
+    return bitcast<f32>(select(bits - 1u, bits + 1u, away));
+}
+
+// a * b + c with a single rounding, for operands whose products and sums stay below 2^126
+// (the error-free transformations above overflow near 2^128).
+fn fma_core(a: f32, b: f32, c: f32) -> f32 {
+    let u = two_prod(a, b);
+    let t = two_sum(c, u.x);
+    return t.x + add_round_odd(t.y, u.y);
+}
+
+// Unbiased exponent of a finite x (-127 for zero and subnormals).
+fn exponent(x: f32) -> i32 {
+    return i32((bitcast<u32>(x) >> 23u) & 0xffu) - 127;
+}
+
+const TWO_POW_8: f32 = 256.0;
+const TWO_POW_M8: f32 = 0.00390625;
+
+// a * b + c with a single rounding, as IEEE fma: exact for every finite input whose result
+// is not subnormal, +-inf where the exact result overflows, and fma's inf/NaN otherwise.
+// Near the top of the range the error-free transformations would overflow, so there the
+// larger factor and c are scaled by 2^-8 (exact: the larger factor is >= 2^62, or the product
+// is negligible next to c), added once and scaled back (exact, or the correct overflow to
+// inf). A c too small to scale only decides ties: any value of its sign far below the
+// product's last bit does the same, so it becomes +-2^-100. Written with selects, not
+// branches: one fma_core per element on every path.
+fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+    let ea = exponent(a);
+    let eb = exponent(b);
+    let ec = exponent(c);
+    let big = ea >= 124 || eb >= 124 || ea + eb >= 124 || ec >= 124;
+    let sa = select(a, a * TWO_POW_M8, big && ea >= eb);
+    let sb = select(b, b * TWO_POW_M8, big && ea < eb);
+    var sc = select(c, c * TWO_POW_M8, big);
+    sc = select(sc, select(-TINY_TIE, TINY_TIE, c > 0.0), big && c != 0.0 && ec < -64);
+    let r = fma_core(sa, sb, sc) * select(1.0, TWO_POW_8, big);
+    // |a * b| >= 2^130 > 2 |c|: the exact result overflows.
+    let product_overflows = ea + eb >= 130;
+    // An infinity or NaN: with a and b finite the product is exact and the result is c;
+    // otherwise the product is itself inf or NaN, and so is the sum.
+    let special = select(a * b + c, c, ea != 128 && eb != 128);
+    if (ea == 128 || eb == 128 || ec == 128) {
+        return special;
+    }
+    // A zero factor: the product is an exact zero, and a * b + c gets the sign of a zero
+    // result right (-0 + -0 = -0), which the error-free sum does not.
+    return select(select(r, a * b, product_overflows), a * b + c, a == 0.0 || b == 0.0);
+}
+
+// fma_exact(coeff, b, c) for the first moment, where the coefficient is normal and
+// |coeff| <= 1 (so the product cannot overflow where b does not): fma_exact's scaling
+// reduced to a few selects on the bit patterns of b and c, cheap enough for every element.
+// Infinities, NaN and a zero b: coeff * b + c is already fma's result.
+fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
+    let mb = bitcast<u32>(b) & 0x7fffffffu;
+    let mc = bitcast<u32>(c) & 0x7fffffffu;
+    let top = max(mb, mc);
+    let big = top >= 0x7d800000u; // 2^124
+    let s = select(1.0, TWO_POW_M8, big);
+    let tie = select(-TINY_TIE, TINY_TIE, c > 0.0);
+    let sc = select(c * s, tie, big && mc != 0u && mc < 0x1f800000u); // 2^-64
+    let r = fma_core(coeff, b * s, sc) * select(1.0, TWO_POW_8, big);
+    // Infinities and NaN, and b = 0 (an exact zero product: the sign of a zero result).
+    return select(r, coeff * b + c, top >= 0x7f800000u || mb == 0u);
+}
+
+// 2^-100.
+const TINY_TIE: f32 = 7.888609052210118e-31;

@@ -1,0 +1,97 @@
+// ---------------------------------------------------------------- prologue
+// (CPU twin: src/twin/prologue.rs)
+
+@group(0) @binding(8) var<storage, read_write> meta_rw: array<u32>;
+@group(0) @binding(11) var<storage, read_write> amp_rw: array<u32>;
+@group(0) @binding(13) var<storage, read> partials_ro: array<u32>;
+
+@compute @workgroup_size(256)
+fn prologue(@builtin(local_invocation_index) lid: u32) {
+    let sched = meta_rw[COUNTER_SCHED];
+    let adam = meta_rw[COUNTER_ADAM];
+    var skip = false;
+    var inv = 1.0;
+    var coef = 1.0;
+    if ((g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP)) != 0u) {
+        var norm: f32;
+        if ((g.flags & FLAG_TORCH_NORM) != 0u) {
+            // The norm of the vector of per-tensor norms, in the same order; 8 lanes here.
+            let n = g.n_tensors;
+            let body = n - n % 8u;
+            var acc = 0.0;
+            var flag = 0u;
+            for (var i = lid; i < n; i += 256u) {
+                flag = flag | partials_ro[g.tensor_norms_at + 2u * i + 1u];
+            }
+            if (lid < 8u) {
+                for (var i = lid; i < body; i += 8u) {
+                    acc = add_square(acc, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
+                }
+            }
+            red_hi[lid] = acc;
+            red_lo[lid] = 0.0;
+            red_flag[lid] = flag;
+            workgroupBarrier();
+            var b = red_hi[0];
+            for (var j = 1u; j < 8u; j++) {
+                b = b + red_hi[j];
+            }
+            for (var i = body; i < n; i++) {
+                b = add_square(b, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
+            }
+            workgroup_tree(lid);
+            norm = finish_norm(b, red_flag[0], sqrt_rn(b));
+        } else {
+            var acc = vec2<f32>(0.0, 0.0);
+            var flag = 0u;
+            for (var i = lid; i < g.n_chunks; i += 256u) {
+                let p = vec2<f32>(bitcast<f32>(partials_ro[4u * i]), bitcast<f32>(partials_ro[4u * i + 1u]));
+                acc = add_double(acc, p);
+                flag = flag | partials_ro[4u * i + 2u];
+            }
+            red_hi[lid] = acc.x;
+            red_lo[lid] = acc.y;
+            red_flag[lid] = flag;
+            workgroup_tree(lid);
+            let sum_sq = red_hi[0] + red_lo[0];
+            norm = finish_norm(sum_sq, red_flag[0], sqrt(sum_sq));
+        }
+        skip = (g.flags & FLAG_LOSS_SCALE) != 0u && red_flag[0] != 0u;
+        inv = grad_multiplier(amp_rw[0]);
+        if ((g.flags & FLAG_CLIP) != 0u) {
+            coef = clip_coefficient(norm);
+        }
+        if (lid == 0u) {
+            amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
+            amp_rw[2] = bitcast<u32>(norm);
+            amp_rw[3] = bitcast<u32>(coef);
+        }
+    }
+    // A counter at 2^32 - 1 cannot advance: the step is refused (skipped, counters kept)
+    // rather than wrapped, which would restart the schedule or make t = 0 (bias correction 0).
+    let at_limit = sched == 0xffffffffu || adam == 0xffffffffu;
+    skip = skip || at_limit;
+    // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
+    let epoch = sched / g.steps_per_epoch;
+    let t = f32(adam + 1u);
+    let bc1 = -expm1_neg(t * g.ln_beta1);
+    let bc2_sqrt = sqrt(-expm1_neg(t * g.ln_beta2));
+    for (var grp = lid; grp < g.n_groups && !at_limit; grp += 256u) {
+        let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
+        let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
+        let lr = schedule_lr(base_lr, epoch);
+        let at = g.scalars_at + 4u * grp;
+        meta_rw[at] = bitcast<u32>(lr);
+        meta_rw[at + 1u] = bitcast<u32>(1.0 - opaque(lr * wd));
+        meta_rw[at + 2u] = bitcast<u32>(lr / bc1);
+        meta_rw[at + 3u] = bitcast<u32>(bc2_sqrt);
+    }
+    storageBarrier();
+    if (lid == 0u) {
+        meta_rw[COUNTER_SCHED] = sched + select(1u, 0u, at_limit);
+        meta_rw[COUNTER_ADAM] = adam + select(1u, 0u, skip);
+        meta_rw[STEP_SKIPPED] = select(0u, 1u, skip);
+        meta_rw[STEP_INV_SCALE] = bitcast<u32>(inv);
+        meta_rw[STEP_CLIP_COEF] = bitcast<u32>(coef);
+    }
+}

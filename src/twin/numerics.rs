@@ -1,0 +1,186 @@
+//! Twin of `shaders/numerics.wgsl`: exponentials and trigonometric polynomials, the exact
+//! fused multiply-add (Dekker's product, Boldo and Melquiond's rounding to odd) and the
+//! first moment's form of it.
+
+const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
+/// ln 2 to 16 bits (0.693145751953125, exact): `n * LN2_HI` is exact for the `n` used.
+const LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+const LN2_LO: f32 = c(1.428_606_765_330_187e-6);
+const INV_LN2: f32 = std::f64::consts::LOG2_E as f32;
+
+/// `expm1(x)` for `x <= 0`, as the kernel computes it (no builtin `exp`).
+pub fn expm1_neg(x: f32) -> f32 {
+    if x > c(-0.346_573_59) {
+        return expm1_poly(x);
+    }
+    if x < -104.0 {
+        return -1.0;
+    }
+    let n = (x * INV_LN2).round_ties_even();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    ldexp(1.0 + expm1_poly(r), n as i32) - 1.0
+}
+
+fn ldexp(x: f32, n: i32) -> f32 {
+    // n is in [-151, 0] here; the kernel's result is at least 2^-150, far below what matters.
+    if n < -126 {
+        return x * f32::from_bits(((n + 126 + 127) as u32) << 23) * f32::from_bits(1 << 23);
+    }
+    x * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// Taylor series of `expm1` to `x^8 / 8!` for `|x| <= ln(2)/2`.
+pub fn expm1_poly(x: f32) -> f32 {
+    let p = c(1.0 / 5040.0) + x * c(1.0 / 40320.0);
+    let q = c(1.0 / 120.0) + x * (c(1.0 / 720.0) + x * p);
+    let s = c(1.0 / 6.0) + x * (c(1.0 / 24.0) + x * q);
+    x * (1.0 + x * (0.5 + x * s))
+}
+
+/// A WGSL abstract-float constant as the shader compiler rounds it to f32.
+const fn c(x: f64) -> f32 {
+    x as f32
+}
+
+/// `sin(t)` for `|t| <= pi/4`.
+pub fn sin_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    t * (1.0
+        + t2 * (c(-1.0 / 6.0)
+            + t2 * (c(1.0 / 120.0) + t2 * (c(-1.0 / 5040.0) + t2 * c(1.0 / 362880.0)))))
+}
+
+/// `cos(t)` for `|t| <= pi/4`.
+pub fn cos_poly(t: f32) -> f32 {
+    let t2 = t * t;
+    1.0 + t2 * (-0.5 + t2 * (c(1.0 / 24.0) + t2 * (c(-1.0 / 720.0) + t2 * c(1.0 / 40320.0))))
+}
+
+/// `cos^2(pi/2 * a/b)` given `a` and `d = b - a`.
+pub fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
+    let c = if a <= d {
+        cos_poly(HALF_PI * (a / b))
+    } else {
+        sin_poly(HALF_PI * (d / b))
+    };
+    c * c
+}
+
+/// `cos^2(pi/2 * (n + rem/period))`, where only the parity of `n` matters.
+pub fn cos_sq_phase(n_odd: bool, rem: u32, period: u32) -> f32 {
+    let a = rem as f32;
+    let d = (period - rem) as f32;
+    if n_odd {
+        return cos_sq_half_pi(d, a, period as f32);
+    }
+    cos_sq_half_pi(a, d, period as f32)
+}
+
+/// `x` rounded to its 12 leading mantissa bits (Veltkamp's split, done on the bits).
+fn hi12(x: f32) -> f32 {
+    f32::from_bits(x.to_bits().wrapping_add(0x800) & 0xffff_f000)
+}
+
+/// `(s, e)` with `s = a + b` rounded and `s + e = a + b` exactly (Knuth's TwoSum).
+#[inline(always)]
+pub fn two_sum(a: f32, b: f32) -> (f32, f32) {
+    let s = a + b;
+    let bb = s - a;
+    (s, (a - (s - bb)) + (b - bb))
+}
+
+/// `(hi, lo)` with `hi = a * b` rounded and `hi + lo = a * b` exactly (Dekker).
+#[inline(always)]
+pub fn two_prod(a: f32, b: f32) -> (f32, f32) {
+    let (ah, bh) = (hi12(a), hi12(b));
+    let (al, bl) = (a - ah, b - bh);
+    let p = ah * bh;
+    let q = ah * bl + al * bh;
+    let z = p + q;
+    let zz = ((p - z) + q) + al * bl;
+    let hi = z + zz;
+    (hi, zz - (hi - z))
+}
+
+/// `a + b` rounded to odd.
+#[inline(always)]
+pub fn add_round_odd(a: f32, b: f32) -> f32 {
+    let (s, e) = two_sum(a, b);
+    let bits = s.to_bits();
+    if e == 0.0 || bits & 1 == 1 {
+        return s;
+    }
+    let away = (e > 0.0) == (s > 0.0);
+    f32::from_bits(if away { bits + 1 } else { bits - 1 })
+}
+
+/// `a * b + c` with one rounding, for operands whose products and sums stay below 2^126.
+#[inline(always)]
+fn fma_core(a: f32, b: f32, c: f32) -> f32 {
+    let (uh, ul) = two_prod(a, b);
+    let (th, tl) = two_sum(c, uh);
+    th + add_round_odd(tl, ul)
+}
+
+/// Unbiased exponent of a finite `x` (-127 for zero and subnormals; 128 for inf and NaN).
+#[inline(always)]
+fn exponent(x: f32) -> i32 {
+    ((x.to_bits() >> 23) & 0xff) as i32 - 127
+}
+
+/// 2^-100: stands in for a `c` too small to scale (see [`fma_exact`]).
+const TINY_TIE: f32 = f32::from_bits(27 << 23);
+
+/// `a * b + c` with one rounding, emulated as the kernel does it (WGSL's `fma` may be
+/// unfused): equals `f32::mul_add` for every input whose result is not subnormal, including
+/// overflow to +-inf and infinite or NaN operands.
+#[inline(always)]
+pub fn fma_exact(a: f32, b: f32, c: f32) -> f32 {
+    let (ea, eb, ec) = (exponent(a), exponent(b), exponent(c));
+    if ea == 128 || eb == 128 || ec == 128 {
+        if ea != 128 && eb != 128 {
+            return c;
+        }
+        return a * b + c;
+    }
+    if a == 0.0 || b == 0.0 {
+        // An exact zero product: `a * b + c` gets the sign of a zero result right.
+        return a * b + c;
+    }
+    if ea < 124 && eb < 124 && ea + eb < 124 && ec < 124 {
+        return fma_core(a, b, c);
+    }
+    if ea + eb >= 130 {
+        return a * b;
+    }
+    let (sa, sb) = if ea >= eb {
+        (a * (1.0 / 256.0), b)
+    } else {
+        (a, b * (1.0 / 256.0))
+    };
+    let sc = if c != 0.0 && ec < -64 {
+        TINY_TIE.copysign(c)
+    } else {
+        c * (1.0 / 256.0)
+    };
+    fma_core(sa, sb, sc) * 256.0
+}
+
+/// [`fma_exact`] for the first moment, where `coeff` is normal and `|coeff| <= 1`, as the
+/// kernel's `lerp_fma`: the same scaling reduced to selects on the bits of `b` and `c`.
+#[inline(always)]
+pub fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
+    let (mb, mc) = (b.to_bits() & 0x7fff_ffff, c.to_bits() & 0x7fff_ffff);
+    let top = mb.max(mc);
+    if top >= 0x7f80_0000 || mb == 0 {
+        return coeff * b + c;
+    }
+    let big = top >= 0x7d80_0000;
+    let s = if big { 1.0 / 256.0 } else { 1.0 };
+    let sc = if big && mc != 0 && mc < 0x1f80_0000 {
+        TINY_TIE.copysign(c)
+    } else {
+        c * s
+    };
+    fma_core(coeff, b * s, sc) * if big { 256.0 } else { 1.0 }
+}

@@ -1,0 +1,116 @@
+//! Twin of `shaders/prologue.wgsl`: the step counters and each group's per-step scalars.
+
+use super::grad_norm::{clip_coefficient, grad_multiplier};
+use super::numerics::expm1_neg;
+use super::schedule::schedule_lr;
+use crate::kernel::{Globals, FLAG_CLIP, FLAG_LOSS_SCALE};
+
+/// The optimizer's step counters, as the kernel keeps them in its `meta` buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Scheduler steps taken (optimizer steps, including skipped ones).
+    pub sched: u32,
+    /// Adam steps taken: `t` of the last update.
+    pub adam: u32,
+}
+
+impl Counters {
+    /// Whether a counter is at `u32::MAX`, so that no further step can be taken: the kernel
+    /// refuses such a step (skipped, nothing changed) rather than wrap the counter.
+    pub fn at_limit(&self) -> bool {
+        self.sched == u32::MAX || self.adam == u32::MAX
+    }
+}
+
+/// Per-group scalars of one step, as the kernel's prologue writes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepScalars {
+    /// The learning rate of this step.
+    pub lr: f32,
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bc2_sqrt: f32,
+}
+
+/// Step-wide results of the prologue: AMP and clipping.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepGlobals {
+    /// The step is skipped (non-finite gradients under loss scaling).
+    pub skipped: bool,
+    /// Some raw gradient was non-finite.
+    pub found_inf: bool,
+    /// `1 / loss_scale` (1 without loss scaling).
+    pub inv_scale: f32,
+    /// The clipping coefficient (1 without clipping).
+    pub clip_coef: f32,
+    /// The global L2 norm of the unscaled gradients (0 unless scaling or clipping is on).
+    pub grad_norm: f32,
+}
+
+impl Default for StepGlobals {
+    fn default() -> Self {
+        Self {
+            skipped: false,
+            found_inf: false,
+            inv_scale: 1.0,
+            clip_coef: 1.0,
+            grad_norm: 0.0,
+        }
+    }
+}
+
+/// The kernel's `prologue` without loss scaling or clipping: per group
+/// `(base_lr, weight_decay)`, the scalars of the next step; advances the counters.
+pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> Vec<StepScalars> {
+    prologue_amp(g, groups, counters, (0.0, 0), 1.0).0
+}
+
+/// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step,
+/// and the step's AMP/clipping results; advances the counters. `reduced` is
+/// [`final_norm`](super::final_norm)'s `(norm, flags)` (used only with loss scaling or clipping). A counter at
+/// its limit (`u32::MAX`) refuses the step: skipped, counters unchanged, as the kernel does.
+pub fn prologue_amp(
+    g: &Globals,
+    groups: &[(f32, f32)],
+    counters: &mut Counters,
+    reduced: (f32, u32),
+    loss_scale: f32,
+) -> (Vec<StepScalars>, StepGlobals) {
+    let mut step = StepGlobals::default();
+    if g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP) != 0 {
+        let (norm, flags) = reduced;
+        step.found_inf = flags != 0;
+        step.skipped = g.flags & FLAG_LOSS_SCALE != 0 && step.found_inf;
+        step.inv_scale = grad_multiplier(g, loss_scale);
+        step.grad_norm = norm;
+        if g.flags & FLAG_CLIP != 0 {
+            step.clip_coef = clip_coefficient(g, norm);
+        }
+    }
+    if counters.at_limit() {
+        step.skipped = true;
+        return (Vec::new(), step);
+    }
+    let epoch = counters.sched / g.steps_per_epoch;
+    let t = (counters.adam + 1) as f32;
+    let bc1 = -expm1_neg(t * g.ln_beta1);
+    let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
+    let scalars = groups
+        .iter()
+        .map(|&(base_lr, wd)| {
+            let lr = schedule_lr(g, base_lr, epoch);
+            StepScalars {
+                lr,
+                decay: 1.0 - lr * wd,
+                step_size: lr / bc1,
+                bc2_sqrt,
+            }
+        })
+        .collect();
+    counters.sched += 1;
+    counters.adam += u32::from(!step.skipped);
+    (scalars, step)
+}

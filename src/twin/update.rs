@@ -1,0 +1,54 @@
+//! Twin of `shaders/update.wgsl`: the per-element AdamW update.
+
+use super::numerics::lerp_fma;
+use super::prologue::{StepGlobals, StepScalars};
+use crate::kernel::{Globals, FLAG_AMSGRAD, FLAG_MAXIMIZE};
+
+/// The gradient the update sees: unscaled, then clipped (two roundings, as GradScaler and
+/// `clip_grad_norm_` do). The kernel's `update` does this as it loads each gradient.
+#[inline(always)]
+pub fn effective_grad(step: &StepGlobals, grad: f32) -> f32 {
+    (grad * step.inv_scale) * step.clip_coef
+}
+
+/// The kernel's per-element update, given the [`effective_grad`]. `max_exp_avg_sq` is only
+/// touched with amsgrad.
+#[inline(always)]
+pub fn update_element(
+    g: &Globals,
+    s: &StepScalars,
+    param: &mut f32,
+    grad: f32,
+    exp_avg: &mut f32,
+    exp_avg_sq: &mut f32,
+    max_exp_avg_sq: Option<&mut f32>,
+) {
+    let gr = if g.flags & FLAG_MAXIMIZE != 0 {
+        -grad
+    } else {
+        grad
+    };
+    let p = *param * s.decay;
+    let m_old = *exp_avg;
+    // torch.lerp(m, g, w) as PyTorch's vectorized CPU kernel computes it: one fused
+    // multiply-add, fma(w, g - m, m) for w < 0.5 else fma(w - 1, g - m, g). Unfused, m loses
+    // its relative accuracy wherever it cancels towards zero.
+    let (coeff, base) = if g.one_minus_beta1 < 0.5 {
+        (g.one_minus_beta1, m_old)
+    } else {
+        (g.lerp_big_coeff, gr)
+    };
+    let m = lerp_fma(coeff, gr - m_old, base);
+    let v = *exp_avg_sq * g.beta2 + g.one_minus_beta2 * gr * gr;
+    let mut v_hat = v;
+    if g.flags & FLAG_AMSGRAD != 0 {
+        if let Some(vmax) = max_exp_avg_sq {
+            v_hat = vmax.max(v);
+            *vmax = v_hat;
+        }
+    }
+    let denom = v_hat.sqrt() / s.bc2_sqrt + g.eps;
+    *param = p - s.step_size * (m / denom);
+    *exp_avg = m;
+    *exp_avg_sq = v;
+}
