@@ -7,7 +7,7 @@ use crate::kernel::{
     DispatchInfo, Globals, Kernel, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
     STEP_SKIPPED, WORKGROUP,
 };
-use crate::plan::{window_of, GpuPlan, PlanLimits, TensorInfo};
+use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -164,8 +164,29 @@ impl GpuAdamW {
         validate_bindings(&groups)?;
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
         checked(device, || {
+            // The distinct engine buffers, by index (wgpu hashes buffers by identity).
+            let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+            #[allow(clippy::mutable_key_type)]
+            let mut buffer_index: HashMap<wgpu::Buffer, usize> = HashMap::new();
+            let mut index_of = |b: &wgpu::Buffer| {
+                *buffer_index.entry(b.clone()).or_insert_with(|| {
+                    buffers.push(b.clone());
+                    buffers.len() - 1
+                })
+            };
+            let plan_tensors: Vec<PlanTensor> = groups
+                .iter()
+                .enumerate()
+                .flat_map(|(gi, g)| g.tensors.iter().map(move |t| (gi, t)))
+                .map(|(gi, t)| PlanTensor {
+                    group: gi,
+                    param: (index_of(&t.param), t.param.size(), t.param_offset),
+                    grad: (index_of(&t.grad), t.grad.size(), t.grad_offset),
+                    len: t.len,
+                })
+                .collect();
             let plan = GpuPlan::new(
-                &groups,
+                &plan_tensors,
                 PlanLimits {
                     max_binding,
                     stride,
@@ -317,7 +338,8 @@ impl GpuAdamW {
             let mut first_chunk = 0u32;
             let mut first_tensor = 0u32;
             for (k, key) in keys.iter().enumerate() {
-                let (param, p_win, grad, g_win, arena) = key;
+                let &(p_buf, p_win, g_buf, g_win, arena) = key;
+                let (param, grad) = (&buffers[p_buf], &buffers[g_buf]);
                 let n_chunks = plan.chunk_lists[k].len() as u32;
                 let n_runs = plan.runs_of(k) as u32;
                 let grid = |n: u32| -> Result<Option<(u32, u32)>> {
@@ -349,9 +371,9 @@ impl GpuAdamW {
                 queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
                 first_chunk += n_chunks;
                 first_tensor += n_tensors;
-                let (_, p_size) = window_of(*p_win, param.size(), max_binding, stride);
-                let (_, g_size) = window_of(*g_win, grad.size(), max_binding, stride);
-                let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { *arena } else { 0 }];
+                let (_, p_size) = window_of(p_win, param.size(), max_binding, stride);
+                let (_, g_size) = window_of(g_win, grad.size(), max_binding, stride);
+                let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { arena } else { 0 }];
                 let stand_in = &arenas.max_exp_avg_sq[0];
                 // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
                 let head = || {
@@ -360,17 +382,17 @@ impl GpuAdamW {
                         (0, binding(&uniform, 0, globals_size)),
                         (1, binding(&uniform, info_at(k), info)),
                         (2, meta.as_entire_binding()),
-                        (4, binding(grad, *g_win, g_size / 4 * 4)),
+                        (4, binding(grad, g_win, g_size / 4 * 4)),
                     ]
                 };
                 let mut update_entries = head();
                 update_entries.extend([
-                    (3, binding(param, *p_win, p_size / 4 * 4)),
-                    (5, arenas.exp_avg[*arena].as_entire_binding()),
-                    (6, arenas.exp_avg_sq[*arena].as_entire_binding()),
+                    (3, binding(param, p_win, p_size / 4 * 4)),
+                    (5, arenas.exp_avg[arena].as_entire_binding()),
+                    (6, arenas.exp_avg_sq[arena].as_entire_binding()),
                     (7, vmax.as_entire_binding()),
-                    (14, vec4_view(param, *p_win, p_size, stand_in)),
-                    (15, vec4_view(grad, *g_win, g_size, stand_in)),
+                    (14, vec4_view(param, p_win, p_size, stand_in)),
+                    (15, vec4_view(grad, g_win, g_size, stand_in)),
                 ]);
                 let bind_group = make_bind_group(
                     device,

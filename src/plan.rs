@@ -9,7 +9,6 @@
 //! depend on it: the gradient norm is summed chunk by chunk.
 
 use crate::error::{Error, Result};
-use crate::gpu::ParamGroup;
 use std::collections::HashMap;
 
 /// Tensors shorter than this (half a chunk of `chunk` elements) are packed with others.
@@ -87,8 +86,19 @@ pub(crate) struct TensorInfo {
     pub pieces: Vec<Piece>,
 }
 
-/// What one `update` dispatch binds: (param buffer, window), (grad buffer, window), arena.
-pub(crate) type DispatchKey = (wgpu::Buffer, u64, wgpu::Buffer, u64, usize);
+/// What one `update` dispatch binds: (param buffer, window), (grad buffer, window), arena;
+/// buffers by their index in the optimizer's list of distinct engine buffers.
+pub(crate) type DispatchKey = (usize, u64, usize, u64, usize);
+
+/// A tensor as the plan sees it: its group, and its param and grad ranges as (buffer index,
+/// buffer size in bytes, byte offset). No device is needed to plan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanTensor {
+    pub group: usize,
+    pub param: (usize, u64, u64),
+    pub grad: (usize, u64, u64),
+    pub len: u64,
+}
 
 /// One entry of a dispatch's chunk table, before the segment table is laid out.
 #[derive(Clone, Copy, Debug)]
@@ -156,7 +166,7 @@ pub(crate) struct PlanLimits {
 impl GpuPlan {
     /// Plans `groups`: pieces that each fit one window of their buffers and one arena, chunk
     /// tables per dispatch key, short tensors packed per buffer-pair window.
-    pub(crate) fn new(groups: &[ParamGroup], lim: PlanLimits) -> Result<Self> {
+    pub(crate) fn new(tensors: &[PlanTensor], lim: PlanLimits) -> Result<Self> {
         let PlanLimits {
             max_binding,
             stride,
@@ -170,36 +180,35 @@ impl GpuPlan {
             arena_fill: vec![0],
             ..Default::default()
         };
-        // wgpu hashes buffers by identity, which never changes: fine as keys.
-        #[allow(clippy::mutable_key_type)]
         let mut key_index: HashMap<DispatchKey, usize> = HashMap::new();
         // The open packed chunk of each (param, window, grad, window): (key, packed index).
-        #[allow(clippy::mutable_key_type)]
-        let mut open: HashMap<(wgpu::Buffer, u64, wgpu::Buffer, u64), (usize, usize)> =
-            HashMap::new();
+        let mut open: HashMap<(usize, u64, usize, u64), (usize, usize)> = HashMap::new();
         let mut key_of = |plan: &mut GpuPlan, key: DispatchKey| {
-            *key_index.entry(key.clone()).or_insert_with(|| {
+            *key_index.entry(key).or_insert_with(|| {
                 plan.keys.push(key);
                 plan.chunk_lists.push(Vec::new());
                 plan.tensor_lists.push(Vec::new());
                 plan.keys.len() - 1
             })
         };
-        for (gi, group) in groups.iter().enumerate() {
-            for t in &group.tensors {
+        for t in tensors {
+            let gi = t.group;
+            {
                 let index = plan.tensors.len();
+                let (p_buf, p_size, p_off) = t.param;
+                let (g_buf, g_size, g_off) = t.grad;
                 let windows = |done: u64| {
-                    let p_byte = t.param_offset + 4 * done;
-                    let g_byte = t.grad_offset + 4 * done;
-                    let (p_win, _) = window_of(p_byte, t.param.size(), max_binding, stride);
-                    let (g_win, _) = window_of(g_byte, t.grad.size(), max_binding, stride);
+                    let p_byte = p_off + 4 * done;
+                    let g_byte = g_off + 4 * done;
+                    let (p_win, _) = window_of(p_byte, p_size, max_binding, stride);
+                    let (g_win, _) = window_of(g_byte, g_size, max_binding, stride);
                     (p_win, g_win, (p_byte - p_win) / 4, (g_byte - g_win) / 4)
                 };
                 if t.len > 0 && t.len < pack_below(chunk) {
                     // Short: a segment of its buffer pair's open packed chunk, its state packed
                     // tightly (no alignment) in that chunk's arena.
                     let (p_win, g_win, p0, g0) = windows(0);
-                    let pair = (t.param.clone(), p_win, t.grad.clone(), g_win);
+                    let pair = (p_buf, p_win, g_buf, g_win);
                     let slot = open.get(&pair).copied().filter(|&(k, pi)| {
                         plan.packed[pi].fill + t.len <= chunk
                             && plan.arena_fill[plan.keys[k].4] + t.len <= arena_capacity
@@ -212,10 +221,7 @@ impl GpuPlan {
                                 plan.arena_fill.push(0);
                                 arena += 1;
                             }
-                            let k = key_of(
-                                &mut plan,
-                                (t.param.clone(), p_win, t.grad.clone(), g_win, arena),
-                            );
+                            let k = key_of(&mut plan, (p_buf, p_win, g_buf, g_win, arena));
                             plan.packed.push(PackedChunk::default());
                             let pi = plan.packed.len() - 1;
                             plan.chunk_lists[k].push(ChunkEntry::Packed(pi));
@@ -260,10 +266,7 @@ impl GpuPlan {
                     }
                     plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
                     let (p_win, g_win, p0, g0) = windows(done);
-                    let k = key_of(
-                        &mut plan,
-                        (t.param.clone(), p_win, t.grad.clone(), g_win, arena),
-                    );
+                    let k = key_of(&mut plan, (p_buf, p_win, g_buf, g_win, arena));
                     if done == 0 {
                         plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
                     } else if torch_norm {
@@ -361,5 +364,200 @@ impl GpuPlan {
         }
         t.end = maps_at + t.maps.len() as u32;
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn limits(max_binding: u64, chunk: u64) -> PlanLimits {
+        PlanLimits {
+            max_binding,
+            stride: max_binding / 2 / 256 * 256,
+            chunk,
+            torch_norm: false,
+        }
+    }
+
+    /// Tensors of `lens` back to back (with a gap of `gap` elements) in buffer pair
+    /// (`pair`, `pair + 1`), in `groups` groups by turn.
+    fn model(lens: &[u64], gap: u64, pair: usize, groups: usize) -> Vec<PlanTensor> {
+        let total: u64 = lens.iter().map(|l| l + gap).sum::<u64>() * 4;
+        let mut at = 0;
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let t = PlanTensor {
+                    group: i % groups,
+                    param: (pair, total, at),
+                    grad: (pair + 1, total, at),
+                    len,
+                };
+                at += 4 * (len + gap);
+                t
+            })
+            .collect()
+    }
+
+    /// Every element of every tensor is updated exactly once, by an entry that points at its
+    /// param and grad in a window that holds them, at the state its tensor's pieces give it,
+    /// with its group; states never overlap and stay inside their arenas.
+    fn check(tensors: &[PlanTensor], lim: PlanLimits) -> GpuPlan {
+        let plan = GpuPlan::new(tensors, lim).unwrap();
+        let capacity = lim.max_binding / 16 * 4;
+        // State: where each element of each tensor lives.
+        let mut state_of = HashMap::new();
+        let mut used = HashSet::new();
+        for (ti, (t, info)) in tensors.iter().zip(&plan.tensors).enumerate() {
+            assert_eq!(info.group, t.group);
+            let mut e = 0;
+            for p in &info.pieces {
+                if t.len >= pack_below(lim.chunk) {
+                    assert_eq!(p.state_offset % 64, 0, "a run's state starts 256-byte aligned");
+                }
+                assert!(p.state_offset + p.len <= plan.arena_fill[p.arena]);
+                assert!(plan.arena_fill[p.arena] <= capacity);
+                for i in 0..p.len {
+                    assert!(used.insert((p.arena, p.state_offset + i)), "state shared");
+                    state_of.insert((ti, e), (p.arena, p.state_offset + i));
+                    e += 1;
+                }
+            }
+            assert_eq!(e, t.len);
+        }
+        // The chunk tables, dispatch by dispatch, read back as the kernel reads them.
+        let tables = plan.meta_tables(0);
+        let word = |at: u32| -> u32 {
+            let at = at as usize;
+            let seg_at = tables.segments_at as usize;
+            let maps_at = seg_at + tables.segments.len();
+            if at < seg_at {
+                tables.chunks[at]
+            } else if at < maps_at {
+                tables.segments[at - seg_at]
+            } else {
+                tables.maps[at - maps_at]
+            }
+        };
+        // Absolute (buffer, byte) of each tensor's elements, to find them again.
+        let mut param_at = HashMap::new();
+        for (ti, t) in tensors.iter().enumerate() {
+            for e in 0..t.len {
+                param_at.insert((t.param.0, t.param.2 + 4 * e), (ti, e));
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut visit = |key: &DispatchKey, p: u32, g: u32, s: u32, group: u32| {
+            let &(p_buf, p_win, g_buf, g_win, arena) = key;
+            let p_size = window_of(
+                p_win,
+                tensors.iter().find(|t| t.param.0 == p_buf).unwrap().param.1,
+                lim.max_binding,
+                lim.stride,
+            )
+            .1;
+            assert!(u64::from(p) * 4 + 4 <= p_size, "param outside its window");
+            let &(ti, e) = param_at
+                .get(&(p_buf, p_win + 4 * u64::from(p)))
+                .expect("a tensor's element");
+            let t = &tensors[ti];
+            assert_eq!(
+                (t.grad.0, t.grad.2 + 4 * e),
+                (g_buf, g_win + 4 * u64::from(g))
+            );
+            assert_eq!(state_of[&(ti, e)], (arena, u64::from(s)));
+            assert_eq!(group as usize, t.group);
+            assert!(seen.insert((ti, e)), "an element updated twice");
+        };
+        let mut at = 0u32;
+        for (k, key) in plan.keys.iter().enumerate() {
+            for c in 0..plan.chunk_lists[k].len() {
+                let ce = at + 4 * c as u32;
+                let count = word(ce + 3) & 0xffff;
+                if c < plan.runs_of(k) {
+                    assert!(count > 0 && u64::from(count) <= lim.chunk);
+                    for i in 0..count {
+                        visit(
+                            key,
+                            word(ce) + i,
+                            word(ce + 1) + i,
+                            word(ce + 2) + i,
+                            word(ce + 3) >> 16,
+                        );
+                    }
+                } else {
+                    assert_eq!(count, 0, "packed chunks come after the runs");
+                    let (first, map_at, total) = (word(ce), word(ce + 1), word(ce + 2));
+                    assert!(u64::from(total) <= lim.chunk);
+                    for i in 0..total {
+                        let j = (word(map_at + i / 2) >> (16 * (i % 2))) & 0xffff;
+                        let se = tables.segments_at + 4 * (first + j);
+                        let info = word(se + 3);
+                        let off = i - (info & 0xffff);
+                        visit(
+                            key,
+                            word(se) + off,
+                            word(se + 1) + off,
+                            word(se + 2) + off,
+                            info >> 16,
+                        );
+                    }
+                }
+            }
+            at += 4 * plan.chunk_lists[k].len() as u32;
+        }
+        assert_eq!(
+            seen.len() as u64,
+            tensors.iter().map(|t| t.len).sum::<u64>()
+        );
+        plan
+    }
+
+    #[test]
+    fn one_buffer_pair_is_one_dispatch_with_short_tensors_packed() {
+        let mut lens = vec![3, 5, 5000, 0, 2, 1000, 1500, 1100, 2000];
+        lens.extend((0..700).map(|i| 1 + i % 7));
+        let tensors = model(&lens, 1, 0, 3);
+        let plan = check(&tensors, limits(1 << 31, 2048));
+        assert_eq!(plan.keys.len(), 1);
+        assert_eq!(plan.packed.len(), 2); // 3 + 5 + 2 + 1000 + 2800 elements of short tensors
+                                          // The CPU reference plans the same chunks.
+        let cpu = cpu_chunks(&lens.iter().map(|&l| l as usize).collect::<Vec<_>>(), 2048);
+        assert_eq!(cpu.len(), plan.total_chunks());
+    }
+
+    #[test]
+    fn large_buffers_are_split_into_windows_and_arenas() {
+        let lens: Vec<u64> = (0..40).map(|i| [3, 700, 5000, 9000][i % 4]).collect();
+        let tensors = model(&lens, 3, 0, 2);
+        let plan = check(&tensors, limits(64 << 10, 1024));
+        assert!(plan.keys.len() > 4, "{} dispatches", plan.keys.len());
+        assert!(
+            plan.arena_fill.len() > 4,
+            "{} arenas",
+            plan.arena_fill.len()
+        );
+    }
+
+    #[test]
+    fn buffer_pairs_are_planned_apart() {
+        let mut tensors = model(&[7, 3000, 2, 9], 0, 0, 1);
+        tensors.extend(model(&[5, 6, 4000], 2, 2, 2));
+        let plan = check(&tensors, limits(1 << 31, 2048));
+        assert_eq!(plan.keys.len(), 2);
+        assert_eq!(plan.packed.len(), 2);
+    }
+
+    #[test]
+    fn the_torch_norm_order_refuses_a_tensor_split_across_windows() {
+        let tensors = model(&[40_000], 0, 0, 1);
+        let mut lim = limits(64 << 10, 1024);
+        lim.torch_norm = true;
+        assert!(matches!(
+            GpuPlan::new(&tensors, lim),
+            Err(Error::Unsupported(_))
+        ));
     }
 }
