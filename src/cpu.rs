@@ -109,6 +109,7 @@ impl CpuAdamW {
         self.threads = threads.max(1);
     }
 
+    #[doc(hidden)]
     /// The kernel's uniform block this optimizer mirrors.
     pub fn globals(&self) -> &Globals {
         &self.globals

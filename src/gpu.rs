@@ -449,6 +449,7 @@ impl GpuAdamW {
         &self.groups
     }
 
+    #[doc(hidden)]
     /// The kernel's uniform block, as uploaded.
     pub fn globals(&self) -> &Globals {
         &self.globals
@@ -721,6 +722,7 @@ impl GpuAdamW {
         self.load_state(&OptimizerState::load(path)?)
     }
 
+    #[doc(hidden)]
     /// Copies `size` bytes at `offset` of `buffer` back to the host and waits (see
     /// [`read_buffer`]).
     pub fn read_words(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u32>> {

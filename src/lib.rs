@@ -44,12 +44,18 @@ pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+// The kernel's internals: public for the tests, the benchmark and the CLI, not part of the
+// API an engine uses.
+#[doc(hidden)]
 pub mod kernel;
+#[doc(hidden)]
 pub mod plan;
+#[doc(hidden)]
 pub mod probe;
 pub mod schedule;
 pub mod state;
 pub mod trace;
+#[doc(hidden)]
 pub mod twin;
 
 pub use config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
