@@ -415,7 +415,11 @@ mod tests {
             let mut e = 0;
             for p in &info.pieces {
                 if t.len >= pack_below(lim.chunk) {
-                    assert_eq!(p.state_offset % 64, 0, "a run's state starts 256-byte aligned");
+                    assert_eq!(
+                        p.state_offset % 64,
+                        0,
+                        "a run's state starts 256-byte aligned"
+                    );
                 }
                 assert!(p.state_offset + p.len <= plan.arena_fill[p.arena]);
                 assert!(plan.arena_fill[p.arena] <= capacity);
