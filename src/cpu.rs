@@ -345,8 +345,9 @@ struct Piece<'a> {
     vmax: Option<&'a mut [f32]>,
 }
 
-/// Updates one run of elements with [`twin::update_element`]'s formulas: on x86_64 with AVX2
-/// the loop is compiled a second time for AVX2 and picked at run time. Only the instruction
+/// Updates one run of elements with [`twin::update_element`]'s formulas: on x86_64 the loop is
+/// compiled again for AVX-512F and for AVX2 (each with FMA) and the best the CPU has is picked
+/// at run time. Only the instruction
 /// set changes (Rust never contracts `a * b + c` into an fma on its own, and every f32
 /// operation rounds the same in a vector lane), so the results are bit for bit the twin's.
 fn update_slice(
@@ -360,6 +361,13 @@ fn update_slice(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
+            unsafe { update_slice_avx512(g, s, p, grad, m, v, vmax) };
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
@@ -368,6 +376,20 @@ fn update_slice(
         }
     }
     update_slice_generic::<false>(g, s, p, grad, m, v, vmax);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn update_slice_avx512(
+    g: &Globals,
+    s: &StepScalars,
+    p: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    vmax: Option<&mut [f32]>,
+) {
+    update_slice_generic::<true>(g, s, p, grad, m, v, vmax);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -452,8 +474,8 @@ fn fma_fast_ok(b: f32, c: f32, r: f32) -> bool {
     (FMA_B_MIN..=FMA_ABS_MAX).contains(&b) & (c <= FMA_ABS_MAX) & (r >= FMA_RESULT_MIN)
 }
 
-/// Elements per block of [`update_run`]'s fast path (one AVX2 vector).
-const BLOCK: usize = 8;
+/// Elements per block of [`update_run`]'s fast path: one AVX-512 vector, two AVX2 ones.
+const BLOCK: usize = 16;
 
 /// [`twin::update_element`] over a run, with its flags as constants. Keep the two in step:
 /// a test compares them bit for bit. With `HW_FMA`, each block of [`BLOCK`] elements first
@@ -767,31 +789,62 @@ mod tests {
                         .map(|v| v.abs())
                         .collect::<Vec<_>>(),
                 );
-                let (mut p2, mut m2, mut v2, mut x2) =
-                    (p1.clone(), m1.clone(), v1.clone(), x1.clone());
+                let inputs = (p1.clone(), m1.clone(), v1.clone(), x1.clone());
                 for i in 0..n {
                     let x = amsgrad.then_some(&mut x1[i]);
                     twin::update_element(&g, &s, &mut p1[i], grad[i], &mut m1[i], &mut v1[i], x);
                 }
-                let x = amsgrad.then_some(&mut x2[..]);
-                update_slice(&g, &s, &mut p2, &grad, &mut m2, &mut v2, x);
-                for (what, a, b) in [
-                    ("param", &p1, &p2),
-                    ("exp_avg", &m1, &m2),
-                    ("exp_avg_sq", &v1, &v2),
-                    ("max", &x1, &x2),
-                ] {
-                    for i in 0..n {
-                        assert!(
-                            a[i].to_bits() == b[i].to_bits() || (a[i].is_nan() && b[i].is_nan()),
-                            "case {case} seed {seed}: {what}[{i}]: twin {} vectorized {}",
-                            a[i],
-                            b[i]
-                        );
+                // Every instruction set this CPU has, not only the one `update_slice` picks.
+                for (name, run) in slice_variants() {
+                    let (mut p2, mut m2, mut v2, mut x2) = inputs.clone();
+                    let x = amsgrad.then_some(&mut x2[..]);
+                    run(&g, &s, &mut p2, &grad, &mut m2, &mut v2, x);
+                    for (what, a, b) in [
+                        ("param", &p1, &p2),
+                        ("exp_avg", &m1, &m2),
+                        ("exp_avg_sq", &v1, &v2),
+                        ("max", &x1, &x2),
+                    ] {
+                        for i in 0..n {
+                            assert!(
+                                a[i].to_bits() == b[i].to_bits()
+                                    || (a[i].is_nan() && b[i].is_nan()),
+                                "case {case} seed {seed} {name}: {what}[{i}]: twin {} vectorized {}",
+                                a[i],
+                                b[i]
+                            );
+                        }
                     }
                 }
             }
         }
+    }
+
+    type SliceFn =
+        fn(&Globals, &StepScalars, &mut [f32], &[f32], &mut [f32], &mut [f32], Option<&mut [f32]>);
+
+    /// The per-element loop compiled for each instruction set this CPU supports.
+    fn slice_variants() -> Vec<(&'static str, SliceFn)> {
+        let mut v: Vec<(&'static str, SliceFn)> = vec![("generic", |g, s, p, gr, m, vv, x| {
+            update_slice_generic::<false>(g, s, p, gr, m, vv, x)
+        })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 and FMA are present, checked just above.
+                v.push(("avx2", |g, s, p, gr, m, vv, x| unsafe {
+                    update_slice_avx2(g, s, p, gr, m, vv, x)
+                }));
+            }
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F and FMA are present, checked just above.
+                v.push(("avx512", |g, s, p, gr, m, vv, x| unsafe {
+                    update_slice_avx512(g, s, p, gr, m, vv, x)
+                }));
+            }
+        }
+        v
     }
 
     #[test]
