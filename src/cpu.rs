@@ -765,7 +765,7 @@ mod tests {
                 // bit pattern, which mostly takes the emulation.
                 let values = |n: usize, seed: u64| -> Vec<f32> {
                     let v = values(n, seed);
-                    if seed % 2 == 0 {
+                    if seed.is_multiple_of(2) {
                         return v;
                     }
                     v.iter()

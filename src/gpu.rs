@@ -767,7 +767,9 @@ fn check_copy_range(
     if !buffer.usage().contains(usage) {
         return bad(format!("the buffer lacks BufferUsages::{usage:?}"));
     }
-    if offset % wgpu::COPY_BUFFER_ALIGNMENT != 0 || size % wgpu::COPY_BUFFER_ALIGNMENT != 0 {
+    if !offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+        || !size.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+    {
         return bad(format!(
             "offset {offset} and size {size} must be multiples of {}",
             wgpu::COPY_BUFFER_ALIGNMENT

@@ -283,7 +283,8 @@ impl GpuMlp {
         let nb = n as u32;
         let mut cfgs: Vec<(Kind, Cfg)> = Vec::new();
         // The tiled kernels need both dimensions to be multiples of 4 (offsets are).
-        let tiled = |l: &crate::model::Layer| l.in_dim % 4 == 0 && l.out_dim % 4 == 0;
+        let tiled =
+            |l: &crate::model::Layer| l.in_dim.is_multiple_of(4) && l.out_dim.is_multiple_of(4);
         let quads = |n: usize| n.div_ceil(4) as u32;
         for (l, layer) in layers.iter().enumerate() {
             let (kind, n_threads) = if tiled(layer) {
