@@ -97,6 +97,9 @@ pub struct WorkloadResult {
     pub cpu_ms: Option<f64>,
     /// Fused step on one flat tensor of the same total size (multi-tensor workloads only).
     pub flat_fused_ms: Option<f64>,
+    /// The fused step with loss scaling and global-norm clipping on (the gradient reduce
+    /// pass, unscaling and clipping in the same submit), PyTorch's `clip_amp_ms` counterpart.
+    pub clip_amp_ms: f64,
     /// Per step, with [`K`] steps recorded into one submit.
     pub k_submit_ms_per_step: f64,
     /// CPU microseconds to record one step.
@@ -360,20 +363,53 @@ fn run_workload(
             let mut pass = pass(enc, ts, "unfused");
             u.record(&mut pass);
         };
-    let (mut nothing, mut nothing2, mut nothing3) = (|| {}, || {}, || {});
+    // The same step with loss scaling and clipping on, over the same buffers.
+    let clip_amp = GpuAdamW::with_options(
+        device,
+        queue,
+        config.with_loss_scaling(true).with_max_grad_norm(Some(1.0)),
+        vec![ParamGroup {
+            tensors: layout
+                .tensors
+                .iter()
+                .map(|t| TensorBinding {
+                    param: p.buffers[t.arena].clone(),
+                    param_offset: t.offset * 4,
+                    grad: g.buffers[t.arena].clone(),
+                    grad_offset: t.offset * 4,
+                    len: t.len,
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        gpu_options(),
+    )
+    .context("creating the clipping + loss scaling optimizer")?;
+    clip_amp.set_loss_scale(1024.0);
+    let mut rec_clip_amp =
+        |enc: &mut wgpu::CommandEncoder, ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+            let mut pass = pass(enc, ts, "fused clip+amp");
+            clip_amp.record_step(&mut pass);
+        };
+    let (mut nothing, mut nothing2, mut nothing3, mut nothing4) = (|| {}, || {}, || {}, || {});
     let mut upload = || unfused.borrow_mut().upload_scalars();
     let mut variants: Vec<Variant<'_, '_>> = vec![
         ("fused", &mut nothing, &mut rec_fused),
         ("copy", &mut nothing2, &mut rec_copy),
         ("unfused", &mut upload, &mut rec_unfused),
+        (
+            "fused, clipping + loss scaling",
+            &mut nothing4,
+            &mut rec_clip_amp,
+        ),
     ];
     if flat.is_some() {
         variants.push(("fused, one flat tensor", &mut nothing3, &mut rec_flat));
     }
     let ms = time_interleaved(timer, opts, progress, &mut variants)?;
     drop(variants);
-    let (fused_ms, copy_ms, unfused_ms) = (ms[0], ms[1], ms[2]);
-    let flat_fused_ms = ms.get(3).copied();
+    let (fused_ms, copy_ms, unfused_ms, clip_amp_ms) = (ms[0], ms[1], ms[2], ms[3]);
+    let flat_fused_ms = ms.get(4).copied();
 
     let mut ks = Vec::new();
     for i in 0..opts.k_reps {
@@ -386,6 +422,7 @@ fn run_workload(
     drop(copy);
     drop(state);
     drop(flat);
+    drop(clip_amp);
     drop(opt);
     drop((p, g));
     timer.wait()?;
@@ -407,6 +444,7 @@ fn run_workload(
         unfused_ms,
         cpu_ms,
         flat_fused_ms,
+        clip_amp_ms,
         k_submit_ms_per_step,
         encode_us,
         fused_dispatches,
@@ -567,6 +605,7 @@ impl Report {
                 "k_submit_ms_per_step": w.k_submit_ms_per_step,
                 "encode_us": w.encode_us,
                 "flat_fused_ms": opt_num(w.flat_fused_ms),
+                "clip_amp_ms": w.clip_amp_ms,
                 "fused_dispatches": w.fused_dispatches,
                 "unfused_dispatches": w.unfused_dispatches,
             })).collect::<Vec<_>>(),
@@ -660,6 +699,17 @@ impl Report {
                 w.name,
                 r,
                 verdict(r >= 2.5)
+            );
+        }
+        for w in self.workloads.iter().filter(|w| w.params >= 1 << 22) {
+            let r = w.clip_amp_ms / w.fused_ms;
+            let _ = writeln!(
+                s,
+                "  clip+AMP <= 1.15 x plain step   {:<18} {:.2} x  {} ({:.3} ms; compare PyTorch's clip_amp_ms)",
+                w.name,
+                r,
+                verdict(r <= 1.15),
+                w.clip_amp_ms
             );
         }
         for w in self.workloads.iter().filter(|w| w.tensors > 1) {
