@@ -100,16 +100,13 @@ fn update_packed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     let first = meta_ro[ce];
     let map_at = meta_ro[ce + 1u];
     let total = meta_ro[ce + 2u];
-    var k = step_consts(0u);
     for (var e = 0u; e < ELEMS_PER_THREAD; e++) {
         let i = e * WORKGROUP + lid;
         if (i < total) {
             let se = g.segments_at + 4u * segment_of(first, map_at, i);
             let info = meta_ro[se + 3u];
             let off = i - (info & 0xffffu);
-            let sc = g.scalars_at + 4u * (info >> 16u);
-            k.decay = bitcast<f32>(meta_ro[sc + 1u]);
-            k.step_size = bitcast<f32>(meta_ro[sc + 2u]);
+            let k = step_consts(info >> 16u);
             update_scalar(meta_ro[se] + off, meta_ro[se + 1u] + off, meta_ro[se + 2u] + off, k);
         }
     }

@@ -508,13 +508,11 @@ impl GpuAdamW {
         pass.set_pipeline(&self.kernel.prologue);
         pass.set_bind_group(0, &self.prologue_bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
-        for (pipeline, grid) in [
-            (
-                &self.kernel.update,
-                (|d: &Dispatch| d.run_grid) as fn(&Dispatch) -> _,
-            ),
-            (&self.kernel.update_packed, |d: &Dispatch| d.packed_grid),
+        for (pipeline, packed) in [
+            (&self.kernel.update, false),
+            (&self.kernel.update_packed, true),
         ] {
+            let grid = |d: &Dispatch| if packed { d.packed_grid } else { d.run_grid };
             if self.dispatches.iter().any(|d| grid(d).is_some()) {
                 pass.set_pipeline(pipeline);
             }
@@ -755,8 +753,8 @@ pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result
     }
 }
 
-/// Checks a `(buffer, offset, size)` range for a copy out of it: `COPY_SRC`, 4-byte
-/// alignment, in bounds.
+/// Checks a `(buffer, offset, size)` range for a copy out of (`COPY_SRC`) or into
+/// (`COPY_DST`) `buffer`: the usage, 4-byte alignment, in bounds.
 fn check_copy_range(
     buffer: &wgpu::Buffer,
     offset: u64,

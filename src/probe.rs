@@ -1,5 +1,6 @@
-//! The learning rate of arbitrary steps, computed by the kernel's own schedule code on the
-//! device (the `schedule_probe` entry point), or by its CPU twin.
+//! The kernel's own code run on chosen inputs, on the device or by its CPU twin: the learning
+//! rate of arbitrary steps (the `schedule_probe` entry point) and the numerics functions
+//! (`numerics_probe`, for bit-for-bit tests).
 
 use crate::config::{AdamWConfig, GroupConfig};
 use crate::error::{Error, Result};
@@ -107,7 +108,7 @@ fn run_probe(
     cases: usize,
 ) -> wgpu::Buffer {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("wgpu-adamw schedule probe"),
+        label: Some("wgpu-adamw probe"),
         source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

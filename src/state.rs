@@ -381,7 +381,7 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
     // A name no other save uses: process, a per-process counter, and the clock (in case a
     // previous process with the same id left a file behind, `create_new` still refuses it).
-    let (mut tmp, mut file) = loop {
+    let (tmp, mut file) = loop {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -398,31 +398,26 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .create_new(true)
             .open(&tmp)
         {
-            Ok(f) => break (Some(tmp), f),
+            Ok(f) => break (tmp, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     };
-    let result = (|| {
+    let written = (|| {
         file.write_all(bytes)?;
         if let Some(p) = permissions {
             file.set_permissions(p)?;
         }
-        file.sync_all()?;
-        drop(file);
-        let from = tmp.take().expect("set above");
-        if let Err(e) = std::fs::rename(&from, path) {
-            tmp = Some(from);
-            return Err(e);
-        }
-        // Make the rename itself durable (where directories can be opened and synced).
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        file.sync_all()
     })();
-    if let Some(t) = tmp {
-        let _ = std::fs::remove_file(t);
+    drop(file);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    // Make the rename itself durable (where directories can be opened and synced).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

@@ -277,7 +277,7 @@ fn run_workload(
     g.upload(queue, device, |i| device::value(i, 2, 1e-3))?;
 
     // The fused step on the workload's tensors.
-    let bindings = layout
+    let bindings: Vec<TensorBinding> = layout
         .tensors
         .iter()
         .map(|t| TensorBinding {
@@ -294,7 +294,7 @@ fn run_workload(
         queue,
         config,
         vec![ParamGroup {
-            tensors: bindings,
+            tensors: bindings.clone(),
             ..Default::default()
         }],
         gpu_options(),
@@ -369,17 +369,7 @@ fn run_workload(
         queue,
         config.with_loss_scaling(true).with_max_grad_norm(Some(1.0)),
         vec![ParamGroup {
-            tensors: layout
-                .tensors
-                .iter()
-                .map(|t| TensorBinding {
-                    param: p.buffers[t.arena].clone(),
-                    param_offset: t.offset * 4,
-                    grad: g.buffers[t.arena].clone(),
-                    grad_offset: t.offset * 4,
-                    len: t.len,
-                })
-                .collect(),
+            tensors: bindings,
             ..Default::default()
         }],
         gpu_options(),
