@@ -20,16 +20,16 @@
 // our own polynomials, never with WGSL's builtin transcendentals, whose precision varies.
 
 struct Globals {
-    kind: u32,            // 0 constant, 1 cosine, 2 cosine warm restarts, 3 warmup + cosine
+    sched_at: u32,        // word offset of the schedule region in `meta` (schedule.wgsl)
     steps_per_epoch: u32,
-    period: u32,          // t_max | t_0 | warmup_steps
-    t_mult: u32,
-    total_steps: u32,
-    cycles_num: u32,      // 2 * num_cycles = cycles_num / 2^cycles_shift
-    flags: u32,           // FLAG_AMSGRAD | FLAG_MAXIMIZE | FLAG_LOSS_SCALE | FLAG_CLIP | FLAG_TORCH_NORM
+    sched_stride: u32,    // words of one group's schedule program
+    sched_state_at: u32,  // ReduceLROnPlateau's state, relative to the region
+    _pad0: u32,
+    _pad1: u32,
+    flags: u32,           // FLAG_*
     n_groups: u32,
-    eta_min: f32,
-    cycles_shift: u32,
+    _pad2: f32,
+    _pad3: u32,
     eps: f32,
     beta1: f32,
     beta2: f32,
@@ -68,6 +68,18 @@ const FLAG_MAXIMIZE: u32 = 2u;
 const FLAG_LOSS_SCALE: u32 = 4u;  // unscale by amp[0] and skip the step on non-finite gradients
 const FLAG_CLIP: u32 = 8u;        // clip the global gradient norm to max_grad_norm
 const FLAG_TORCH_NORM: u32 = 16u; // the norm in PyTorch's CPU summation order (see below)
+const FLAG_CYCLE_MOMENTUM: u32 = 32u; // the schedule sets beta1 (onecycle, cyclic)
+const FLAG_PLATEAU: u32 = 64u;    // the schedule is ReduceLROnPlateau (a state machine)
+
+// Words of the control buffer (`amp`, binding 10/11): the host or the engine writes the loss
+// scale, the plateau metric and the lr multiplier; the prologue writes found_inf, the norm
+// and the clipping coefficient.
+const CONTROL_SCALE: u32 = 0u;
+const CONTROL_METRIC: u32 = 4u;
+const CONTROL_LR_SCALE: u32 = 5u;
+// Words per group of the per-step scalars in `meta`: lr, 1 - lr*wd, lr / bc1, sqrt(bc2),
+// 1 - beta1, (1 - beta1) - 1, beta1, unused.
+const SCALAR_WORDS: u32 = 8u;
 
 // meta[0]: scheduler steps taken, meta[1]: Adam steps taken (t of the last update),
 // meta[2]: the last step was skipped, meta[3]: its gradient multiplier 1/loss_scale,

@@ -17,27 +17,31 @@ fn expm1_neg(x: f32) -> f32 {
         return -1.0;
     }
     let n = round(x * INV_LN2);
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = (x - opaque(n * LN2_HI)) - opaque(n * LN2_LO);
     return ldexp(1.0 + expm1_poly(r), i32(n)) - 1.0;
 }
 
 // Taylor series to x^8 / 8!, |x| <= ln(2)/2: relative error < 1e-9.
+// Products are `opaque` so that no driver contracts them into fmas (the twin rounds each).
 fn expm1_poly(x: f32) -> f32 {
-    let p = 1.0 / 5040.0 + x * (1.0 / 40320.0);
-    let q = 1.0 / 120.0 + x * (1.0 / 720.0 + x * p);
-    let s = 1.0 / 6.0 + x * (1.0 / 24.0 + x * q);
-    return x * (1.0 + x * (0.5 + x * s));
+    let p = 1.0 / 5040.0 + opaque(x * (1.0 / 40320.0));
+    let q = 1.0 / 120.0 + opaque(x * (1.0 / 720.0 + opaque(x * p)));
+    let s = 1.0 / 6.0 + opaque(x * (1.0 / 24.0 + opaque(x * q)));
+    return x * (1.0 + opaque(x * (0.5 + opaque(x * s))));
 }
 
 // sin and cos for |t| <= pi/4 (Taylor to t^9 / t^8: error < 3e-8).
 fn sin_poly(t: f32) -> f32 {
     let t2 = t * t;
-    return t * (1.0 + t2 * (-1.0 / 6.0 + t2 * (1.0 / 120.0 + t2 * (-1.0 / 5040.0 + t2 * (1.0 / 362880.0)))));
+    let p = -1.0 / 5040.0 + opaque(t2 * (1.0 / 362880.0));
+    let q = -1.0 / 6.0 + opaque(t2 * (1.0 / 120.0 + opaque(t2 * p)));
+    return t * (1.0 + opaque(t2 * q));
 }
 
 fn cos_poly(t: f32) -> f32 {
     let t2 = t * t;
-    return 1.0 + t2 * (-0.5 + t2 * (1.0 / 24.0 + t2 * (-1.0 / 720.0 + t2 * (1.0 / 40320.0))));
+    let p = -1.0 / 720.0 + opaque(t2 * (1.0 / 40320.0));
+    return 1.0 + opaque(t2 * (-0.5 + opaque(t2 * (1.0 / 24.0 + opaque(t2 * p)))));
 }
 
 // cos^2(pi/2 * a/b) where a + d = b, 0 <= a <= b, given both a and d = b - a exactly, so the
@@ -45,9 +49,9 @@ fn cos_poly(t: f32) -> f32 {
 fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
     var c: f32;
     if (a <= d) {
-        c = cos_poly(HALF_PI * (a / b));
+        c = cos_poly(HALF_PI * div_rn(a, b));
     } else {
-        c = sin_poly(HALF_PI * (d / b));
+        c = sin_poly(HALF_PI * div_rn(d, b));
     }
     return c * c;
 }
@@ -213,3 +217,105 @@ fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
 
 // 2^-100.
 const TINY_TIE: f32 = 7.888609052210118e-31;
+
+// ---------------------------------------------------------------- powers and logarithms
+//
+// For the schedules' gamma^n and x^power and a cycled beta1's ln(beta1); never the builtins.
+
+const LN2: f32 = 0.6931471805599453;
+const SQRT2: f32 = 1.4142135623730951;
+
+// (atanh(s) - s) / s = s^2/3 + s^4/5 + ... for |s| <= 1/3 (to s^18: error < 2e-11).
+fn atanh_tail(s2: f32) -> f32 {
+    var acc = 1.0 / 19.0;
+    acc = 1.0 / 17.0 + opaque(s2 * acc);
+    acc = 1.0 / 15.0 + opaque(s2 * acc);
+    acc = 1.0 / 13.0 + opaque(s2 * acc);
+    acc = 1.0 / 11.0 + opaque(s2 * acc);
+    acc = 1.0 / 9.0 + opaque(s2 * acc);
+    acc = 1.0 / 7.0 + opaque(s2 * acc);
+    acc = 1.0 / 5.0 + opaque(s2 * acc);
+    acc = 1.0 / 3.0 + opaque(s2 * acc);
+    return opaque(s2 * acc);
+}
+
+// ln(x) for a positive normal x, as two f32 (hi + lo): x = m 2^e with m in [sqrt(1/2),
+// sqrt(2)), ln(m) = 2 atanh(s), s = (m - 1) / (m + 1); e ln 2 exact in its high part.
+fn ln_pos2(x: f32) -> vec2<f32> {
+    let bits = bitcast<u32>(x);
+    var e = i32(bits >> 23u) - 127;
+    var m = bitcast<f32>((bits & 0x007fffffu) | 0x3f800000u);
+    if (m > SQRT2) {
+        m = m * 0.5;
+        e = e + 1;
+    }
+    let s = div_rn(m - 1.0, m + 1.0);
+    let ln_m = 2.0 * (s + opaque(s * atanh_tail(opaque(s * s))));
+    let fe = f32(e);
+    return two_sum(opaque(fe * LN2_HI), opaque(fe * LN2_LO) + ln_m);
+}
+
+fn ln_pos(x: f32) -> f32 {
+    let r = ln_pos2(x);
+    return r.x + r.y;
+}
+
+// ln(1 - u) for 0 <= u <= 1/2, relatively accurate for small u: -2 atanh(u / (2 - u)).
+fn ln_one_minus(u: f32) -> f32 {
+    let s = div_rn(u, 2.0 - u);
+    return -2.0 * (s + opaque(s * atanh_tail(opaque(s * s))));
+}
+
+// ln(num / den) for 0 < num <= den as two f32, the ratio's rounding kept relative.
+fn ln_ratio2(num: u32, den: u32) -> vec2<f32> {
+    let gap = den - num;
+    if (gap <= num) {
+        return vec2<f32>(ln_one_minus(div_rn(f32(gap), f32(den))), 0.0);
+    }
+    return ln_pos2(div_rn(f32(num), f32(den)));
+}
+
+// exp(hi + lo) for hi <= 0, |lo| <= ulp(hi); 0 where the result would be below 2^-126.
+fn exp_neg2(hi: f32, lo: f32) -> f32 {
+    if (hi < -87.0) {
+        return 0.0;
+    }
+    let n = round(hi * INV_LN2);
+    let r = ((hi - opaque(n * LN2_HI)) - opaque(n * LN2_LO)) + lo;
+    return ldexp(1.0 + expm1_poly(r), i32(n));
+}
+
+fn exp_neg(x: f32) -> f32 {
+    return exp_neg2(x, 0.0);
+}
+
+// (num / den)^p for 0 <= num <= den, den > 0, p > 0: exp(p ln(num/den)) with the exponent
+// carried in two f32 (its rounding would cost |p ln(x)| ulp).
+fn pow_ratio(num: u32, den: u32, p: f32) -> f32 {
+    if (num == 0u) {
+        return 0.0;
+    }
+    let l = ln_ratio2(num, den);
+    let e = two_prod(p, l.x);
+    return exp_neg2(e.x, e.y + opaque(p * l.y));
+}
+
+// 2^(n * l) for l = l_hi + l_lo <= 0 (log2(gamma) from the host in f64, split in two f32):
+// n * l_hi is formed exactly (n split in 16-bit halves, Dekker's products), so the exponent
+// is accurate to ~2^-40 absolute at any n < 2^32; 0 below 2^-126.
+fn exp2_mul(n: u32, l_hi: f32, l_lo: f32) -> f32 {
+    let nf = f32(n);
+    if (opaque(nf * l_hi) < -128.0) {
+        return 0.0;
+    }
+    let p1 = two_prod(f32(n & 0xffff0000u), l_hi);
+    let p2 = two_prod(f32(n & 0xffffu), l_hi);
+    let s = two_sum(p1.x, p2.x);
+    let t = ((p1.y + p2.y) + s.y) + opaque(nf * l_lo);
+    let m = round(s.x);
+    let f = (s.x - m) + t;
+    if (m <= -126.0) {
+        return 0.0;
+    }
+    return ldexp(1.0 + expm1_poly(opaque(f * LN2)), i32(m));
+}

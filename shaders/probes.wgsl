@@ -1,9 +1,10 @@
 // ---------------------------------------------------------------- schedule probe
 // (no twin: the CPU runs the twin functions directly)
 //
-// The lr of arbitrary optimizer steps, through the same `schedule_lr` the prologue uses:
-// probe_io[0] holds the base lr's bits, probe_io[1..] step numbers (1-based), replaced by
-// their lr's bits.
+// The lr of arbitrary optimizer steps, through the same `schedule_lr` the prologue uses, for
+// group 0's program in `meta` (bound at 8, as in the prologue): probe_io[0] holds the base
+// lr's bits, probe_io[1..] step numbers (1-based), replaced by their lr's bits
+// (`momentum_probe`: by beta1's).
 
 @group(0) @binding(9) var<storage, read_write> probe_io: array<u32>;
 
@@ -16,7 +17,17 @@ fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
     }
     let step = probe_io[i];
     let epoch = (step - 1u) / g.steps_per_epoch;
-    probe_io[i] = bitcast<u32>(schedule_lr(bitcast<f32>(probe_io[0]), epoch));
+    probe_io[i] = bitcast<u32>(schedule_lr(0u, epoch, bitcast<f32>(probe_io[0])));
+}
+
+@compute @workgroup_size(64)
+fn momentum_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    let i = id.y * n.x * 64u + id.x + 1u;
+    if (i >= arrayLength(&probe_io)) {
+        return;
+    }
+    let epoch = (probe_io[i] - 1u) / g.steps_per_epoch;
+    probe_io[i] = bitcast<u32>(schedule_momentum(0u, epoch).x);
 }
 
 // ---------------------------------------------------------------- numerics probe
@@ -41,6 +52,12 @@ fn numerics_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
         case 2u: { r = recip(a); }
         case 3u: { r = div_rn(a, b); }
         case 4u: { r = sqrt_rn(a); }
+        case 6u: { r = ln_pos(a); }
+        case 7u: { r = ln_one_minus(a); }
+        case 8u: { r = exp_neg(a); }
+        case 9u: { r = exp2_mul(bitcast<u32>(a), b, c); }
+        case 10u: { r = pow_ratio(bitcast<u32>(a), bitcast<u32>(b), c); }
+        case 11u: { r = cos_sq_half_pi(a, b, c); }
         default: { r = expm1_neg(a); }
     }
     probe_io[at + 3u] = bitcast<u32>(r);

@@ -73,18 +73,38 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     skip = skip || at_limit;
     // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
     let epoch = sched / g.steps_per_epoch;
+    // ReduceLROnPlateau decides at each epoch boundary, from the metric the engine wrote.
+    if (lid == 0u && (g.flags & FLAG_PLATEAU) != 0u && !at_limit && sched > 0u
+        && sched % g.steps_per_epoch == 0u) {
+        plateau_step(bitcast<f32>(amp_rw[CONTROL_METRIC]));
+    }
+    storageBarrier();
+    let lr_scale = bitcast<f32>(amp_rw[CONTROL_LR_SCALE]);
     let t = f32(adam + 1u);
-    let bc1 = -expm1_neg(t * g.ln_beta1);
-    let bc2_sqrt = sqrt(-expm1_neg(t * g.ln_beta2));
     for (var grp = lid; grp < g.n_groups && !at_limit; grp += 256u) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
-        let lr = schedule_lr(base_lr, epoch);
-        let at = g.scalars_at + 4u * grp;
+        let prog = grp * g.sched_stride;
+        let lr = schedule_lr(prog, epoch, base_lr) * lr_scale;
+        var beta1 = g.beta1;
+        var omb1 = g.one_minus_beta1;
+        var ln_b1 = g.ln_beta1;
+        if ((g.flags & FLAG_CYCLE_MOMENTUM) != 0u) {
+            let mo = schedule_momentum(prog, epoch);
+            beta1 = mo.x;
+            omb1 = mo.y;
+            ln_b1 = ln_beta(beta1, omb1);
+        }
+        let bc1 = -expm1_neg(t * ln_b1);
+        let bc2_sqrt = sqrt_rn(-expm1_neg(t * g.ln_beta2));
+        let at = g.scalars_at + SCALAR_WORDS * grp;
         meta_rw[at] = bitcast<u32>(lr);
         meta_rw[at + 1u] = bitcast<u32>(1.0 - opaque(lr * wd));
-        meta_rw[at + 2u] = bitcast<u32>(lr / bc1);
+        meta_rw[at + 2u] = bitcast<u32>(div_rn(lr, bc1));
         meta_rw[at + 3u] = bitcast<u32>(bc2_sqrt);
+        meta_rw[at + 4u] = bitcast<u32>(omb1);
+        meta_rw[at + 5u] = bitcast<u32>(omb1 - 1.0);
+        meta_rw[at + 6u] = bitcast<u32>(beta1);
     }
     storageBarrier();
     if (lid == 0u) {

@@ -16,6 +16,8 @@
 @group(0) @binding(15) var<storage, read_write> grad4: array<vec4<f32>>;
 
 struct StepConsts {
+    one_minus_beta1: f32,
+    lerp_big_coeff: f32,
     decay: f32,
     step_size: f32,
     bc2_sqrt: f32,
@@ -35,8 +37,8 @@ fn adam_element(raw_grad: f32, p_old: f32, m_old: f32, v_old: f32, vmax_old: f32
     let p = opaque(p_old * k.decay);
     // torch.lerp(m, g, w) as PyTorch's CPU kernel computes it: one fused multiply-add,
     // fma(w, g - m, m) for w < 0.5, else fma(w - 1, g - m, g).
-    let small = g.one_minus_beta1 < 0.5;
-    let coeff = select(g.lerp_big_coeff, g.one_minus_beta1, small);
+    let small = k.one_minus_beta1 < 0.5;
+    let coeff = select(k.lerp_big_coeff, k.one_minus_beta1, small);
     let base = select(gr, m_old, small);
     let m = lerp_fma(coeff, gr - m_old, base);
     let v = opaque(v_old * g.beta2) + opaque(g.one_minus_beta2 * gr * gr);
@@ -67,8 +69,10 @@ fn update_scalar(pi: u32, gi: u32, si: u32, k: StepConsts) {
 
 // The per-step scalars of a param group.
 fn step_consts(group: u32) -> StepConsts {
-    let sc = g.scalars_at + 4u * group;
+    let sc = g.scalars_at + SCALAR_WORDS * group;
     return StepConsts(
+        bitcast<f32>(meta_ro[sc + 4u]),
+        bitcast<f32>(meta_ro[sc + 5u]),
         bitcast<f32>(meta_ro[sc + 1u]),
         bitcast<f32>(meta_ro[sc + 2u]),
         bitcast<f32>(meta_ro[sc + 3u]),

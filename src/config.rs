@@ -3,188 +3,9 @@
 //! Every default is PyTorch's (`torch.optim.AdamW`), and every schedule is the one of
 //! `torch.optim.lr_scheduler` with the same name.
 
-use crate::error::{hyper, Error, Result};
-use serde_json::{json, Value};
-
-/// A learning-rate schedule, evaluated per scheduler epoch on the device.
-///
-/// The epoch of optimizer step `s` (1-based) is `floor((s - 1) / steps_per_epoch)`, as in a
-/// training loop that calls `scheduler.step()` once every `steps_per_epoch` optimizer steps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Schedule {
-    /// The base learning rate at every step.
-    Constant,
-    /// `CosineAnnealingLR(T_max, eta_min)`. Not clamped past `t_max`: the curve climbs back to
-    /// the base lr with period `2 * t_max`, as PyTorch's does.
-    Cosine {
-        /// Half period in epochs.
-        t_max: u32,
-        /// Minimum learning rate (absolute, shared by every group).
-        eta_min: f64,
-    },
-    /// `CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`.
-    CosineWarmRestarts {
-        /// Length of the first cycle in epochs.
-        t_0: u32,
-        /// Factor by which each cycle is longer than the previous one.
-        t_mult: u32,
-        /// Minimum learning rate (absolute, shared by every group).
-        eta_min: f64,
-    },
-    /// Linear warmup then cosine decay (`LambdaLR` with the transformers recipe):
-    /// `k / W` for `k < W`, else `0.5 * (1 + cos(pi * num_cycles * 2 * (k - W) / max(1, N - W)))`,
-    /// multiplied into each group's base lr.
-    WarmupCosine {
-        /// `W`: epochs of linear warmup.
-        warmup_steps: u32,
-        /// `N`: total epochs of the schedule.
-        total_steps: u32,
-        /// Number of cosine half-waves is `2 * num_cycles` (0.5: one decay to zero).
-        num_cycles: f64,
-    },
-}
-
-impl Default for Schedule {
-    /// [`Schedule::Constant`].
-    fn default() -> Self {
-        Schedule::Constant
-    }
-}
-
-impl Schedule {
-    /// Checks every parameter of the schedule.
-    pub fn validate(&self) -> Result<()> {
-        let finite_nonneg = |name, x: f64| {
-            if (0.0..=F32_MAX).contains(&x) {
-                Ok(())
-            } else {
-                Err(hyper(
-                    name,
-                    format!("must be >= 0 and finite in f32 (<= 3.4028235e38), got {x}"),
-                ))
-            }
-        };
-        match *self {
-            Schedule::Constant => Ok(()),
-            Schedule::Cosine { t_max, eta_min } => {
-                if t_max == 0 {
-                    return Err(hyper("t_max", "must be >= 1"));
-                }
-                finite_nonneg("eta_min", eta_min)
-            }
-            Schedule::CosineWarmRestarts {
-                t_0,
-                t_mult,
-                eta_min,
-            } => {
-                if t_0 == 0 {
-                    return Err(hyper("t_0", "must be >= 1"));
-                }
-                if t_mult == 0 {
-                    return Err(hyper("t_mult", "must be >= 1"));
-                }
-                finite_nonneg("eta_min", eta_min)
-            }
-            Schedule::WarmupCosine {
-                warmup_steps,
-                total_steps,
-                num_cycles,
-            } => {
-                if warmup_steps > total_steps {
-                    return Err(hyper(
-                        "warmup_steps",
-                        format!("must be <= total_steps ({total_steps}), got {warmup_steps}"),
-                    ));
-                }
-                finite_nonneg("num_cycles", num_cycles)
-            }
-        }
-    }
-
-    /// Parses the `schedule` object of the `adamw-trace/1` format, e.g.
-    /// `{"kind": "cosine", "t_max": 60, "eta_min": 0.0}`.
-    pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::InvalidJson(e.to_string()))?;
-        Self::from_json_value(&v)
-    }
-
-    /// Like [`Schedule::from_json`], from an already parsed value.
-    pub fn from_json_value(v: &Value) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::InvalidJson("schedule must be a JSON object".into()))?;
-        let kind = obj
-            .get("kind")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::InvalidJson("schedule needs a string `kind`".into()))?;
-        let int = |key: &str| -> Result<u32> {
-            let x = obj
-                .get(key)
-                .ok_or_else(|| Error::InvalidJson(format!("schedule `{kind}` needs `{key}`")))?;
-            x.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| {
-                    Error::InvalidJson(format!("`{key}` must be an integer in 0..2^32, got {x}"))
-                })
-        };
-        let float = |key: &str, default: Option<f64>| -> Result<f64> {
-            match obj.get(key) {
-                None => default
-                    .ok_or_else(|| Error::InvalidJson(format!("schedule `{kind}` needs `{key}`"))),
-                Some(x) => x.as_f64().ok_or_else(|| {
-                    Error::InvalidJson(format!("`{key}` must be a number, got {x}"))
-                }),
-            }
-        };
-        let s = match kind {
-            "constant" => Schedule::Constant,
-            "cosine" => Schedule::Cosine {
-                t_max: int("t_max")?,
-                eta_min: float("eta_min", Some(0.0))?,
-            },
-            "cosine_warm_restarts" => Schedule::CosineWarmRestarts {
-                t_0: int("t_0")?,
-                t_mult: if obj.contains_key("t_mult") { int("t_mult")? } else { 1 },
-                eta_min: float("eta_min", Some(0.0))?,
-            },
-            "warmup_cosine" => Schedule::WarmupCosine {
-                warmup_steps: int("warmup_steps")?,
-                total_steps: int("total_steps")?,
-                num_cycles: float("num_cycles", Some(0.5))?,
-            },
-            other => {
-                return Err(Error::InvalidJson(format!(
-                    "unknown schedule kind `{other}` (expected constant, cosine, cosine_warm_restarts or warmup_cosine)"
-                )))
-            }
-        };
-        s.validate()?;
-        Ok(s)
-    }
-
-    /// The schedule as the `schedule` object of the trace format.
-    pub fn to_json_value(&self) -> Value {
-        match *self {
-            Schedule::Constant => json!({"kind": "constant"}),
-            Schedule::Cosine { t_max, eta_min } => {
-                json!({"kind": "cosine", "t_max": t_max, "eta_min": eta_min})
-            }
-            Schedule::CosineWarmRestarts {
-                t_0,
-                t_mult,
-                eta_min,
-            } => {
-                json!({"kind": "cosine_warm_restarts", "t_0": t_0, "t_mult": t_mult, "eta_min": eta_min})
-            }
-            Schedule::WarmupCosine {
-                warmup_steps,
-                total_steps,
-                num_cycles,
-            } => json!({"kind": "warmup_cosine", "warmup_steps": warmup_steps,
-                        "total_steps": total_steps, "num_cycles": num_cycles}),
-        }
-    }
-}
+use crate::error::{hyper, Result};
+use crate::schedule::GroupCtx;
+pub use crate::schedule::Schedule;
 
 /// How the global gradient norm (for clipping) is summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,10 +51,10 @@ impl GradNormOrder {
 /// let cfg = AdamWConfig::default()
 ///     .with_lr(3e-4)
 ///     .with_weight_decay(0.1)
-///     .with_schedule(Schedule::Cosine { t_max: 1000, eta_min: 1e-5 });
+///     .with_schedule(Schedule::cosine(1000, 1e-5));
 /// assert!(cfg.validate().is_ok());
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdamWConfig {
     /// Base learning rate of groups that do not set their own.
     pub lr: f64,
@@ -272,7 +93,7 @@ impl Default for AdamWConfig {
             weight_decay: 1e-2,
             amsgrad: false,
             maximize: false,
-            schedule: Schedule::Constant,
+            schedule: Schedule::default(),
             steps_per_epoch: 1,
             max_grad_norm: None,
             loss_scaling: false,
@@ -383,25 +204,51 @@ impl AdamWConfig {
             ));
         }
         self.schedule.validate()?;
-        self.check_products(self.lr, self.weight_decay)
+        if let Schedule::WarmupPolynomial(p) = &self.schedule {
+            p.check_lr(self.lr)?;
+        }
+        self.check_products(0, self.lr, self.weight_decay)
     }
 
     /// Checks a group's overrides, and that its resolved lr and weight decay keep the
     /// kernel's per-step scalars finite in f32 (see [`AdamWConfig::validate`]).
     pub fn validate_group(&self, group: &GroupConfig) -> Result<()> {
-        group.validate()?;
-        let (lr, wd) = self.resolve(group);
-        self.check_products(lr, wd)
+        self.validate_group_at(0, group)
     }
 
-    fn check_products(&self, lr: f64, wd: f64) -> Result<()> {
-        let eta_min = match self.schedule {
-            Schedule::Cosine { eta_min, .. } | Schedule::CosineWarmRestarts { eta_min, .. } => {
-                eta_min
-            }
-            _ => 0.0,
-        };
-        let peak = f64::from(lr as f32).max(f64::from(eta_min as f32));
+    /// [`AdamWConfig::validate_group`] for the group at `index` (per-group schedule fields).
+    pub fn validate_group_at(&self, index: usize, group: &GroupConfig) -> Result<()> {
+        group.validate()?;
+        let (lr, wd) = self.resolve(group);
+        self.check_products(index, lr, wd)
+    }
+
+    /// Checks the config and every group, the schedule's per-group lists against their number.
+    pub fn validate_groups(&self, groups: &[GroupConfig]) -> Result<()> {
+        self.validate()?;
+        self.schedule.validate_groups(groups.len())?;
+        for (i, g) in groups.iter().enumerate() {
+            self.validate_group_at(i, g)?;
+        }
+        Ok(())
+    }
+
+    /// What the schedule needs to know about group `index`.
+    pub fn group_ctx(&self, index: usize, group: &GroupConfig) -> GroupCtx {
+        GroupCtx {
+            index,
+            base_lr: self.resolve(group).0,
+            optimizer_lr: self.lr,
+        }
+    }
+
+    fn check_products(&self, index: usize, lr: f64, wd: f64) -> Result<()> {
+        let peak_lr = self.schedule.peak_lr(&GroupCtx {
+            index,
+            base_lr: lr,
+            optimizer_lr: self.lr,
+        });
+        let peak = f64::from(lr as f32).max(f64::from(peak_lr as f32));
         if peak * f64::from(wd as f32) >= F32_MAX {
             return Err(hyper(
                 "weight_decay",

@@ -5,8 +5,10 @@ use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{Globals, CHUNK, FLAG_AMSGRAD, FLAG_MAXIMIZE};
 use crate::plan::{cpu_chunks, CpuChunk};
+use crate::schedule::program::Region;
+use crate::schedule::GroupCtx;
 use crate::state::{OptimizerState, TensorState};
-use crate::twin::{self, Counters, StepGlobals, StepScalars};
+use crate::twin::{self, Control, Counters, StepGlobals, StepScalars};
 
 /// A param group of the CPU reference: overrides and the lengths of its tensors.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +30,9 @@ pub struct CpuAdamW {
     counters: Counters,
     last: Vec<StepScalars>,
     last_step: StepGlobals,
-    loss_scale: f32,
+    /// The schedule region of the kernel's `meta` (programs, then state).
+    region: Vec<u32>,
+    control: Control,
     threads: usize,
     /// The kernel's chunk plan for one buffer pair (the order of the norm's partial sums).
     chunks: Vec<CpuChunk>,
@@ -40,11 +44,17 @@ const PARALLEL_MIN: usize = 1 << 16;
 impl CpuAdamW {
     /// Creates the optimizer for `groups` of tensors, all moments zero.
     pub fn new(config: AdamWConfig, groups: Vec<CpuParamGroup>) -> Result<Self> {
-        config.validate()?;
-        for g in &groups {
-            config.validate_group(&g.config)?;
-        }
-        let globals = Globals::new(&config, groups.len() as u32);
+        let configs: Vec<GroupConfig> = groups.iter().map(|g| g.config).collect();
+        config.validate_groups(&configs)?;
+        let ctxs: Vec<GroupCtx> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, g)| config.group_ctx(i, g))
+            .collect();
+        let region = Region::new(&config.schedule, &ctxs);
+        let mut globals = Globals::new(&config, groups.len() as u32);
+        globals.sched_stride = region.stride;
+        globals.sched_state_at = region.state_at;
         let group_params = groups
             .iter()
             .map(|g| {
@@ -75,7 +85,8 @@ impl CpuAdamW {
             counters: Counters::default(),
             last: vec![StepScalars::default(); groups.len()],
             last_step: StepGlobals::default(),
-            loss_scale: 1.0,
+            region: region.words,
+            control: Control::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             chunks,
         })
@@ -99,7 +110,7 @@ impl CpuAdamW {
                 .lens
                 .push(t.exp_avg.len());
         }
-        let mut opt = Self::new(state.config, groups)?;
+        let mut opt = Self::new(state.config.clone(), groups)?;
         opt.load_state(state)?;
         Ok(opt)
     }
@@ -146,7 +157,7 @@ impl CpuAdamW {
         // its prologue. A skipped step only advances the schedule.
         let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
         let reduced = if amp {
-            let inv = twin::grad_multiplier(&self.globals, self.loss_scale);
+            let inv = twin::grad_multiplier(&self.globals, self.control.loss_scale);
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {
                 let norms: Vec<(f32, u32)> = grads
                     .iter()
@@ -180,10 +191,11 @@ impl CpuAdamW {
         };
         let (last, step) = twin::prologue_amp(
             &self.globals,
+            &mut self.region,
             &self.group_params,
             &mut self.counters,
             reduced,
-            self.loss_scale,
+            &self.control,
         );
         self.last = last;
         self.last_step = step;
@@ -286,12 +298,52 @@ impl CpuAdamW {
 
     /// Sets the AMP loss scale (used with [`AdamWConfig::loss_scaling`]).
     pub fn set_loss_scale(&mut self, scale: f32) {
-        self.loss_scale = scale;
+        self.control.loss_scale = scale;
     }
 
     /// The AMP loss scale.
     pub fn loss_scale(&self) -> f32 {
-        self.loss_scale
+        self.control.loss_scale
+    }
+
+    /// Sets the metric ReduceLROnPlateau reads at the next epoch boundary (write epoch `j`'s
+    /// metric before the first step of epoch `j + 1`).
+    pub fn set_metric(&mut self, metric: f32) {
+        self.control.metric = metric;
+    }
+
+    /// Sets the multiplier applied to every group's scheduled lr (1 by default).
+    pub fn set_lr_scale(&mut self, scale: f32) -> Result<()> {
+        check_lr_scale(scale)?;
+        self.control.lr_scale = scale;
+        Ok(())
+    }
+
+    /// Sets group `group`'s base lr from the next step on: the lr the schedule scales
+    /// (for a constant schedule, PyTorch's `param_group["lr"] = lr`; for ReduceLROnPlateau
+    /// the group's current lr, which later cuts start from).
+    pub fn set_base_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        let mut gc = *self.groups.get(group).ok_or_else(|| no_group(group))?;
+        gc.lr = Some(lr);
+        self.config.validate_group_at(group, &gc)?;
+        self.groups[group] = gc;
+        self.group_params[group].0 = lr as f32;
+        if let Some(at) = plateau_lr_at(&self.globals, &self.region, group) {
+            let (hi, lo) = crate::schedule::program::split(lr);
+            self.region[at] = hi.to_bits();
+            self.region[at + 1] = lo.to_bits();
+        }
+        Ok(())
+    }
+
+    /// Sets group `group`'s weight decay from the next step on.
+    pub fn set_weight_decay(&mut self, group: usize, weight_decay: f64) -> Result<()> {
+        let mut gc = *self.groups.get(group).ok_or_else(|| no_group(group))?;
+        gc.weight_decay = Some(weight_decay);
+        self.config.validate_group_at(group, &gc)?;
+        self.groups[group] = gc;
+        self.group_params[group].1 = weight_decay as f32;
+        Ok(())
     }
 
     /// AMP and clipping results of the last step: skipped, found_inf, gradient norm.
@@ -299,28 +351,60 @@ impl CpuAdamW {
         self.last_step
     }
 
+    /// beta1 each group used at the last step (the schedule's where it cycles momentum).
+    pub fn beta1(&self) -> Vec<f32> {
+        self.last.iter().map(|s| s.beta1).collect()
+    }
+
     /// A copy of the whole state.
     pub fn state(&self) -> OptimizerState {
         OptimizerState {
-            config: self.config,
+            config: self.config.clone(),
             groups: self.groups.clone(),
             counters: self.counters,
-            loss_scale: self.loss_scale,
+            loss_scale: self.control.loss_scale,
+            schedule_state: self.region[self.globals.sched_state_at as usize..].to_vec(),
+            metric: self.control.metric,
+            lr_scale: self.control.lr_scale,
             tensors: self.tensors.clone(),
         }
     }
 
-    /// Restores a state; on a mismatch nothing is changed.
+    /// Restores a state, the groups' lr and weight decay included (as PyTorch's
+    /// `load_state_dict`); on a mismatch nothing is changed.
     pub fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         let shape: Vec<(usize, usize)> = self
             .tensors
             .iter()
             .map(|t| (t.group, t.exp_avg.len()))
             .collect();
-        state.check_matches(&self.config, &self.groups, &shape)?;
+        let state_at = self.globals.sched_state_at as usize;
+        state.check_matches(
+            &self.config,
+            &self.groups,
+            &shape,
+            self.region.len() - state_at,
+        )?;
+        for (i, g) in state.groups.iter().enumerate() {
+            self.config.validate_group_at(i, g)?;
+        }
         self.tensors = state.tensors.clone();
         self.counters = state.counters;
-        self.loss_scale = state.loss_scale;
+        self.control = Control {
+            loss_scale: state.loss_scale,
+            metric: state.metric,
+            lr_scale: state.lr_scale,
+        };
+        self.region[state_at..].copy_from_slice(&state.schedule_state);
+        self.groups = state.groups.clone();
+        self.group_params = self
+            .groups
+            .iter()
+            .map(|g| {
+                let (lr, wd) = self.config.resolve(g);
+                (lr as f32, wd as f32)
+            })
+            .collect();
         Ok(())
     }
 
@@ -333,6 +417,29 @@ impl CpuAdamW {
     pub fn load_checkpoint(&mut self, path: impl AsRef<std::path::Path>) -> Result<()> {
         self.load_state(&OptimizerState::load(path)?)
     }
+}
+
+fn no_group(group: usize) -> Error {
+    Error::InvalidArgument(format!("no param group {group}"))
+}
+
+/// Checks an lr multiplier: finite and >= 0.
+pub(crate) fn check_lr_scale(scale: f32) -> Result<()> {
+    if scale.is_finite() && scale >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "the lr scale must be finite and >= 0, got {scale}"
+        )))
+    }
+}
+
+/// Where group `group`'s lr lives in the schedule region, for ReduceLROnPlateau.
+pub(crate) fn plateau_lr_at(g: &Globals, region: &[u32], group: usize) -> Option<usize> {
+    if g.flags & crate::kernel::FLAG_PLATEAU == 0 {
+        return None;
+    }
+    Some(region[group * g.sched_stride as usize + 1] as usize)
 }
 
 /// A contiguous run of one tensor's elements, updated by one thread.
@@ -419,14 +526,14 @@ fn update_slice_generic<const HW_FMA: bool>(
     vmax: Option<&mut [f32]>,
 ) {
     let maximize = g.flags & FLAG_MAXIMIZE != 0;
-    let small = g.one_minus_beta1 < 0.5;
+    let small = s.one_minus_beta1 < 0.5;
     let vmax = vmax.filter(|_| g.flags & FLAG_AMSGRAD != 0);
     // The hardware fma equals the emulated one for a coefficient in this range and the
     // operands `fma_fast_ok` checks (see there).
     let coeff = if small {
-        g.one_minus_beta1
+        s.one_minus_beta1
     } else {
-        g.lerp_big_coeff
+        s.lerp_big_coeff
     };
     let fast = HW_FMA && (FMA_COEFF_MIN..=FMA_COEFF_MAX).contains(&coeff.abs());
     macro_rules! go {
@@ -496,9 +603,9 @@ fn update_run<const AMSGRAD: bool, const MAXIMIZE: bool, const SMALL: bool, cons
     let (grad, m, v) = (&grad[..n], &mut m[..n], &mut v[..n]);
     let vmax = if AMSGRAD { &mut vmax[..n] } else { vmax };
     let coeff = if SMALL {
-        g.one_minus_beta1
+        s.one_minus_beta1
     } else {
-        g.lerp_big_coeff
+        s.lerp_big_coeff
     };
     let k = Consts {
         coeff,
@@ -756,9 +863,12 @@ mod tests {
                 betas: (beta1, 0.999),
                 ..AdamWConfig::default()
             };
-            let g = Globals::new(&config, 1);
+            let region = Region::new(&config.schedule, &[GroupCtx::single(1e-3)]);
+            let mut g = Globals::new(&config, 1);
+            g.sched_stride = region.stride;
             let mut counters = Counters::default();
-            let s = twin::prologue(&g, &[(1e-3, 1e-2)], &mut counters)[0];
+            let mut words = region.words;
+            let s = twin::prologue(&g, &mut words, &[(1e-3, 1e-2)], &mut counters)[0];
             for seed in 0..4u64 {
                 let seed = seed + 10 * case as u64;
                 // Odd seeds: ordinary values, which take the hardware fma; even seeds: every
@@ -867,7 +977,7 @@ mod tests {
                 lens: lens[3..].to_vec(),
             },
         ];
-        let mut a = CpuAdamW::new(config, groups.clone()).unwrap();
+        let mut a = CpuAdamW::new(config.clone(), groups.clone()).unwrap();
         let mut b = CpuAdamW::new(config, groups).unwrap();
         a.set_threads(1);
         b.set_threads(3);

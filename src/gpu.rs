@@ -4,10 +4,11 @@
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    DispatchInfo, Globals, Kernel, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
-    STEP_SKIPPED, WORKGROUP,
+    DispatchInfo, Globals, Kernel, CONTROL_LR_SCALE, CONTROL_METRIC, CONTROL_WORDS, COUNTER_ADAM,
+    COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
+use crate::schedule::program::{split, Region, PLATEAU_HEADER};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -96,7 +97,8 @@ pub struct GpuAdamW {
     device: wgpu::Device,
     queue: wgpu::Queue,
     config: AdamWConfig,
-    groups: Vec<GroupConfig>,
+    /// Each group's overrides, as changed at run time ([`GpuAdamW::set_base_lr`]) or loaded.
+    groups: std::sync::RwLock<Vec<GroupConfig>>,
     kernel: Kernel,
     globals: Globals,
     meta: wgpu::Buffer,
@@ -127,10 +129,8 @@ impl GpuAdamW {
         groups: Vec<ParamGroup>,
         options: GpuOptions,
     ) -> Result<Self> {
-        config.validate()?;
-        for g in &groups {
-            config.validate_group(&g.config)?;
-        }
+        let configs: Vec<GroupConfig> = groups.iter().map(|g| g.config).collect();
+        config.validate_groups(&configs)?;
         if groups.len() > 1 << 16 {
             return Err(Error::DeviceLimit(format!(
                 "{} param groups; at most 65536 are supported",
@@ -207,7 +207,7 @@ impl GpuAdamW {
             let mut globals = Globals::new(&config, n_groups);
             globals.groups_at = COUNTER_WORDS;
             globals.scalars_at = globals.groups_at + 4 * n_groups;
-            globals.chunks_at = globals.scalars_at + 4 * n_groups;
+            globals.chunks_at = globals.scalars_at + SCALAR_WORDS * n_groups;
             globals.n_chunks = total_chunks as u32;
             globals.n_tensors = plan.tensors.len() as u32;
             let tables = plan.meta_tables(globals.chunks_at);
@@ -215,8 +215,18 @@ impl GpuAdamW {
             globals.tensors_at = tables.end;
             globals.tensor_norms_at = 4 * total_chunks as u32;
             let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
-            let meta_words = globals.tensors_at as usize + 4 * total_tensor_entries;
+            let ctxs: Vec<_> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, g)| config.group_ctx(i, g))
+                .collect();
+            let region = Region::new(&config.schedule, &ctxs);
+            globals.sched_at = globals.tensors_at + 4 * total_tensor_entries as u32;
+            globals.sched_stride = region.stride;
+            globals.sched_state_at = region.state_at;
+            let meta_words = globals.sched_at as usize + region.words.len();
             let mut meta_init = vec![0u32; meta_words];
+            meta_init[globals.sched_at as usize..].copy_from_slice(&region.words);
             for (gi, g) in groups.iter().enumerate() {
                 let (lr, wd) = config.resolve(&g.config);
                 let at = globals.groups_at as usize + 4 * gi;
@@ -229,7 +239,7 @@ impl GpuAdamW {
                 .chain(&tables.segments)
                 .chain(&tables.maps)
                 .chain(tensor_lists.iter().flatten().flatten());
-            for (word, &w) in meta_init[globals.chunks_at as usize..]
+            for (word, &w) in meta_init[globals.chunks_at as usize..globals.sched_at as usize]
                 .iter_mut()
                 .zip(tables)
             {
@@ -291,12 +301,16 @@ impl GpuAdamW {
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC;
             let amp = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-adamw amp"),
-                size: 16,
+                label: Some("wgpu-adamw control"),
+                size: 4 * CONTROL_WORDS as u64,
                 usage: storage,
                 mapped_at_creation: false,
             });
-            queue.write_buffer(&amp, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0]));
+            queue.write_buffer(
+                &amp,
+                0,
+                bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]),
+            );
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw grad-norm partials"),
                 size: (16 * total_chunks as u64 + 8 * plan.tensors.len() as u64).max(16),
@@ -425,7 +439,7 @@ impl GpuAdamW {
                 device: device.clone(),
                 queue: queue.clone(),
                 config,
-                groups: groups.iter().map(|g| g.config).collect(),
+                groups: std::sync::RwLock::new(configs),
                 kernel,
                 globals,
                 meta,
@@ -444,9 +458,13 @@ impl GpuAdamW {
         &self.config
     }
 
-    /// Per-group overrides, in group order.
-    pub fn groups(&self) -> &[GroupConfig] {
-        &self.groups
+    /// Per-group overrides, in group order (with the changes made at run time).
+    pub fn groups(&self) -> Vec<GroupConfig> {
+        self.groups.read().expect("not poisoned").clone()
+    }
+
+    fn n_groups(&self) -> usize {
+        self.globals.n_groups as usize
     }
 
     #[doc(hidden)]
@@ -550,9 +568,102 @@ impl GpuAdamW {
 
     /// Reads back the learning rate each group used at the last step (0 before the first).
     pub fn read_lr(&self) -> Result<Vec<f32>> {
+        self.read_scalar(0)
+    }
+
+    /// Reads back beta1 each group used at the last step (the schedule's where it cycles
+    /// momentum; 0 before the first step).
+    pub fn read_beta1(&self) -> Result<Vec<f32>> {
+        self.read_scalar(6)
+    }
+
+    fn read_scalar(&self, word: usize) -> Result<Vec<f32>> {
         let at = u64::from(self.globals.scalars_at) * 4;
-        let words: Vec<u32> = self.read_words(&self.meta, at, 16 * self.groups.len() as u64)?;
-        Ok(words.chunks(4).map(|s| f32::from_bits(s[0])).collect())
+        let size = 4 * u64::from(SCALAR_WORDS) * self.n_groups() as u64;
+        let words: Vec<u32> = self.read_words(&self.meta, at, size)?;
+        Ok(words
+            .chunks(SCALAR_WORDS as usize)
+            .map(|s| f32::from_bits(s[word]))
+            .collect())
+    }
+
+    /// Writes the metric ReduceLROnPlateau reads at the next epoch boundary (write epoch
+    /// `j`'s metric before the first step of epoch `j + 1`). An engine can instead write it
+    /// on the device: it is the f32 at [`GpuAdamW::metric_binding`].
+    pub fn set_metric(&self, metric: f32) {
+        self.queue.write_buffer(
+            &self.amp,
+            4 * CONTROL_METRIC as u64,
+            bytemuck::bytes_of(&metric),
+        );
+    }
+
+    /// The buffer and byte offset of the plateau metric (an f32 the engine's validation-loss
+    /// kernel may write, or copy into, before a step).
+    pub fn metric_binding(&self) -> (&wgpu::Buffer, u64) {
+        (&self.amp, 4 * CONTROL_METRIC as u64)
+    }
+
+    /// Sets the multiplier applied to every group's scheduled lr (1 by default; takes effect
+    /// at the next submit). An engine may write it on the device: the f32 at
+    /// [`GpuAdamW::lr_scale_binding`].
+    pub fn set_lr_scale(&self, scale: f32) -> Result<()> {
+        crate::cpu::check_lr_scale(scale)?;
+        self.queue.write_buffer(
+            &self.amp,
+            4 * CONTROL_LR_SCALE as u64,
+            bytemuck::bytes_of(&scale),
+        );
+        Ok(())
+    }
+
+    /// The buffer and byte offset of the lr multiplier (an f32).
+    pub fn lr_scale_binding(&self) -> (&wgpu::Buffer, u64) {
+        (&self.amp, 4 * CONTROL_LR_SCALE as u64)
+    }
+
+    /// Sets group `group`'s base lr from the next submitted step on: the lr the schedule
+    /// scales (for a constant schedule, PyTorch's `param_group["lr"] = lr`; for
+    /// ReduceLROnPlateau the group's current lr, which later cuts start from). No pipeline
+    /// is rebuilt.
+    pub fn set_base_lr(&self, group: usize, lr: f64) -> Result<()> {
+        let mut groups = self.groups.write().expect("not poisoned");
+        let mut gc = *groups.get(group).ok_or_else(|| no_group(group))?;
+        gc.lr = Some(lr);
+        self.config.validate_group_at(group, &gc)?;
+        groups[group] = gc;
+        let at = 4 * u64::from(self.globals.groups_at + 4 * group as u32);
+        self.queue
+            .write_buffer(&self.meta, at, bytemuck::bytes_of(&(lr as f32)));
+        if self.config.schedule.needs_metric() {
+            let (hi, lo) = split(lr);
+            let word = self.plateau_lr_word(group)?;
+            self.queue.write_buffer(
+                &self.meta,
+                4 * word,
+                bytemuck::cast_slice(&[hi.to_bits(), lo.to_bits()]),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets group `group`'s weight decay from the next submitted step on.
+    pub fn set_weight_decay(&self, group: usize, weight_decay: f64) -> Result<()> {
+        let mut groups = self.groups.write().expect("not poisoned");
+        let mut gc = *groups.get(group).ok_or_else(|| no_group(group))?;
+        gc.weight_decay = Some(weight_decay);
+        self.config.validate_group_at(group, &gc)?;
+        groups[group] = gc;
+        let at = 4 * u64::from(self.globals.groups_at + 4 * group as u32 + 1);
+        self.queue
+            .write_buffer(&self.meta, at, bytemuck::bytes_of(&(weight_decay as f32)));
+        Ok(())
+    }
+
+    /// The `meta` word of group `group`'s plateau lr (see [`Region`]).
+    fn plateau_lr_word(&self, group: usize) -> Result<u64> {
+        let g = &self.globals;
+        Ok(u64::from(g.sched_at + g.sched_state_at) + (PLATEAU_HEADER + 2 * group) as u64)
     }
 
     /// Reads back the step counters.
@@ -569,10 +680,12 @@ impl GpuAdamW {
         Ok(self.read_words(&self.meta, 4 * STEP_SKIPPED as u64, 4)?[0] != 0)
     }
 
-    /// The AMP/clipping buffer, 4 words the engine may bind or copy:
-    /// `[loss_scale: f32, found_inf: u32, grad_norm: f32, clip_coef: f32]`. The loss scale
-    /// (word 0) is read by every step with loss scaling on; an engine's scaler may write it on
-    /// the device (the buffer has `STORAGE | COPY_DST | COPY_SRC`). Words 1-3 are written by
+    /// The control buffer, 8 words the engine may bind or copy:
+    /// `[loss_scale: f32, found_inf: u32, grad_norm: f32, clip_coef: f32, metric: f32,
+    /// lr_scale: f32, 0, 0]`. The engine may write the loss scale (word 0), the plateau
+    /// metric (word 4) and the lr multiplier (word 5) on the device; the rest is written by
+    /// each step. The loss scale is read by every step with loss scaling on (the buffer has
+    /// `STORAGE | COPY_DST | COPY_SRC`). Words 1-3 are written by
     /// each step with loss scaling or clipping on: whether any gradient was non-finite, the
     /// global L2 norm of the unscaled gradients, and the clipping coefficient applied.
     pub fn amp_buffer(&self) -> &wgpu::Buffer {
@@ -631,14 +744,18 @@ impl GpuAdamW {
                 &[]
             })
             .collect();
+        let g = &self.globals;
+        let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
         let mut ranges = vec![
             (&self.meta, 0, 4 * u64::from(COUNTER_WORDS)),
-            (&self.amp, 0, 4),
+            (&self.amp, 0, 4 * CONTROL_WORDS as u64),
+            (&self.meta, state_at, self.meta.size() - state_at),
         ];
         ranges.extend(moments.iter().map(|b| (*b, 0, b.size())));
         let mut words = read_buffers(&self.device, &self.queue, &ranges)?.into_iter();
         let counters = words.next().expect("one per range");
-        let loss_scale = f32::from_bits(words.next().expect("one per range")[0]);
+        let control = words.next().expect("one per range");
+        let schedule_state = words.next().expect("one per range");
         let mut arenas: Vec<Vec<f32>> = words.map(|w| bytemuck::cast_slice(&w).to_vec()).collect();
         let n = a.exp_avg.len();
         let vmax = self.config.amsgrad.then(|| arenas.split_off(2 * n));
@@ -653,13 +770,16 @@ impl GpuAdamW {
             out
         };
         Ok(OptimizerState {
-            config: self.config,
-            groups: self.groups.clone(),
+            config: self.config.clone(),
+            groups: self.groups(),
             counters: Counters {
                 sched: counters[COUNTER_SCHED],
                 adam: counters[COUNTER_ADAM],
             },
-            loss_scale,
+            loss_scale: f32::from_bits(control[0]),
+            schedule_state,
+            metric: f32::from_bits(control[CONTROL_METRIC]),
+            lr_scale: f32::from_bits(control[CONTROL_LR_SCALE]),
             tensors: self
                 .tensors
                 .iter()
@@ -673,15 +793,23 @@ impl GpuAdamW {
         })
     }
 
-    /// Restores a state read by [`GpuAdamW::state`] or from a checkpoint. The state must
-    /// match this optimizer's tensors; on a mismatch nothing is changed.
+    /// Restores a state read by [`GpuAdamW::state`] or from a checkpoint, the groups' lr and
+    /// weight decay included (as PyTorch's `load_state_dict`). The state must match this
+    /// optimizer's tensors; on a mismatch nothing is changed.
     pub fn load_state(&self, state: &OptimizerState) -> Result<()> {
         let shape: Vec<(usize, usize)> = self
             .tensors
             .iter()
             .map(|t| (t.group, t.len as usize))
             .collect();
-        state.check_matches(&self.config, &self.groups, &shape)?;
+        let g = &self.globals;
+        let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
+        let state_len = ((self.meta.size() - state_at) / 4) as usize;
+        let mut groups = self.groups.write().expect("not poisoned");
+        state.check_matches(&self.config, &groups, &shape, state_len)?;
+        for (i, gc) in state.groups.iter().enumerate() {
+            self.config.validate_group_at(i, gc)?;
+        }
         for (t, s) in self.tensors.iter().zip(&state.tensors) {
             let mut done = 0usize;
             for p in &t.pieces {
@@ -705,7 +833,34 @@ impl GpuAdamW {
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
             .write_buffer(&self.meta, 0, bytemuck::cast_slice(&counters));
+        let table: Vec<u32> = state
+            .groups
+            .iter()
+            .flat_map(|gc| {
+                let (lr, wd) = self.config.resolve(gc);
+                [(lr as f32).to_bits(), (wd as f32).to_bits(), 0, 0]
+            })
+            .collect();
+        self.queue.write_buffer(
+            &self.meta,
+            4 * u64::from(g.groups_at),
+            bytemuck::cast_slice(&table),
+        );
+        if !state.schedule_state.is_empty() {
+            self.queue.write_buffer(
+                &self.meta,
+                state_at,
+                bytemuck::cast_slice(&state.schedule_state),
+            );
+        }
         self.set_loss_scale(state.loss_scale);
+        self.set_metric(state.metric);
+        self.queue.write_buffer(
+            &self.amp,
+            4 * CONTROL_LR_SCALE as u64,
+            bytemuck::bytes_of(&state.lr_scale),
+        );
+        *groups = state.groups.clone();
         self.queue.submit([]);
         Ok(())
     }
@@ -726,6 +881,10 @@ impl GpuAdamW {
     pub fn read_words(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u32>> {
         read_buffer(&self.device, &self.queue, buffer, offset, size)
     }
+}
+
+fn no_group(group: usize) -> Error {
+    Error::InvalidArgument(format!("no param group {group}"))
 }
 
 /// Runs `f`, which records or submits work on `device`, inside validation and out-of-memory
@@ -977,8 +1136,8 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
 }
 
 impl GpuAdamW {
-    /// Records a copy of the last step's per-group scalars into `dst` at `offset`: 16 bytes
-    /// per group, `[lr, 1 - lr*wd, lr / bc1, sqrt(bc2)]` as f32. Lets a loop log the lr of every
+    /// Records a copy of the last step's per-group scalars into `dst` at `offset`: 32 bytes
+    /// per group, `[lr, 1 - lr*wd, lr / bc1, sqrt(bc2), 1 - beta1, -beta1, beta1, 0]` as f32. Lets a loop log the lr of every
     /// step without waiting on the device. `dst` needs `COPY_DST` and room at `offset` (a
     /// multiple of 4); otherwise an [`Error::InvalidArgument`] and nothing is recorded.
     pub fn encode_copy_step_scalars(
@@ -987,7 +1146,7 @@ impl GpuAdamW {
         dst: &wgpu::Buffer,
         offset: u64,
     ) -> Result<()> {
-        let size = 16 * self.groups.len() as u64;
+        let size = 4 * u64::from(SCALAR_WORDS) * self.n_groups() as u64;
         check_copy_range(dst, offset, size, wgpu::BufferUsages::COPY_DST)?;
         if size > 0 {
             encoder.copy_buffer_to_buffer(

@@ -1,7 +1,7 @@
 //! The fused kernel `shaders/*.wgsl`: its uniform struct, its constants and the pipelines
 //! that run it. [`crate::twin`] is its CPU twin.
 
-use crate::config::{AdamWConfig, GradNormOrder, Schedule};
+use crate::config::{AdamWConfig, GradNormOrder};
 use bytemuck::{Pod, Zeroable};
 
 /// The WGSL source of the fused AdamW + schedule kernel: its files, by concept, concatenated
@@ -33,6 +33,21 @@ pub const FLAG_LOSS_SCALE: u32 = 4;
 pub const FLAG_CLIP: u32 = 8;
 /// `Globals::flags` bit: sum the gradient norm in PyTorch's CPU order.
 pub const FLAG_TORCH_NORM: u32 = 16;
+/// `Globals::flags` bit: the schedule sets beta1 (onecycle, cyclic with `cycle_momentum`).
+pub const FLAG_CYCLE_MOMENTUM: u32 = 32;
+/// `Globals::flags` bit: the schedule is ReduceLROnPlateau.
+pub const FLAG_PLATEAU: u32 = 64;
+/// Words per group of the per-step scalars in `meta`: lr, `1 - lr*wd`, `lr / bc1`,
+/// `sqrt(bc2)`, `1 - beta1`, `(1 - beta1) - 1`, beta1, unused.
+pub const SCALAR_WORDS: u32 = 8;
+/// Control-buffer word: the loss scale (set by the host or the engine).
+pub const CONTROL_SCALE: usize = 0;
+/// Control-buffer word: the metric of the last epoch (ReduceLROnPlateau).
+pub const CONTROL_METRIC: usize = 4;
+/// Control-buffer word: the lr multiplier (1 unless the engine sets it).
+pub const CONTROL_LR_SCALE: usize = 5;
+/// Words of the control buffer.
+pub const CONTROL_WORDS: usize = 8;
 /// `meta` word: scheduler steps taken.
 pub const COUNTER_SCHED: usize = 0;
 /// `meta` word: Adam steps taken.
@@ -42,33 +57,33 @@ pub const STEP_SKIPPED: usize = 2;
 /// Words at the start of the `meta` buffer that hold the step counters.
 pub const COUNTER_WORDS: u32 = 8;
 /// Stand-in for `ln(0)` when a beta is 0 (keeps infinities out of the shader).
-const LN_ZERO: f32 = -1.0e4;
+pub const LN_ZERO: f32 = -1.0e4;
 
 /// The kernel's uniform block (`struct Globals` in the WGSL): everything that does not change
 /// from step to step, prepared on the host in f64 and rounded once to f32.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct Globals {
-    /// 0 constant, 1 cosine, 2 cosine warm restarts, 3 warmup + cosine.
-    pub kind: u32,
+    /// Word offset of the schedule region in `meta` (`shaders/schedule.wgsl`).
+    pub sched_at: u32,
     /// Optimizer steps per scheduler epoch.
     pub steps_per_epoch: u32,
-    /// `t_max`, `t_0` or `warmup_steps`.
-    pub period: u32,
-    /// `t_mult` of warm restarts.
-    pub t_mult: u32,
-    /// `total_steps` of warmup + cosine.
-    pub total_steps: u32,
-    /// `2 * num_cycles = cycles_num / 2^cycles_shift` (warmup + cosine).
-    pub cycles_num: u32,
-    /// [`FLAG_AMSGRAD`] | [`FLAG_MAXIMIZE`].
+    /// Words of one group's schedule program.
+    pub sched_stride: u32,
+    /// Offset of the schedule's state (ReduceLROnPlateau) in the schedule region.
+    pub sched_state_at: u32,
+    /// Padding.
+    pub _pad0: u32,
+    /// Padding.
+    pub _pad1: u32,
+    /// `FLAG_*` bits.
     pub flags: u32,
     /// Number of param groups.
     pub n_groups: u32,
-    /// `eta_min` of the cosine schedules.
-    pub eta_min: f32,
-    /// See `cycles_num`.
-    pub cycles_shift: u32,
+    /// Padding.
+    pub _pad2: f32,
+    /// Padding.
+    pub _pad3: u32,
     /// eps.
     pub eps: f32,
     /// beta1 rounded to f32.
@@ -109,12 +124,13 @@ pub struct Globals {
 }
 
 impl Globals {
-    /// The uniform block for `config` with `n_groups` groups; the `meta` offsets are left 0.
+    /// The uniform block for `config` with `n_groups` groups; the `meta` offsets (and the
+    /// schedule region's) are left 0.
     pub fn new(config: &AdamWConfig, n_groups: u32) -> Self {
         let (b1, b2) = config.betas;
         let ln = |b: f64| if b > 0.0 { b.ln() as f32 } else { LN_ZERO };
         let omb1 = (1.0 - b1) as f32;
-        let mut g = Globals {
+        Globals {
             steps_per_epoch: config.steps_per_epoch.max(1),
             flags: [
                 (config.amsgrad, FLAG_AMSGRAD),
@@ -125,6 +141,8 @@ impl Globals {
                     config.grad_norm_order == GradNormOrder::TorchCpu,
                     FLAG_TORCH_NORM,
                 ),
+                (config.schedule.cycles_momentum(), FLAG_CYCLE_MOMENTUM),
+                (config.schedule.needs_metric(), FLAG_PLATEAU),
             ]
             .iter()
             .filter(|(on, _)| *on)
@@ -140,48 +158,8 @@ impl Globals {
             ln_beta1: ln(b1),
             ln_beta2: ln(b2),
             ..Default::default()
-        };
-        match config.schedule {
-            Schedule::Constant => g.kind = 0,
-            Schedule::Cosine { t_max, eta_min } => {
-                g.kind = 1;
-                g.period = t_max;
-                g.eta_min = eta_min as f32;
-            }
-            Schedule::CosineWarmRestarts {
-                t_0,
-                t_mult,
-                eta_min,
-            } => {
-                g.kind = 2;
-                g.period = t_0;
-                g.t_mult = t_mult;
-                g.eta_min = eta_min as f32;
-            }
-            Schedule::WarmupCosine {
-                warmup_steps,
-                total_steps,
-                num_cycles,
-            } => {
-                g.kind = 3;
-                g.period = warmup_steps;
-                g.total_steps = total_steps;
-                (g.cycles_num, g.cycles_shift) = dyadic(2.0 * num_cycles);
-            }
         }
-        g
     }
-}
-
-/// `(num, shift)` with `num / 2^shift` the closest such fraction to `x` (0 <= x < 2^32),
-/// `num < 2^32`, `shift <= 31` as large as possible: exact for integers and dyadic rationals.
-pub fn dyadic(x: f64) -> (u32, u32) {
-    let mut shift = 31;
-    while shift > 0 && (x * f64::from(1u32 << shift)).round() >= 4294967296.0 {
-        shift -= 1;
-    }
-    let num = (x * f64::from(1u32 << shift)).round().min(4294967295.0);
-    (num as u32, shift)
 }
 
 /// The `DispatchInfo` uniform of one `update` dispatch: which chunks of the chunk table it

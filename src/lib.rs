@@ -11,7 +11,7 @@
 //! #         params: &wgpu::Buffer, grads: &wgpu::Buffer) -> wgpu_adamw::Result<()> {
 //! let config = AdamWConfig::default()
 //!     .with_lr(3e-4)
-//!     .with_schedule(Schedule::Cosine { t_max: 10_000, eta_min: 1e-5 });
+//!     .with_schedule(Schedule::cosine(10_000, 1e-5));
 //! // Two tensors living in the engine's arena buffers.
 //! let tensors = vec![
 //!     TensorBinding { param: params.clone(), param_offset: 0,
@@ -63,7 +63,7 @@ pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};
 pub use gpu::{read_buffer, GpuAdamW, GpuOptions, ParamGroup, TensorBinding};
-pub use probe::{schedule_lrs_cpu, schedule_lrs_gpu};
+pub use probe::{schedule_beta1_cpu, schedule_beta1_gpu, schedule_lrs_cpu, schedule_lrs_gpu};
 pub use state::{OptimizerState, TensorState};
 pub use twin::Counters;
 /// The `wgpu` this crate is built against: use it to create the buffers you hand over.

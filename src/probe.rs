@@ -6,7 +6,23 @@ use crate::config::{AdamWConfig, GroupConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{checked, read_buffer};
 use crate::kernel::{Globals, SHADER_SOURCE};
+use crate::schedule::program::Region;
+use crate::schedule::GroupCtx;
 use crate::twin;
+
+/// Group 0's schedule region for a probe: the optimizer's lr is `config.lr`.
+fn probe_region(config: &AdamWConfig, base_lr: f64) -> (Globals, Region) {
+    let ctx = GroupCtx {
+        index: 0,
+        base_lr,
+        optimizer_lr: config.lr,
+    };
+    let region = Region::new(&config.schedule, &[ctx]);
+    let mut g = Globals::new(config, 1);
+    g.sched_stride = region.stride;
+    g.sched_state_at = region.state_at;
+    (g, region)
+}
 
 /// The lr of each optimizer step in `steps` (1-based, each >= 1) for a group with base lr
 /// `base_lr`, evaluated on the device.
@@ -25,9 +41,55 @@ pub fn schedule_lrs_gpu(
     if steps.contains(&0) {
         return Err(Error::ShapeMismatch("steps are 1-based".into()));
     }
-    let io_buf = checked(device, || probe(device, queue, config, base_lr, steps))?;
+    let io_buf = checked(device, || {
+        probe(device, queue, config, base_lr, steps, "schedule_probe")
+    })?;
     let out = read_buffer(device, queue, &io_buf, 0, io_buf.size())?;
     Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
+}
+
+/// beta1 of each optimizer step in `steps` for a schedule that cycles momentum (onecycle,
+/// cyclic with `cycle_momentum`), evaluated on the device (group 0's bounds).
+pub fn schedule_beta1_gpu(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    config: &AdamWConfig,
+    steps: &[u32],
+) -> Result<Vec<f32>> {
+    config.validate()?;
+    if !config.schedule.cycles_momentum() {
+        return Err(Error::InvalidArgument(
+            "the schedule does not cycle momentum".into(),
+        ));
+    }
+    if steps.contains(&0) {
+        return Err(Error::ShapeMismatch("steps are 1-based".into()));
+    }
+    let io_buf = checked(device, || {
+        probe(device, queue, config, config.lr, steps, "momentum_probe")
+    })?;
+    let out = read_buffer(device, queue, &io_buf, 0, io_buf.size())?;
+    Ok(out[1..].iter().map(|&b| f32::from_bits(b)).collect())
+}
+
+/// The same as [`schedule_beta1_gpu`], on the CPU twin.
+pub fn schedule_beta1_cpu(config: &AdamWConfig, steps: &[u32]) -> Result<Vec<f32>> {
+    config.validate()?;
+    if !config.schedule.cycles_momentum() {
+        return Err(Error::InvalidArgument(
+            "the schedule does not cycle momentum".into(),
+        ));
+    }
+    let (g, region) = probe_region(config, config.lr);
+    steps
+        .iter()
+        .map(|&s| {
+            if s == 0 {
+                return Err(Error::ShapeMismatch("steps are 1-based".into()));
+            }
+            Ok(twin::schedule_momentum(&region.words, 0, (s - 1) / g.steps_per_epoch).0)
+        })
+        .collect()
 }
 
 /// A numerics function of the kernel, for [`numerics_gpu`] and [`numerics_cpu`].
@@ -45,6 +107,18 @@ pub enum Numerics {
     SqrtRn = 4,
     /// `expm1_neg(a)` for `a <= 0`.
     Expm1Neg = 5,
+    /// `ln_pos(a)` for a positive normal `a`.
+    LnPos = 6,
+    /// `ln_one_minus(a)` = `ln(1 - a)` for `0 <= a <= 1/2`.
+    LnOneMinus = 7,
+    /// `exp_neg(a)` for `a <= 0`.
+    ExpNeg = 8,
+    /// `exp2_mul(bits(a), b, c)` = `2^(n * (b + c))`.
+    Exp2Mul = 9,
+    /// `pow_ratio(bits(a), bits(b), c)` = `(num / den)^c`.
+    PowRatio = 10,
+    /// `cos_sq_half_pi(a, b, c)` = `cos^2(pi/2 * a / c)` given `b = c - a`.
+    CosSqHalfPi = 11,
 }
 
 /// `f` of each `(a, b, c)` in `cases`, computed by the kernel's own function on the device
@@ -62,7 +136,15 @@ pub fn numerics_gpu(
     }
     let config = AdamWConfig::default();
     let buf = checked(device, || {
-        run_probe(device, queue, &config, "numerics_probe", &io, cases.len())
+        run_probe(
+            device,
+            queue,
+            &config,
+            None,
+            "numerics_probe",
+            &io,
+            cases.len(),
+        )
     })?;
     let out = read_buffer(device, queue, &buf, 0, buf.size())?;
     Ok(out[1..].chunks(4).map(|w| f32::from_bits(w[3])).collect())
@@ -79,6 +161,12 @@ pub fn numerics_cpu(f: Numerics, cases: &[[f32; 3]]) -> Vec<f32> {
             Numerics::DivRn => a / b,
             Numerics::SqrtRn => a.sqrt(),
             Numerics::Expm1Neg => twin::expm1_neg(a),
+            Numerics::LnPos => twin::ln_pos(a),
+            Numerics::LnOneMinus => twin::ln_one_minus(a),
+            Numerics::ExpNeg => twin::exp_neg(a),
+            Numerics::Exp2Mul => twin::exp2_mul(a.to_bits(), b, c),
+            Numerics::PowRatio => twin::pow_ratio(a.to_bits(), b.to_bits(), c),
+            Numerics::CosSqHalfPi => twin::cos_sq_half_pi(a, b, c),
         })
         .collect()
 }
@@ -90,19 +178,31 @@ fn probe(
     config: &AdamWConfig,
     base_lr: f64,
     steps: &[u32],
+    entry: &str,
 ) -> wgpu::Buffer {
     let mut io = Vec::with_capacity(steps.len() + 1);
     io.push((base_lr as f32).to_bits());
     io.extend_from_slice(steps);
-    run_probe(device, queue, config, "schedule_probe", &io, steps.len())
+    let (g, region) = probe_region(config, base_lr);
+    run_probe(
+        device,
+        queue,
+        config,
+        Some((g, &region.words)),
+        entry,
+        &io,
+        steps.len(),
+    )
 }
 
 /// Runs `entry` (64 invocations per workgroup, one per case) over the words `io`, bound at
-/// binding 9 beside the uniform block of `config`; returns the buffer.
+/// binding 9 beside the uniform block of `config` (or the given one, with a schedule region
+/// bound as `meta`); returns the buffer.
 fn run_probe(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     config: &AdamWConfig,
+    schedule: Option<(Globals, &[u32])>,
     entry: &str,
     io: &[u32],
     cases: usize,
@@ -119,7 +219,7 @@ fn run_probe(
         compilation_options: Default::default(),
         cache: None,
     });
-    let globals = Globals::new(config, 1);
+    let globals = schedule.map_or_else(|| Globals::new(config, 1), |(g, _)| g);
     let uniform = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("probe globals"),
         size: std::mem::size_of::<Globals>() as u64,
@@ -136,19 +236,36 @@ fn run_probe(
         mapped_at_creation: false,
     });
     queue.write_buffer(&io_buf, 0, bytemuck::cast_slice(io));
+    let meta = schedule.map(|(_, words)| {
+        let b = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("probe meta"),
+            size: (words.len() * 4).max(16) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&b, 0, bytemuck::cast_slice(words));
+        b
+    });
+    let mut entries = vec![
+        wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 9,
+            resource: io_buf.as_entire_binding(),
+        },
+    ];
+    if let Some(m) = &meta {
+        entries.push(wgpu::BindGroupEntry {
+            binding: 8,
+            resource: m.as_entire_binding(),
+        });
+    }
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("probe"),
         layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: uniform.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 9,
-                resource: io_buf.as_entire_binding(),
-            },
-        ],
+        entries: &entries,
     });
     let mut encoder = device.create_command_encoder(&Default::default());
     {
@@ -170,7 +287,7 @@ pub fn schedule_lrs_cpu(config: &AdamWConfig, base_lr: f64, steps: &[u32]) -> Re
         lr: Some(base_lr),
         weight_decay: None,
     })?;
-    let g = Globals::new(config, 1);
+    let (g, region) = probe_region(config, base_lr);
     steps
         .iter()
         .map(|&s| {
@@ -178,9 +295,10 @@ pub fn schedule_lrs_cpu(config: &AdamWConfig, base_lr: f64, steps: &[u32]) -> Re
                 return Err(Error::ShapeMismatch("steps are 1-based".into()));
             }
             Ok(twin::schedule_lr(
-                &g,
-                base_lr as f32,
+                &region.words,
+                0,
                 (s - 1) / g.steps_per_epoch,
+                base_lr as f32,
             ))
         })
         .collect()

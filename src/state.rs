@@ -40,6 +40,13 @@ pub struct OptimizerState {
     pub counters: Counters,
     /// The AMP loss scale (1 when loss scaling is off).
     pub loss_scale: f32,
+    /// The schedule's own state (ReduceLROnPlateau: best, bad epochs, cooldown and each
+    /// group's lr), as the device keeps it; empty for the closed-form kinds.
+    pub schedule_state: Vec<u32>,
+    /// The last metric written for ReduceLROnPlateau.
+    pub metric: f32,
+    /// The lr multiplier of the control buffer.
+    pub lr_scale: f32,
     /// Per-tensor moments, in registration order.
     pub tensors: Vec<TensorState>,
 }
@@ -121,6 +128,17 @@ impl OptimizerState {
             TensorView::new(Dtype::U32, vec![2], counter_bytes)
                 .map_err(|e| Error::Serialize(e.to_string()))?,
         ));
+        if !self.schedule_state.is_empty() {
+            views.push((
+                "schedule_state".into(),
+                TensorView::new(
+                    Dtype::U32,
+                    vec![self.schedule_state.len()],
+                    bytemuck::cast_slice(&self.schedule_state),
+                )
+                .map_err(|e| Error::Serialize(e.to_string()))?,
+            ));
+        }
         for (i, t) in self.tensors.iter().enumerate() {
             views.push((format!("exp_avg/{i}"), view(&t.exp_avg)?));
             views.push((format!("exp_avg_sq/{i}"), view(&t.exp_avg_sq)?));
@@ -136,6 +154,8 @@ impl OptimizerState {
             "loss_scaling": self.config.loss_scaling,
             "grad_norm_order": self.config.grad_norm_order.name(),
             "loss_scale": self.loss_scale,
+            "metric": self.metric,
+            "lr_scale": self.lr_scale,
             "groups": self.groups.iter().map(|g| json!({"lr": opt_json(g.lr), "weight_decay": opt_json(g.weight_decay)})).collect::<Vec<_>>(),
             "tensor_groups": self.tensors.iter().map(|t| t.group).collect::<Vec<_>>(),
         });
@@ -181,6 +201,14 @@ impl OptimizerState {
             Value::Null => 1.0,
             v => v.as_f64().ok_or_else(|| bad(path, "bad loss_scale"))? as f32,
         };
+        let f32_or = |key: &str, default: f32| -> Result<f32> {
+            match &cfg[key] {
+                Value::Null => Ok(default),
+                v => Ok(v.as_f64().ok_or_else(|| bad(path, format!("bad {key}")))? as f32),
+            }
+        };
+        let metric = f32_or("metric", 0.0)?;
+        let lr_scale = f32_or("lr_scale", 1.0)?;
         config.validate().map_err(wrap)?;
         let groups = cfg["groups"]
             .as_array()
@@ -191,9 +219,7 @@ impl OptimizerState {
                 weight_decay: g["weight_decay"].as_f64(),
             })
             .collect::<Vec<_>>();
-        for g in &groups {
-            config.validate_group(g).map_err(wrap)?;
-        }
+        config.validate_groups(&groups).map_err(wrap)?;
         let tensor_groups = cfg["tensor_groups"]
             .as_array()
             .ok_or_else(|| bad(path, "missing tensor_groups"))?
@@ -228,7 +254,13 @@ impl OptimizerState {
                 max_exp_avg_sq,
             });
         }
-        if st.len() != 1 + tensors.len() * (2 + usize::from(config.amsgrad)) {
+        let schedule_state = if st.names().contains(&"schedule_state") {
+            read_u32s(&st, "schedule_state", path)?
+        } else {
+            Vec::new()
+        };
+        let extra = usize::from(!schedule_state.is_empty());
+        if st.len() != 1 + extra + tensors.len() * (2 + usize::from(config.amsgrad)) {
             return Err(bad(path, "unexpected extra tensors"));
         }
         Ok(Self {
@@ -239,6 +271,9 @@ impl OptimizerState {
                 adam: counters[1],
             },
             loss_scale,
+            schedule_state,
+            metric,
+            lr_scale,
             tensors,
         })
     }
@@ -269,12 +304,15 @@ impl OptimizerState {
     }
 
     /// Checks that this state fits an optimizer with `config`, `groups` and tensors of
-    /// `lens` elements (each with its group index).
+    /// `lens` elements (each with its group index) and `schedule_state_len` words of
+    /// schedule state. The groups' lr and weight decay may differ: loading adopts the
+    /// file's, as PyTorch's `load_state_dict` does.
     pub fn check_matches(
         &self,
         config: &AdamWConfig,
         groups: &[GroupConfig],
         tensors: &[(usize, usize)],
+        schedule_state_len: usize,
     ) -> Result<()> {
         let mismatch = |s: String| Err(Error::CheckpointMismatch(s));
         if (
@@ -283,6 +321,13 @@ impl OptimizerState {
         ) != (config.loss_scaling, config.max_grad_norm.is_some())
         {
             return mismatch("loss scaling or clipping differs from this optimizer's".into());
+        }
+        if self.config.schedule.kind() != config.schedule.kind() {
+            return mismatch(format!(
+                "the schedule is `{}` in the checkpoint, `{}` here",
+                self.config.schedule.kind(),
+                config.schedule.kind()
+            ));
         }
         if self.config.amsgrad != config.amsgrad {
             return mismatch(format!(
@@ -318,6 +363,12 @@ impl OptimizerState {
                     "tensor {i}: its moments have different lengths or max_exp_avg_sq does not match amsgrad"
                 ));
             }
+        }
+        if self.schedule_state.len() != schedule_state_len {
+            return mismatch(format!(
+                "{} words of schedule state in the checkpoint, {schedule_state_len} here",
+                self.schedule_state.len()
+            ));
         }
         if self.counters.at_limit() {
             return Err(Error::StepLimit(format!(

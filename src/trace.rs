@@ -6,6 +6,7 @@ use crate::context::GpuContext;
 use crate::cpu::{CpuAdamW, CpuParamGroup};
 use crate::error::{Error, Result};
 use crate::gpu::{read_buffer, GpuAdamW, ParamGroup, TensorBinding};
+use crate::kernel::SCALAR_WORDS;
 use crate::state::{parse_optimizer_json, OptimizerState};
 use safetensors::tensor::Dtype;
 use serde_json::Value;
@@ -15,8 +16,11 @@ use std::path::{Path, PathBuf};
 pub const PARAM_ATOL: f64 = 1e-6;
 /// See [`PARAM_ATOL`].
 pub const PARAM_RTOL: f64 = 1e-5;
-/// Moment tolerance: `|x - torch| <= MOMENT_RTOL * |torch|`.
+/// Moment tolerance: `|x - torch| <= MOMENT_RTOL * |torch| + MOMENT_MAX_RTOL * max|torch|`
+/// (the max over the tensor).
 pub const MOMENT_RTOL: f64 = 1e-5;
+/// See [`MOMENT_RTOL`].
+pub const MOMENT_MAX_RTOL: f64 = 1e-6;
 /// LR tolerance: `|x - torch| <= LR_RTOL * |torch| + LR_MAX_RTOL * max(lr)`.
 pub const LR_RTOL: f64 = 1e-6;
 /// See [`LR_RTOL`].
@@ -62,6 +66,10 @@ pub struct Trace {
     pub grad_scale: Option<Vec<f32>>,
     /// AMP traces: whether PyTorch skipped each step (`skipped`).
     pub skipped: Option<Vec<bool>>,
+    /// Schedules that cycle momentum: `betas[0]` of each step, per group (`beta1/G`).
+    pub beta1: Option<Vec<Vec<f64>>>,
+    /// ReduceLROnPlateau: the metric after each epoch (`metric`).
+    pub metric: Option<Vec<f32>>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -89,11 +97,30 @@ impl Trace {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some("adamw-trace/1") {
-            return Err(bad(path, "metadata `format` is not `adamw-trace/1`"));
+        let format = meta.get("format").map(String::as_str);
+        if !matches!(format, Some("adamw-trace/1") | Some("adamw-trace/2")) {
+            return Err(bad(
+                path,
+                "metadata `format` is not `adamw-trace/1` or `adamw-trace/2`",
+            ));
         }
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
+        // /2's training-loop and 16-bit features are not built yet: refuse them by name.
+        for key in [
+            "dtype",
+            "master_weights",
+            "grad_scaler",
+            "accumulate",
+            "ema",
+        ] {
+            if !cfg[key].is_null() {
+                return Err(Error::Unsupported(format!(
+                    "{}: `{key}` (adamw-trace/2) is not supported yet",
+                    path.display()
+                )));
+            }
+        }
         let wrap = |e: Error| bad(path, e.to_string());
         let mut config = parse_optimizer_json(&cfg["optimizer"]).map_err(wrap)?;
         config.schedule = Schedule::from_json_value(&cfg["schedule"]).map_err(wrap)?;
@@ -219,6 +246,36 @@ impl Trace {
         } else {
             None
         };
+        let f64s = |name: &str, n: usize| -> Result<Vec<f64>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+            if t.dtype() != Dtype::F64 || t.shape() != [n] {
+                return Err(bad(path, format!("`{name}` must be F64 [{n}]")));
+            }
+            Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
+        };
+        let beta1 = if config.schedule.cycles_momentum() {
+            Some(
+                (0..groups.len())
+                    .map(|gi| f64s(&format!("beta1/{gi}"), steps as usize))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let metric = if config.schedule.needs_metric() {
+            let t = st
+                .tensor("metric")
+                .map_err(|_| bad(path, "missing tensor `metric`"))?;
+            if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
+                return Err(bad(path, "`metric` must be a 1-D F32 tensor"));
+            }
+            Some(bytemuck::pod_collect_to_vec::<u8, f32>(t.data()))
+        } else {
+            None
+        };
+        config.validate_groups(&groups).map_err(wrap)?;
         let skipped = match st.tensor("skipped") {
             Err(_) => None,
             Ok(t) if t.dtype() == Dtype::U8 && t.shape() == [steps as usize] => {
@@ -235,7 +292,16 @@ impl Trace {
             lr,
             grad_scale,
             skipped,
+            beta1,
+            metric,
         })
+    }
+
+    /// The metric to write before 0-based step `s`: epoch `j`'s after its last step.
+    fn metric_before(&self, s: usize) -> Option<f32> {
+        let k = self.config.steps_per_epoch as usize;
+        let m = self.metric.as_ref()?;
+        (s > 0 && s.is_multiple_of(k)).then(|| m.get(s / k - 1).copied().unwrap_or(f32::NAN))
     }
 }
 
@@ -261,6 +327,8 @@ pub struct ReplayOutput {
     pub max_exp_avg_sq: Option<Vec<Vec<f32>>>,
     /// The lr used at each step, per group.
     pub lr: Vec<Vec<f32>>,
+    /// beta1 used at each step, per group.
+    pub beta1: Vec<Vec<f32>>,
     /// Whether each step was skipped (non-finite gradients under loss scaling).
     pub skipped: Vec<bool>,
 }
@@ -304,9 +372,10 @@ fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
 }
 
 fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<ReplayOutput> {
-    let mut opt = CpuAdamW::new(trace.config, cpu_groups(trace))?;
+    let mut opt = CpuAdamW::new(trace.config.clone(), cpu_groups(trace))?;
     let mut params: Vec<Vec<f32>> = trace.params.iter().map(|p| p.init.clone()).collect();
     let mut lr = vec![Vec::with_capacity(trace.steps as usize); trace.groups.len()];
+    let mut beta1 = lr.clone();
     let mut skipped = Vec::with_capacity(trace.steps as usize);
     // One pass more than there are steps, so a checkpoint after the last step is taken too.
     for s in 0..=trace.steps as usize {
@@ -320,28 +389,36 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         if let Some(scales) = &trace.grad_scale {
             opt.set_loss_scale(scales[s]);
         }
+        if let Some(m) = trace.metric_before(s) {
+            opt.set_metric(m);
+        }
         let grads: Vec<&[f32]> = trace.params.iter().map(|p| p.grads[s].as_slice()).collect();
         let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
         opt.step(&mut views, &grads)?;
         for (g, l) in lr.iter_mut().zip(opt.lr()) {
             g.push(l);
         }
+        for (g, b) in beta1.iter_mut().zip(opt.beta1()) {
+            g.push(b);
+        }
         skipped.push(opt.last_step().skipped);
     }
     let st = opt.state();
-    Ok(output_from_state(params, st, lr, skipped))
+    Ok(output_from_state(params, st, lr, beta1, skipped))
 }
 
 fn output_from_state(
     params: Vec<Vec<f32>>,
     st: OptimizerState,
     lr: Vec<Vec<f32>>,
+    beta1: Vec<Vec<f32>>,
     skipped: Vec<bool>,
 ) -> ReplayOutput {
     let amsgrad = st.config.amsgrad;
     let mut out = ReplayOutput {
         params,
         lr,
+        beta1,
         skipped,
         max_exp_avg_sq: amsgrad.then(Vec::new),
         ..Default::default()
@@ -408,11 +485,12 @@ fn replay_gpu(
                 .collect(),
         })
         .collect();
-    let mut opt = GpuAdamW::new(device, queue, trace.config, groups.clone())?;
+    let mut opt = GpuAdamW::new(device, queue, trace.config.clone(), groups.clone())?;
     let n_groups = trace.groups.len() as u64;
+    let row = 4 * u64::from(SCALAR_WORDS) * n_groups;
     let lr_log = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("trace lr log"),
-        size: (16 * n_groups * u64::from(trace.steps)).max(16),
+        size: (row * u64::from(trace.steps)).max(16),
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
@@ -428,7 +506,7 @@ fn replay_gpu(
         if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
             opt.save_checkpoint(file)?;
             let state = OptimizerState::load(file)?;
-            opt = GpuAdamW::new(device, queue, state.config, groups.clone())?;
+            opt = GpuAdamW::new(device, queue, state.config.clone(), groups.clone())?;
             opt.load_state(&state)?;
         }
         if s == trace.steps as usize {
@@ -440,9 +518,12 @@ fn replay_gpu(
         if let Some(scales) = &trace.grad_scale {
             opt.set_loss_scale(scales[s]);
         }
+        if let Some(m) = trace.metric_before(s) {
+            opt.set_metric(m);
+        }
         let mut encoder = device.create_command_encoder(&Default::default());
         opt.encode_step(&mut encoder);
-        opt.encode_copy_step_scalars(&mut encoder, &lr_log, 16 * n_groups * s as u64)?;
+        opt.encode_copy_step_scalars(&mut encoder, &lr_log, row * s as u64)?;
         opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64)?;
         queue.submit([encoder.finish()]);
     }
@@ -455,18 +536,22 @@ fn replay_gpu(
         .map(|(p, &off)| flat[(off / 4) as usize..(off / 4) as usize + p.init.len()].to_vec())
         .collect();
     let log = read_buffer(device, queue, &lr_log, 0, lr_log.size())?;
-    let lr = (0..n_groups as usize)
-        .map(|gi| {
-            (0..trace.steps as usize)
-                .map(|s| f32::from_bits(log[4 * (s * n_groups as usize + gi)]))
-                .collect()
-        })
-        .collect();
+    let w = SCALAR_WORDS as usize;
+    let column = |word: usize| -> Vec<Vec<f32>> {
+        (0..n_groups as usize)
+            .map(|gi| {
+                (0..trace.steps as usize)
+                    .map(|s| f32::from_bits(log[w * (s * n_groups as usize + gi) + word]))
+                    .collect()
+            })
+            .collect()
+    };
+    let (lr, beta1) = (column(0), column(6));
     let amp = read_buffer(device, queue, &amp_log, 0, amp_log.size())?;
     let skipped = (0..trace.steps as usize)
         .map(|s| trace.config.loss_scaling && amp[4 * s + 1] != 0)
         .collect();
-    Ok(output_from_state(params, opt.state()?, lr, skipped))
+    Ok(output_from_state(params, opt.state()?, lr, beta1, skipped))
 }
 
 /// The worst error of one kind of value, as a multiple of its tolerance.
@@ -526,6 +611,8 @@ pub struct Comparison {
     pub max_exp_avg_sq: Option<Worst>,
     /// Learning rates of every step.
     pub lr: Worst,
+    /// beta1 of every step (schedules that cycle momentum; the lr tolerance).
+    pub beta1: Option<Worst>,
     /// AMP traces: steps skipped where PyTorch did not, or the reverse (ratio 0 or infinite).
     pub skipped: Option<Worst>,
 }
@@ -539,6 +626,7 @@ impl Comparison {
             && ok(&self.exp_avg_sq)
             && self.max_exp_avg_sq.as_ref().is_none_or(ok)
             && ok(&self.lr)
+            && self.beta1.as_ref().is_none_or(ok)
             && self.skipped.as_ref().is_none_or(ok)
     }
 
@@ -553,6 +641,9 @@ impl Comparison {
             rows.push(("max_exp_avg_sq", w));
         }
         rows.push(("lr", &self.lr));
+        if let Some(w) = &self.beta1 {
+            rows.push(("beta1", w));
+        }
         if let Some(w) = &self.skipped {
             rows.push(("skipped", w));
         }
@@ -570,6 +661,12 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
     let nth = |v: &[Vec<f32>], i: usize| v.get(i).unwrap_or(&empty).clone();
     let cmp = |w: &mut Worst, got: &[f32], want: &[f32], name: &str, atol: f64, rtol: f64| {
         w.wrong_count(name.to_string(), got.len(), want.len());
+        // Moments (no absolute term) also get MOMENT_MAX_RTOL of the tensor's largest value.
+        let atol = if atol == 0.0 {
+            MOMENT_MAX_RTOL * want.iter().fold(0.0f64, |a, &b| a.max(f64::from(b).abs()))
+        } else {
+            atol
+        };
         for (i, (&x, &t)) in got.iter().zip(want).enumerate() {
             let t = f64::from(t);
             w.add(f64::from(x), t, atol + rtol * t.abs(), || {
@@ -622,18 +719,28 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         }
         c.skipped = Some(w);
     }
-    c.lr.wrong_count("lr groups".into(), out.lr.len(), trace.lr.len());
-    for (g, (want, got)) in trace.lr.iter().zip(&out.lr).enumerate() {
-        c.lr.wrong_count(format!("lr/{g}"), got.len(), want.len());
+    compare_series(&mut c.lr, "lr", &trace.lr, &out.lr);
+    if let Some(want) = &trace.beta1 {
+        let mut w = Worst::default();
+        compare_series(&mut w, "beta1", want, &out.beta1);
+        c.beta1 = Some(w);
+    }
+    c
+}
+
+/// Per-step series (lr, beta1) against the lr tolerance.
+fn compare_series(w: &mut Worst, name: &str, want: &[Vec<f64>], got: &[Vec<f32>]) {
+    w.wrong_count(format!("{name} groups"), got.len(), want.len());
+    for (g, (want, got)) in want.iter().zip(got).enumerate() {
+        w.wrong_count(format!("{name}/{g}"), got.len(), want.len());
         let max = want.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
         for (s, (&t, &x)) in want.iter().zip(got).enumerate() {
-            c.lr.add(
+            w.add(
                 f64::from(x),
                 t,
                 LR_RTOL * t.abs() + LR_MAX_RTOL * max,
-                || format!("lr/{g}[step {}]", s + 1),
+                || format!("{name}/{g}[step {}]", s + 1),
             );
         }
     }
-    c
 }

@@ -58,10 +58,7 @@ fn non_finite_gradients_skip_the_step_and_change_nothing() {
         .with_loss_scaling(true)
         .with_max_grad_norm(Some(1.0))
         .with_amsgrad(true)
-        .with_schedule(Schedule::Cosine {
-            t_max: 10,
-            eta_min: 0.0,
-        });
+        .with_schedule(Schedule::cosine(10, 0.0));
     let mut s = setup(config, 3);
     for _ in 0..3 {
         let g = s.grads(1024.0);
@@ -159,7 +156,7 @@ fn the_loss_scale_can_be_written_on_the_device() {
     // An engine's scaler writes the scale into the optimizer's buffer inside the same command
     // encoder; the step uses it without any host write.
     let config = AdamWConfig::default().with_loss_scaling(true);
-    let mut a = setup(config, 21);
+    let mut a = setup(config.clone(), 21);
     let mut b = setup(config, 21);
     let g = a.grads(256.0);
     b.rng = Rng(0);

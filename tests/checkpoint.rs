@@ -12,11 +12,7 @@ use wgpu_adamw::{
 fn config() -> AdamWConfig {
     AdamWConfig::default()
         .with_amsgrad(true)
-        .with_schedule(Schedule::WarmupCosine {
-            warmup_steps: 3,
-            total_steps: 20,
-            num_cycles: 0.5,
-        })
+        .with_schedule(Schedule::warmup_cosine(3, 20, 0.5))
         .with_steps_per_epoch(2)
 }
 
@@ -87,7 +83,7 @@ fn gpu_checkpoint_loads_into_the_cpu_reference_and_back() {
     let opt2 = GpuAdamW::new(
         &ctx.device,
         &ctx.queue,
-        state.config,
+        state.config.clone(),
         vec![ParamGroup {
             tensors: tensors2,
             ..Default::default()

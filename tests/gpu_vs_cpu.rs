@@ -4,6 +4,7 @@
 mod common;
 
 use common::{read_f32, storage_buffer, Rng};
+use wgpu_adamw::schedule::{self, PerGroup};
 use wgpu_adamw::{
     AdamWConfig, CpuAdamW, CpuParamGroup, Error, GpuAdamW, GpuOptions, GroupConfig, ParamGroup,
     Schedule, TensorBinding,
@@ -39,25 +40,59 @@ fn random_model(rng: &mut Rng, max_len: u64) -> Model {
 }
 
 fn random_config(rng: &mut Rng) -> AdamWConfig {
-    let schedule = match rng.range(0, 4) {
-        0 => Schedule::Constant,
-        1 => Schedule::Cosine {
-            t_max: rng.range(1, 20) as u32,
-            eta_min: 1e-5 * rng.unit(),
-        },
-        2 => Schedule::CosineWarmRestarts {
-            t_0: rng.range(1, 6) as u32,
-            t_mult: rng.range(1, 4) as u32,
-            eta_min: 1e-5 * rng.unit(),
-        },
-        _ => {
+    let schedule = match rng.range(0, 8) {
+        0 => Schedule::default(),
+        1 => Schedule::cosine(rng.range(1, 20) as u32, 1e-5 * rng.unit()),
+        2 => Schedule::cosine_warm_restarts(
+            rng.range(1, 6) as u32,
+            rng.range(1, 4) as u32,
+            1e-5 * rng.unit(),
+        ),
+        3 => {
             let w = rng.range(0, 5) as u32;
-            Schedule::WarmupCosine {
-                warmup_steps: w,
-                total_steps: w + rng.range(0, 20) as u32,
-                num_cycles: [0.5, 1.0, 0.3, 2.5][rng.range(0, 4) as usize],
-            }
+            Schedule::warmup_cosine(
+                w,
+                w + rng.range(0, 20) as u32,
+                [0.5, 1.0, 0.3, 2.5][rng.range(0, 4) as usize],
+            )
         }
+        4 => Schedule::Exponential(schedule::Exponential {
+            gamma: 0.8 + 0.2 * rng.unit(),
+        }),
+        5 => Schedule::OneCycle(schedule::OneCycle {
+            max_lr: PerGroup::All(1e-3 + 1e-2 * rng.unit()),
+            total_steps: 30,
+            pct_start: 0.3,
+            anneal_cos: rng.range(0, 2) == 1,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            three_phase: rng.range(0, 2) == 1,
+            cycle_momentum: true,
+            base_momentum: PerGroup::All(0.85),
+            max_momentum: PerGroup::All(0.95),
+        }),
+        6 => Schedule::Cyclic(schedule::Cyclic {
+            base_lr: PerGroup::All(1e-4),
+            max_lr: PerGroup::All(1e-3 + 1e-2 * rng.unit()),
+            step_size_up: rng.range(1, 5) as u32,
+            step_size_down: None,
+            mode: schedule::CyclicMode::ExpRange,
+            gamma: 0.9,
+            cycle_momentum: true,
+            base_momentum: PerGroup::All(0.8),
+            max_momentum: PerGroup::All(0.9),
+        }),
+        _ => Schedule::Sequential(schedule::Sequential {
+            schedules: vec![
+                Schedule::Linear(schedule::Linear {
+                    start_factor: 0.1,
+                    end_factor: 1.0,
+                    total_iters: 3,
+                }),
+                Schedule::cosine(rng.range(1, 20) as u32, 0.0),
+            ],
+            milestones: vec![rng.range(1, 5) as u32],
+        }),
     };
     AdamWConfig::default()
         .with_lr(10f64.powf(-1.0 - 3.0 * rng.unit()))
@@ -124,7 +159,8 @@ fn run_model(
                 .collect(),
         })
         .collect();
-    let opt = GpuAdamW::with_options(&ctx.device, &ctx.queue, config, gpu_groups, options).unwrap();
+    let opt = GpuAdamW::with_options(&ctx.device, &ctx.queue, config.clone(), gpu_groups, options)
+        .unwrap();
     if options.max_binding_size.is_some() {
         assert!(
             opt.dispatches_per_step() > 1,
@@ -139,7 +175,7 @@ fn run_model(
             lens: ts.iter().map(|t| t.1).collect(),
         })
         .collect();
-    let mut cpu = CpuAdamW::new(config, cpu_groups).unwrap();
+    let mut cpu = CpuAdamW::new(config.clone(), cpu_groups).unwrap();
     let mut host = init.clone();
     let offsets: Vec<(u64, usize)> = model.groups.iter().flat_map(|g| g.1.clone()).collect();
     let mut step = 0;
@@ -263,10 +299,7 @@ fn thousands_of_tiny_tensors_match_the_cpu_twin() {
         let config = AdamWConfig::default()
             .with_amsgrad(true)
             .with_max_grad_norm(Some(0.5))
-            .with_schedule(Schedule::Cosine {
-                t_max: 5,
-                eta_min: 1e-5,
-            });
+            .with_schedule(Schedule::cosine(5, 1e-5));
         run_model(seed, rng, model, config, options, 4, 2);
     }
 }
@@ -317,21 +350,16 @@ fn k_steps_per_submit_are_bit_identical_to_k_submits() {
     let n = 5000;
     let init: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
     let grads = rng.grads(n);
-    let config =
-        AdamWConfig::default()
-            .with_amsgrad(true)
-            .with_schedule(Schedule::CosineWarmRestarts {
-                t_0: 2,
-                t_mult: 2,
-                eta_min: 1e-5,
-            });
+    let config = AdamWConfig::default()
+        .with_amsgrad(true)
+        .with_schedule(Schedule::cosine_warm_restarts(2, 2, 1e-5));
     let run = |per_submit: usize| {
         let p = storage_buffer(&ctx.device, &ctx.queue, &init);
         let g = storage_buffer(&ctx.device, &ctx.queue, &grads);
         let opt = GpuAdamW::new(
             &ctx.device,
             &ctx.queue,
-            config,
+            config.clone(),
             vec![ParamGroup {
                 tensors: vec![TensorBinding::whole(&p, &g)],
                 ..Default::default()

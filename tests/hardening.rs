@@ -15,58 +15,43 @@ use wgpu_adamw::{
 fn bad_configs() -> Vec<(&'static str, AdamWConfig)> {
     let d = AdamWConfig::default();
     vec![
-        ("lr", d.with_lr(-1e-3)),
-        ("lr", d.with_lr(f64::NAN)),
-        ("lr", d.with_lr(f64::INFINITY)),
-        ("betas", d.with_betas(1.0, 0.999)),
-        ("betas", d.with_betas(0.9, -0.1)),
-        ("betas", d.with_betas(f64::NAN, 0.9)),
-        ("eps", d.with_eps(0.0)),
-        ("eps", d.with_eps(-1e-8)),
-        ("eps", d.with_eps(f64::NAN)),
-        ("weight_decay", d.with_weight_decay(-0.01)),
-        ("weight_decay", d.with_weight_decay(f64::INFINITY)),
-        (
-            "t_max",
-            d.with_schedule(Schedule::Cosine {
-                t_max: 0,
-                eta_min: 0.0,
-            }),
-        ),
+        ("lr", d.clone().with_lr(-1e-3)),
+        ("lr", d.clone().with_lr(f64::NAN)),
+        ("lr", d.clone().with_lr(f64::INFINITY)),
+        ("betas", d.clone().with_betas(1.0, 0.999)),
+        ("betas", d.clone().with_betas(0.9, -0.1)),
+        ("betas", d.clone().with_betas(f64::NAN, 0.9)),
+        ("eps", d.clone().with_eps(0.0)),
+        ("eps", d.clone().with_eps(-1e-8)),
+        ("eps", d.clone().with_eps(f64::NAN)),
+        ("weight_decay", d.clone().with_weight_decay(-0.01)),
+        ("weight_decay", d.clone().with_weight_decay(f64::INFINITY)),
+        ("t_max", d.clone().with_schedule(Schedule::cosine(0, 0.0))),
         (
             "eta_min",
-            d.with_schedule(Schedule::Cosine {
-                t_max: 5,
-                eta_min: f64::NAN,
-            }),
+            d.clone().with_schedule(Schedule::cosine(5, f64::NAN)),
         ),
         (
             "t_0",
-            d.with_schedule(Schedule::CosineWarmRestarts {
-                t_0: 0,
-                t_mult: 2,
-                eta_min: 0.0,
-            }),
+            d.clone()
+                .with_schedule(Schedule::cosine_warm_restarts(0, 2, 0.0)),
         ),
         (
             "t_mult",
-            d.with_schedule(Schedule::CosineWarmRestarts {
-                t_0: 3,
-                t_mult: 0,
-                eta_min: 0.0,
-            }),
+            d.clone()
+                .with_schedule(Schedule::cosine_warm_restarts(3, 0, 0.0)),
         ),
         (
             "warmup_steps",
-            d.with_schedule(Schedule::WarmupCosine {
-                warmup_steps: 11,
-                total_steps: 10,
-                num_cycles: 0.5,
-            }),
+            d.clone()
+                .with_schedule(Schedule::warmup_cosine(11, 10, 0.5)),
         ),
-        ("steps_per_epoch", d.with_steps_per_epoch(0)),
-        ("max_grad_norm", d.with_max_grad_norm(Some(0.0))),
-        ("max_grad_norm", d.with_max_grad_norm(Some(f64::NAN))),
+        ("steps_per_epoch", d.clone().with_steps_per_epoch(0)),
+        ("max_grad_norm", d.clone().with_max_grad_norm(Some(0.0))),
+        (
+            "max_grad_norm",
+            d.clone().with_max_grad_norm(Some(f64::NAN)),
+        ),
     ]
 }
 
@@ -77,7 +62,7 @@ fn bad_hyperparameters_are_named_errors_on_both_backends() {
     let g = storage_buffer(&ctx.device, &ctx.queue, &[0.0; 16]);
     for (name, config) in bad_configs() {
         let cpu = CpuAdamW::new(
-            config,
+            config.clone(),
             vec![CpuParamGroup {
                 lens: vec![16],
                 ..Default::default()

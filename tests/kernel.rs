@@ -5,7 +5,8 @@ mod common;
 
 use common::Rng;
 use std::mem::{offset_of, size_of};
-use wgpu_adamw::kernel::{dyadic, DispatchInfo, Globals, SHADER_SOURCE};
+use wgpu_adamw::kernel::{DispatchInfo, Globals, SHADER_SOURCE};
+use wgpu_adamw::schedule::dyadic;
 use wgpu_adamw::twin;
 
 fn module() -> naga::Module {
@@ -29,6 +30,8 @@ fn naga_validates_the_shader() {
         "reduce",
         "tensor_norms",
         "schedule_probe",
+        "momentum_probe",
+        "numerics_probe",
     ] {
         assert!(entries.contains(&e), "{e} missing");
     }
@@ -58,16 +61,12 @@ fn globals_layout_matches_the_shader() {
     let (members, span) = wgsl_layout("Globals");
     assert_eq!(span as usize, size_of::<Globals>());
     let rust: &[(&str, usize)] = &[
-        ("kind", offset_of!(Globals, kind)),
+        ("sched_at", offset_of!(Globals, sched_at)),
         ("steps_per_epoch", offset_of!(Globals, steps_per_epoch)),
-        ("period", offset_of!(Globals, period)),
-        ("t_mult", offset_of!(Globals, t_mult)),
-        ("total_steps", offset_of!(Globals, total_steps)),
-        ("cycles_num", offset_of!(Globals, cycles_num)),
+        ("sched_stride", offset_of!(Globals, sched_stride)),
+        ("sched_state_at", offset_of!(Globals, sched_state_at)),
         ("flags", offset_of!(Globals, flags)),
         ("n_groups", offset_of!(Globals, n_groups)),
-        ("eta_min", offset_of!(Globals, eta_min)),
-        ("cycles_shift", offset_of!(Globals, cycles_shift)),
         ("eps", offset_of!(Globals, eps)),
         ("beta1", offset_of!(Globals, beta1)),
         ("beta2", offset_of!(Globals, beta2)),

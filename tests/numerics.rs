@@ -168,3 +168,164 @@ fn expm1_for_the_bias_corrections_matches_the_twin() {
         None
     });
 }
+
+/// The schedules' logarithms, exponentials and powers: the kernel equals its twin bit for bit
+/// on every input, and the twin is within a few ulp of f64 (the schedules' accuracy rests on
+/// these; the lr tolerance is ~16 ulp).
+#[test]
+fn schedule_numerics_match_the_twin_and_f64() {
+    let ctx = common::gpu();
+    let mut rng = Rng(77);
+    let ulps = |got: f32, want: f64| {
+        (f64::from(got) - want).abs() / (want.abs() * f64::EPSILON * 2f64.powi(29))
+    };
+    // ln of positive normals.
+    let cases: Vec<[f32; 3]> = (0..4000)
+        .map(|_| [normal(&mut rng, -126, 127).abs(), 0.0, 0.0])
+        .chain([
+            [1.0, 0.0, 0.0],
+            [f32::MIN_POSITIVE, 0.0, 0.0],
+            [f32::MAX, 0.0, 0.0],
+        ])
+        .collect();
+    check(&ctx, Numerics::LnPos, &cases, |_| None);
+    for (c, r) in cases.iter().zip(numerics_cpu(Numerics::LnPos, &cases)) {
+        let want = f64::from(c[0]).ln();
+        assert!(
+            (f64::from(r) - want).abs() <= 2e-7 * want.abs().max(1e-7 / 2e-7),
+            "ln({}) = {r}, f64 {want}",
+            c[0]
+        );
+    }
+    // ln(1 - u) for u in [0, 1/2].
+    let cases: Vec<[f32; 3]> = (0..4000)
+        .map(|i| {
+            [
+                if i % 2 == 0 {
+                    rng.unit() as f32 * 0.5
+                } else {
+                    normal(&mut rng, -40, -1).abs()
+                },
+                0.0,
+                0.0,
+            ]
+        })
+        .chain([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+        .collect();
+    check(&ctx, Numerics::LnOneMinus, &cases, |_| None);
+    for (c, r) in cases.iter().zip(numerics_cpu(Numerics::LnOneMinus, &cases)) {
+        let want = (-f64::from(c[0])).ln_1p();
+        assert!(
+            want == 0.0 && r == 0.0 || ulps(r, want) <= 3.0,
+            "ln(1 - {}) = {r}, f64 {want}",
+            c[0]
+        );
+    }
+    // exp(x) for x <= 0, down to the flush at 2^-126.
+    let cases: Vec<[f32; 3]> = (0..4000)
+        .map(|_| [-(rng.unit() as f32) * 90.0, 0.0, 0.0])
+        .chain([
+            [0.0, 0.0, 0.0],
+            [-87.0, 0.0, 0.0],
+            [-87.5, 0.0, 0.0],
+            [-1e-30, 0.0, 0.0],
+        ])
+        .collect();
+    check(&ctx, Numerics::ExpNeg, &cases, |_| None);
+    for (c, r) in cases.iter().zip(numerics_cpu(Numerics::ExpNeg, &cases)) {
+        let want = f64::from(c[0]).exp();
+        assert!(
+            if c[0] < -87.0 {
+                r == 0.0
+            } else {
+                ulps(r, want) <= 2.0
+            },
+            "exp({}) = {r}, f64 {want}",
+            c[0]
+        );
+    }
+    // 2^(n * log2(gamma)) over every n, gamma^n in f64.
+    let mut cases = Vec::new();
+    for gamma in [0.5f64, 0.97, 0.999, 0.9999999, 1.0, 1e-3] {
+        let l = gamma.log2();
+        let (hi, lo) = (l as f32, (l - f64::from(l as f32)) as f32);
+        for n in [
+            0u32,
+            1,
+            2,
+            7,
+            100,
+            10_000,
+            1 << 24,
+            (1 << 24) + 1,
+            123_456_789,
+            u32::MAX,
+        ] {
+            cases.push([f32::from_bits(n), hi, lo]);
+        }
+        for _ in 0..200 {
+            cases.push([
+                f32::from_bits(rng.next_u64() as u32 >> rng.range(0, 32)),
+                hi,
+                lo,
+            ]);
+        }
+    }
+    check(&ctx, Numerics::Exp2Mul, &cases, |_| None);
+    for (c, r) in cases.iter().zip(numerics_cpu(Numerics::Exp2Mul, &cases)) {
+        let n = f64::from(c[0].to_bits());
+        let want = (n * (f64::from(c[1]) + f64::from(c[2]))).exp2();
+        assert!(
+            if want < 1.2e-38 {
+                r == 0.0 || ulps(r, want) <= 2.0
+            } else {
+                ulps(r, want) <= 2.0
+            },
+            "2^({n} * l) = {r}, f64 {want}"
+        );
+    }
+    // (num / den)^p.
+    let mut cases = Vec::new();
+    for p in [0.5f32, 1.0, 2.0, 3.7, 7.5] {
+        for (num, den) in [
+            (0u32, 10u32),
+            (1, 40),
+            (39, 40),
+            (40, 40),
+            (1, 4_000_000_000),
+            (3_999_999_999, 4_000_000_000),
+            (123_456, 7_654_321),
+        ] {
+            cases.push([f32::from_bits(num), f32::from_bits(den), p]);
+        }
+        for _ in 0..200 {
+            let den = (rng.next_u64() as u32).max(1);
+            let num = (rng.next_u64() as u32) % den;
+            cases.push([f32::from_bits(num), f32::from_bits(den), p]);
+        }
+    }
+    check(&ctx, Numerics::PowRatio, &cases, |_| None);
+    for (c, r) in cases.iter().zip(numerics_cpu(Numerics::PowRatio, &cases)) {
+        let (num, den, p) = (
+            f64::from(c[0].to_bits()),
+            f64::from(c[1].to_bits()),
+            f64::from(c[2]),
+        );
+        let want = (num / den).powf(p);
+        // Relative to the value, or (for a value far below the peak) to the 1e-9 floor.
+        let err = (f64::from(r) - want).abs();
+        assert!(
+            err <= 4e-7 * want + 1e-12,
+            "({num}/{den})^{p} = {r}, f64 {want}"
+        );
+    }
+    // cos^2(pi/2 a/b) given d = b - a.
+    let cases: Vec<[f32; 3]> = (0..2000)
+        .map(|_| {
+            let b = (rng.range(1, 1 << 24)) as f32;
+            let a = (rng.range(0, b as u64 + 1)) as f32;
+            [a, b - a, b]
+        })
+        .collect();
+    check(&ctx, Numerics::CosSqHalfPi, &cases, |_| None);
+}

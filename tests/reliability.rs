@@ -59,7 +59,7 @@ fn stepping_setup(
     let opt = GpuAdamW::with_options(
         &ctx.device,
         &ctx.queue,
-        config,
+        config.clone(),
         vec![ParamGroup {
             tensors: common::packed(&p, &g, &LENS),
             ..Default::default()
@@ -416,17 +416,10 @@ fn hyperparameters_that_overflow_f32_are_rejected() {
         AdamWConfig::default().with_lr(1e38),
         AdamWConfig::default().with_eps(1e39),
         AdamWConfig::default().with_max_grad_norm(Some(1e39)),
-        AdamWConfig::default().with_schedule(Schedule::Cosine {
-            t_max: 10,
-            eta_min: 1e39,
-        }),
+        AdamWConfig::default().with_schedule(Schedule::cosine(10, 1e39)),
         AdamWConfig::default()
             .with_weight_decay(1.0)
-            .with_schedule(Schedule::CosineWarmRestarts {
-                t_0: 10,
-                t_mult: 2,
-                eta_min: 3.4e38,
-            }),
+            .with_schedule(Schedule::cosine_warm_restarts(10, 2, 3.4e38)),
     ];
     for c in bad {
         assert!(
@@ -536,7 +529,7 @@ fn reads_and_copies_with_bad_arguments_are_errors() {
     // Nothing bad was recorded: the encoder still submits cleanly.
     let log = plain_buffer(
         &ctx,
-        48,
+        96,
         wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
     );
     opt.encode_step(&mut encoder);
@@ -544,7 +537,7 @@ fn reads_and_copies_with_bad_arguments_are_errors() {
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     ctx.queue.submit([encoder.finish()]);
     assert!(pollster::block_on(scope.pop()).is_none());
-    let lr = read(&log, 0, 48).unwrap();
+    let lr = read(&log, 0, 96).unwrap();
     assert_eq!(f32::from_bits(lr[0]), 1e-3);
 }
 
@@ -581,10 +574,7 @@ fn buffers_of_another_wgpu_instance_are_an_error_not_a_panic() {
 #[test]
 fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
     let lens = [1500usize, 9];
-    let config = AdamWConfig::default().with_schedule(Schedule::Cosine {
-        t_max: 1000,
-        eta_min: 1e-5,
-    });
+    let config = AdamWConfig::default().with_schedule(Schedule::cosine(1000, 1e-5));
     for start in [
         Counters {
             sched: u32::MAX - 1,
@@ -595,7 +585,7 @@ fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
             adam: u32::MAX - 1,
         },
     ] {
-        let mut pair = Pair::new(config, &lens, &mut Rng(41));
+        let mut pair = Pair::new(config.clone(), &lens, &mut Rng(41));
         let mut rng = Rng(42);
         // Give the moments some history, then move the counters next to the limit.
         pair.step(&grads_for(&lens, &mut rng)).unwrap();

@@ -8,74 +8,22 @@ use wgpu_adamw::{schedule_lrs_cpu, schedule_lrs_gpu, AdamWConfig, Schedule};
 
 fn schedules() -> Vec<Schedule> {
     vec![
-        Schedule::Constant,
-        Schedule::Cosine {
-            t_max: 60,
-            eta_min: 0.0,
-        },
-        Schedule::Cosine {
-            t_max: 1,
-            eta_min: 1e-5,
-        },
-        Schedule::Cosine {
-            t_max: 1_000_003,
-            eta_min: 1e-6,
-        },
-        Schedule::Cosine {
-            t_max: 3_000_000_000,
-            eta_min: 0.0,
-        },
-        Schedule::CosineWarmRestarts {
-            t_0: 5,
-            t_mult: 2,
-            eta_min: 1e-4,
-        },
-        Schedule::CosineWarmRestarts {
-            t_0: 7,
-            t_mult: 1,
-            eta_min: 0.0,
-        },
-        Schedule::CosineWarmRestarts {
-            t_0: 1,
-            t_mult: 3,
-            eta_min: 0.0,
-        },
+        Schedule::default(),
+        Schedule::cosine(60, 0.0),
+        Schedule::cosine(1, 1e-5),
+        Schedule::cosine(1_000_003, 1e-6),
+        Schedule::cosine(3_000_000_000, 0.0),
+        Schedule::cosine_warm_restarts(5, 2, 1e-4),
+        Schedule::cosine_warm_restarts(7, 1, 0.0),
+        Schedule::cosine_warm_restarts(1, 3, 0.0),
         // T_i overflows u32 within the step range: T_i = 2^31 * 2.
-        Schedule::CosineWarmRestarts {
-            t_0: 1 << 31,
-            t_mult: 2,
-            eta_min: 0.0,
-        },
-        Schedule::CosineWarmRestarts {
-            t_0: 3_000_000_000,
-            t_mult: 7,
-            eta_min: 1e-6,
-        },
-        Schedule::WarmupCosine {
-            warmup_steps: 4,
-            total_steps: 30,
-            num_cycles: 0.5,
-        },
-        Schedule::WarmupCosine {
-            warmup_steps: 0,
-            total_steps: 100_000,
-            num_cycles: 1.5,
-        },
-        Schedule::WarmupCosine {
-            warmup_steps: 2000,
-            total_steps: 2000,
-            num_cycles: 0.5,
-        },
-        Schedule::WarmupCosine {
-            warmup_steps: 10,
-            total_steps: 4_000_000_000,
-            num_cycles: 3.0,
-        },
-        Schedule::WarmupCosine {
-            warmup_steps: 3,
-            total_steps: 1000,
-            num_cycles: 0.3,
-        },
+        Schedule::cosine_warm_restarts(1 << 31, 2, 0.0),
+        Schedule::cosine_warm_restarts(3_000_000_000, 7, 1e-6),
+        Schedule::warmup_cosine(4, 30, 0.5),
+        Schedule::warmup_cosine(0, 100_000, 1.5),
+        Schedule::warmup_cosine(2000, 2000, 0.5),
+        Schedule::warmup_cosine(10, 4_000_000_000, 3.0),
+        Schedule::warmup_cosine(3, 1000, 0.3),
     ]
 }
 
@@ -113,16 +61,20 @@ fn steps() -> Vec<u32> {
 /// holds it to 32 fractional bits, so the phase drifts by up to 2^-32 per period of the decay:
 /// checked up to 1000 periods past `total_steps`.
 fn steps_for(schedule: &Schedule) -> Vec<u32> {
-    match *schedule {
-        Schedule::WarmupCosine {
-            total_steps,
-            num_cycles,
-            ..
-        } if (num_cycles * 1024.0).fract() != 0.0 => steps()
+    let inexact = |c: f64, n: u32| ((c * 1024.0).fract() != 0.0).then_some(n);
+    let limit = match schedule {
+        Schedule::WarmupCosine(w) => inexact(w.num_cycles, w.total_steps),
+        Schedule::WarmupCosineMinLr(w) => inexact(w.num_cycles, w.total_steps),
+        Schedule::WarmupCosineHardRestarts(w) => inexact(w.num_cycles, w.total_steps),
+        Schedule::Wsd(w) => inexact(w.num_cycles, w.decay_steps),
+        _ => None,
+    };
+    match limit {
+        Some(n) => steps()
             .into_iter()
-            .filter(|&s| u64::from(s) <= 1000 * u64::from(total_steps))
+            .filter(|&s| u64::from(s) <= 1000 * u64::from(n))
             .collect(),
-        _ => steps(),
+        None => steps(),
     }
 }
 
@@ -145,7 +97,7 @@ fn cpu_twin_schedule_matches_f64_closed_forms() {
         let steps = steps_for(&schedule);
         for k in [1, 3] {
             let config = AdamWConfig::default()
-                .with_schedule(schedule)
+                .with_schedule(schedule.clone())
                 .with_steps_per_epoch(k);
             for base in [1e-3, 0.37] {
                 let lrs = schedule_lrs_cpu(&config, base, &steps).unwrap();
@@ -162,7 +114,7 @@ fn device_schedule_matches_f64_closed_forms() {
         let steps = steps_for(&schedule);
         for k in [1, 3] {
             let config = AdamWConfig::default()
-                .with_schedule(schedule)
+                .with_schedule(schedule.clone())
                 .with_steps_per_epoch(k);
             let lrs = schedule_lrs_gpu(&ctx.device, &ctx.queue, &config, 1e-3, &steps).unwrap();
             check("gpu", &lrs, &config, 1e-3, &steps);
@@ -184,27 +136,16 @@ fn device_schedule_matches_f64_closed_forms() {
 /// values worked out by hand from PyTorch's definitions.
 #[test]
 fn closed_forms_hit_known_values() {
-    let c = Schedule::Cosine {
-        t_max: 10,
-        eta_min: 0.1,
-    };
+    let c = Schedule::cosine(10, 0.1);
     assert_eq!(lr_at_step(&c, 1.0, 1, 1), 1.0);
     assert!((lr_at_step(&c, 1.0, 1, 11) - 0.1).abs() < 1e-15); // the trough at epoch T
     assert!((lr_at_step(&c, 1.0, 1, 21) - 1.0).abs() < 1e-15); // back to base at 2T
-    let w = Schedule::CosineWarmRestarts {
-        t_0: 2,
-        t_mult: 2,
-        eta_min: 0.0,
-    };
+    let w = Schedule::cosine_warm_restarts(2, 2, 0.0);
     // cycles: epochs 0-1 (T=2), 2-5 (T=4), 6-13 (T=8): restarts at epochs 2 and 6.
     assert_eq!(lr_at_step(&w, 1.0, 1, 3), 1.0);
     assert_eq!(lr_at_step(&w, 1.0, 1, 7), 1.0);
     assert!((lr_at_step(&w, 1.0, 1, 5) - 0.5).abs() < 1e-15); // T_cur = 2 of 4
-    let u = Schedule::WarmupCosine {
-        warmup_steps: 4,
-        total_steps: 8,
-        num_cycles: 0.5,
-    };
+    let u = Schedule::warmup_cosine(4, 8, 0.5);
     assert_eq!(lr_at_step(&u, 1.0, 1, 1), 0.0);
     assert_eq!(lr_at_step(&u, 1.0, 1, 3), 0.5);
     assert!((lr_at_step(&u, 1.0, 1, 7) - 0.5).abs() < 1e-15); // halfway through the decay

@@ -52,6 +52,10 @@ fn gpu_kernel_matches_every_trace() {
 /// kernel's emulated fma reproduces it bit for bit on every trace, even on lavapipe, whose
 /// WGSL fma() is unfused. (On the AMP trace this also needs the clipping coefficient bit for
 /// bit: the gradient norm in PyTorch's CPU summation order.)
+///
+/// Not where the schedule cycles beta1: its `1 - beta1` is computed on the device in f32
+/// (within an ulp of PyTorch's f64 value), so there the first moments are held to the
+/// format's tolerance only.
 #[test]
 fn first_moment_is_bit_exact_on_both_backends() {
     let ctx = common::gpu();
@@ -59,6 +63,9 @@ fn first_moment_is_bit_exact_on_both_backends() {
         let Ok(trace) = Trace::load(&path) else {
             continue;
         };
+        if trace.beta1.is_some() {
+            continue;
+        }
         for backend in [Backend::Cpu, Backend::Gpu(&ctx)] {
             let out = replay(&trace, backend, None).unwrap();
             for (p, got) in trace.params.iter().zip(&out.exp_avg) {
@@ -70,26 +77,44 @@ fn first_moment_is_bit_exact_on_both_backends() {
     }
 }
 
+/// Resuming from a checkpoint at any step continues bit for bit, schedule state included:
+/// plateau counters and cut lrs, a cycled beta1, a sequential schedule's child.
 #[test]
 fn resumed_replay_is_bit_identical() {
     let ctx = common::gpu();
-    let trace = Trace::load(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/cosine_amsgrad_groups.safetensors"
-    ))
-    .unwrap();
     let dir = std::env::temp_dir().join(format!("wgpu-adamw-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (i, backend) in [Backend::Cpu, Backend::Gpu(&ctx)].into_iter().enumerate() {
-        let straight = replay(&trace, backend, None).unwrap();
-        for k in [0, 1, 45, trace.steps] {
-            let file = dir.join(format!("ckpt-{i}-{k}.safetensors"));
-            let resumed = replay(&trace, backend, Some((k, &file))).unwrap();
-            assert_eq!(straight.params, resumed.params, "{backend:?} k={k}");
-            assert_eq!(straight.exp_avg, resumed.exp_avg);
-            assert_eq!(straight.exp_avg_sq, resumed.exp_avg_sq);
-            assert_eq!(straight.max_exp_avg_sq, resumed.max_exp_avg_sq);
-            assert_eq!(straight.lr, resumed.lr);
+    for name in [
+        "cosine_amsgrad_groups",
+        "plateau",
+        "onecycle_momentum",
+        "sequential_warmup_cosine",
+    ] {
+        let path = format!(
+            "{}/tests/data/{name}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let trace = Trace::load(&path).unwrap();
+        let k_epoch = trace.config.steps_per_epoch;
+        for (i, backend) in [Backend::Cpu, Backend::Gpu(&ctx)].into_iter().enumerate() {
+            let straight = replay(&trace, backend, None).unwrap();
+            assert!(compare(&trace, &straight).passed(), "{name} {backend:?}");
+            for k in [
+                0,
+                1,
+                trace.steps / 2,
+                trace.steps / 2 + k_epoch,
+                trace.steps,
+            ] {
+                let file = dir.join(format!("ckpt-{name}-{i}-{k}.safetensors"));
+                let resumed = replay(&trace, backend, Some((k, &file))).unwrap();
+                assert_eq!(straight.params, resumed.params, "{name} {backend:?} k={k}");
+                assert_eq!(straight.exp_avg, resumed.exp_avg);
+                assert_eq!(straight.exp_avg_sq, resumed.exp_avg_sq);
+                assert_eq!(straight.max_exp_avg_sq, resumed.max_exp_avg_sq);
+                assert_eq!(straight.lr, resumed.lr, "{name} {backend:?} k={k}");
+                assert_eq!(straight.beta1, resumed.beta1);
+            }
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();

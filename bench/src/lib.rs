@@ -242,10 +242,7 @@ fn fused_config(amsgrad: bool, h: &Hyper) -> AdamWConfig {
         .with_eps(h.eps)
         .with_weight_decay(h.weight_decay)
         .with_amsgrad(amsgrad)
-        .with_schedule(Schedule::Cosine {
-            t_max: h.t_max,
-            eta_min: 0.0,
-        })
+        .with_schedule(Schedule::cosine(h.t_max, 0.0))
 }
 
 fn pass<'e>(
@@ -292,7 +289,7 @@ fn run_workload(
     let opt = GpuAdamW::with_options(
         device,
         queue,
-        config,
+        config.clone(),
         vec![ParamGroup {
             tensors: bindings.clone(),
             ..Default::default()
@@ -313,7 +310,7 @@ fn run_workload(
             GpuAdamW::with_options(
                 device,
                 queue,
-                config,
+                config.clone(),
                 vec![ParamGroup {
                     tensors: vec![TensorBinding {
                         param: p.buffers[0].clone(),

@@ -112,30 +112,16 @@ impl DemoOptions {
 pub fn schedules(steps: u32) -> Vec<(&'static str, Schedule)> {
     let steps = steps.max(1);
     vec![
-        ("constant", Schedule::Constant),
-        (
-            "cosine",
-            Schedule::Cosine {
-                t_max: steps,
-                eta_min: 0.0,
-            },
-        ),
+        ("constant", Schedule::default()),
+        ("cosine", Schedule::cosine(steps, 0.0)),
         (
             // Cycles of T, 2T and 4T fill the run (the third ends at or just after the end).
             "warm_restarts",
-            Schedule::CosineWarmRestarts {
-                t_0: steps.div_ceil(7),
-                t_mult: 2,
-                eta_min: 0.0,
-            },
+            Schedule::cosine_warm_restarts(steps.div_ceil(7), 2, 0.0),
         ),
         (
             "warmup_cosine",
-            Schedule::WarmupCosine {
-                warmup_steps: steps / 10,
-                total_steps: steps,
-                num_cycles: 0.5,
-            },
+            Schedule::warmup_cosine(steps / 10, steps, 0.5),
         ),
     ]
 }
@@ -239,7 +225,14 @@ pub fn run_with_context(ctx: &GpuContext, opts: &DemoOptions) -> anyhow::Result<
     for (k, (name, schedule)) in scheds.iter().enumerate() {
         let label = format!("[{}/{}] {name}", k + 1, scheds.len());
         runs.push(train_one(
-            ctx, opts, &mlp, &data, &init, name, *schedule, &label,
+            ctx,
+            opts,
+            &mlp,
+            &data,
+            &init,
+            name,
+            schedule.clone(),
+            &label,
         )?);
     }
     std::fs::create_dir_all(&opts.out)
@@ -303,7 +296,7 @@ fn train_one(
         *mlp,
         data,
         init,
-        opts.adamw(schedule),
+        opts.adamw(schedule.clone()),
     )?;
     let logged = logged_steps(opts.steps, opts.log_every);
     let log = model.create_log_buffer(logged.len());

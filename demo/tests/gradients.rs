@@ -28,12 +28,8 @@ fn gpu_forward_backward_and_update_match_cpu() {
     let mlp = opts.mlp();
     let data = opts.dataset();
     let init = mlp.init_params(7);
-    let config = opts.adamw(Schedule::WarmupCosine {
-        warmup_steps: 2,
-        total_steps: 10,
-        num_cycles: 0.5,
-    });
-    let gpu = GpuMlp::new(&ctx.device, &ctx.queue, mlp, &data, &init, config).unwrap();
+    let config = opts.adamw(Schedule::warmup_cosine(2, 10, 0.5));
+    let gpu = GpuMlp::new(&ctx.device, &ctx.queue, mlp, &data, &init, config.clone()).unwrap();
     let mut cpu_opt = CpuTrainer::new(mlp, init.clone(), config).unwrap();
 
     let (mut worst_loss, mut worst_grad, mut worst_param) = (0.0f64, 0.0f64, 0.0f32);

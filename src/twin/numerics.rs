@@ -21,7 +21,8 @@ pub fn expm1_neg(x: f32) -> f32 {
     ldexp(1.0 + expm1_poly(r), n as i32) - 1.0
 }
 
-fn ldexp(x: f32, n: i32) -> f32 {
+/// `x * 2^n` for `n <= 0`, as WGSL's `ldexp`.
+pub fn ldexp(x: f32, n: i32) -> f32 {
     // n is in [-151, 0] here; the kernel's result is at least 2^-150, far below what matters.
     if n < -126 {
         return x * f32::from_bits(((n + 126 + 127) as u32) << 23) * f32::from_bits(1 << 23);
@@ -58,6 +59,7 @@ pub fn cos_poly(t: f32) -> f32 {
 
 /// `cos^2(pi/2 * a/b)` given `a` and `d = b - a`.
 pub fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
+    // `/` is correctly rounded here, as the kernel's `div_rn`.
     let c = if a <= d {
         cos_poly(HALF_PI * (a / b))
     } else {
@@ -183,4 +185,95 @@ pub fn lerp_fma(coeff: f32, b: f32, c: f32) -> f32 {
         c * s
     };
     fma_core(coeff, b * s, sc) * if big { 256.0 } else { 1.0 }
+}
+
+const LN2: f32 = std::f64::consts::LN_2 as f32;
+const SQRT2: f32 = std::f64::consts::SQRT_2 as f32;
+
+/// `(atanh(s) - s) / s` for `|s| <= 1/3`, as the kernel's `atanh_tail(s^2)`.
+pub fn atanh_tail(s2: f32) -> f32 {
+    let mut acc = c(1.0 / 19.0);
+    for k in [17.0, 15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0] {
+        acc = c(1.0 / k) + s2 * acc;
+    }
+    s2 * acc
+}
+
+/// `ln(x)` for a positive normal `x`, as two f32 (the kernel's `ln_pos2`).
+pub fn ln_pos2(x: f32) -> (f32, f32) {
+    let bits = x.to_bits();
+    let mut e = (bits >> 23) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > SQRT2 {
+        m *= 0.5;
+        e += 1;
+    }
+    let s = (m - 1.0) / (m + 1.0);
+    let ln_m = 2.0 * (s + s * atanh_tail(s * s));
+    let fe = e as f32;
+    two_sum(fe * LN2_HI, fe * LN2_LO + ln_m)
+}
+
+/// `ln(x)` for a positive normal `x`.
+pub fn ln_pos(x: f32) -> f32 {
+    let (hi, lo) = ln_pos2(x);
+    hi + lo
+}
+
+/// `ln(1 - u)` for `0 <= u <= 1/2`.
+pub fn ln_one_minus(u: f32) -> f32 {
+    let s = u / (2.0 - u);
+    -2.0 * (s + s * atanh_tail(s * s))
+}
+
+/// `ln(num / den)` for `0 < num <= den`, as two f32.
+pub fn ln_ratio2(num: u32, den: u32) -> (f32, f32) {
+    let gap = den - num;
+    if gap <= num {
+        return (ln_one_minus(gap as f32 / den as f32), 0.0);
+    }
+    ln_pos2(num as f32 / den as f32)
+}
+
+/// `exp(hi + lo)` for `hi <= 0`; 0 below 2^-126.
+pub fn exp_neg2(hi: f32, lo: f32) -> f32 {
+    if hi < -87.0 {
+        return 0.0;
+    }
+    let n = (hi * INV_LN2).round_ties_even();
+    let r = ((hi - n * LN2_HI) - n * LN2_LO) + lo;
+    ldexp(1.0 + expm1_poly(r), n as i32)
+}
+
+/// `exp(x)` for `x <= 0`; 0 below 2^-126.
+pub fn exp_neg(x: f32) -> f32 {
+    exp_neg2(x, 0.0)
+}
+
+/// `(num / den)^p` for `0 <= num <= den`, `p > 0`.
+pub fn pow_ratio(num: u32, den: u32, p: f32) -> f32 {
+    if num == 0 {
+        return 0.0;
+    }
+    let l = ln_ratio2(num, den);
+    let e = two_prod(p, l.0);
+    exp_neg2(e.0, e.1 + p * l.1)
+}
+
+/// `2^(n * (l_hi + l_lo))` for `l <= 0`, the product formed exactly (see the kernel).
+pub fn exp2_mul(n: u32, l_hi: f32, l_lo: f32) -> f32 {
+    let nf = n as f32;
+    if nf * l_hi < -128.0 {
+        return 0.0;
+    }
+    let p1 = two_prod((n & 0xffff_0000) as f32, l_hi);
+    let p2 = two_prod((n & 0xffff) as f32, l_hi);
+    let s = two_sum(p1.0, p2.0);
+    let t = ((p1.1 + p2.1) + s.1) + nf * l_lo;
+    let m = s.0.round_ties_even();
+    let f = (s.0 - m) + t;
+    if m <= -126.0 {
+        return 0.0;
+    }
+    ldexp(1.0 + expm1_poly(f * LN2), m as i32)
 }

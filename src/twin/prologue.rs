@@ -2,8 +2,8 @@
 
 use super::grad_norm::{clip_coefficient, grad_multiplier};
 use super::numerics::expm1_neg;
-use super::schedule::schedule_lr;
-use crate::kernel::{Globals, FLAG_CLIP, FLAG_LOSS_SCALE};
+use super::schedule::{ln_beta, plateau_step, schedule_lr, schedule_momentum};
+use crate::kernel::{Globals, FLAG_CLIP, FLAG_CYCLE_MOMENTUM, FLAG_LOSS_SCALE, FLAG_PLATEAU};
 
 /// The optimizer's step counters, as the kernel keeps them in its `meta` buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +33,33 @@ pub struct StepScalars {
     pub step_size: f32,
     /// `sqrt(1 - beta2^t)`.
     pub bc2_sqrt: f32,
+    /// `1 - beta1` (the lerp weight of the first moment).
+    pub one_minus_beta1: f32,
+    /// `(1 - beta1) - 1`: torch.lerp's coefficient for weights >= 0.5.
+    pub lerp_big_coeff: f32,
+    /// beta1 of this step (the schedule's where it cycles momentum).
+    pub beta1: f32,
+}
+
+/// The words of the control buffer the prologue reads: written by the host or the engine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Control {
+    /// The AMP loss scale.
+    pub loss_scale: f32,
+    /// The metric of the last epoch (ReduceLROnPlateau).
+    pub metric: f32,
+    /// Multiplies every group's scheduled lr.
+    pub lr_scale: f32,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            loss_scale: 1.0,
+            metric: 0.0,
+            lr_scale: 1.0,
+        }
+    }
 }
 
 /// Step-wide results of the prologue: AMP and clipping.
@@ -64,27 +91,35 @@ impl Default for StepGlobals {
 
 /// The kernel's `prologue` without loss scaling or clipping: per group
 /// `(base_lr, weight_decay)`, the scalars of the next step; advances the counters.
-pub fn prologue(g: &Globals, groups: &[(f32, f32)], counters: &mut Counters) -> Vec<StepScalars> {
-    prologue_amp(g, groups, counters, (0.0, 0), 1.0).0
+/// `region` is the schedule region's words (its state advances with a plateau schedule).
+pub fn prologue(
+    g: &Globals,
+    region: &mut [u32],
+    groups: &[(f32, f32)],
+    counters: &mut Counters,
+) -> Vec<StepScalars> {
+    prologue_amp(g, region, groups, counters, (0.0, 0), &Control::default()).0
 }
 
 /// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step,
-/// and the step's AMP/clipping results; advances the counters. `reduced` is
-/// [`final_norm`](super::final_norm)'s `(norm, flags)` (used only with loss scaling or clipping). A counter at
-/// its limit (`u32::MAX`) refuses the step: skipped, counters unchanged, as the kernel does.
+/// and the step's AMP/clipping results; advances the counters and the schedule's state.
+/// `reduced` is [`final_norm`](super::final_norm)'s `(norm, flags)` (used only with loss
+/// scaling or clipping). A counter at its limit (`u32::MAX`) refuses the step: skipped,
+/// counters unchanged, as the kernel does.
 pub fn prologue_amp(
     g: &Globals,
+    region: &mut [u32],
     groups: &[(f32, f32)],
     counters: &mut Counters,
     reduced: (f32, u32),
-    loss_scale: f32,
+    control: &Control,
 ) -> (Vec<StepScalars>, StepGlobals) {
     let mut step = StepGlobals::default();
     if g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP) != 0 {
         let (norm, flags) = reduced;
         step.found_inf = flags != 0;
         step.skipped = g.flags & FLAG_LOSS_SCALE != 0 && step.found_inf;
-        step.inv_scale = grad_multiplier(g, loss_scale);
+        step.inv_scale = grad_multiplier(g, control.loss_scale);
         step.grad_norm = norm;
         if g.flags & FLAG_CLIP != 0 {
             step.clip_coef = clip_coefficient(g, norm);
@@ -94,19 +129,33 @@ pub fn prologue_amp(
         step.skipped = true;
         return (Vec::new(), step);
     }
-    let epoch = counters.sched / g.steps_per_epoch;
+    let sched = counters.sched;
+    let epoch = sched / g.steps_per_epoch;
+    if g.flags & FLAG_PLATEAU != 0 && sched > 0 && sched.is_multiple_of(g.steps_per_epoch) {
+        plateau_step(g, region, control.metric);
+    }
     let t = (counters.adam + 1) as f32;
-    let bc1 = -expm1_neg(t * g.ln_beta1);
-    let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
     let scalars = groups
         .iter()
-        .map(|&(base_lr, wd)| {
-            let lr = schedule_lr(g, base_lr, epoch);
+        .enumerate()
+        .map(|(grp, &(base_lr, wd))| {
+            let prog = grp as u32 * g.sched_stride;
+            let lr = schedule_lr(region, prog, epoch, base_lr) * control.lr_scale;
+            let (mut beta1, mut omb1, mut ln_b1) = (g.beta1, g.one_minus_beta1, g.ln_beta1);
+            if g.flags & FLAG_CYCLE_MOMENTUM != 0 {
+                (beta1, omb1) = schedule_momentum(region, prog, epoch);
+                ln_b1 = ln_beta(beta1, omb1);
+            }
+            let bc1 = -expm1_neg(t * ln_b1);
+            let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
             StepScalars {
                 lr,
                 decay: 1.0 - lr * wd,
                 step_size: lr / bc1,
                 bc2_sqrt,
+                one_minus_beta1: omb1,
+                lerp_big_coeff: omb1 - 1.0,
+                beta1,
             }
         })
         .collect();

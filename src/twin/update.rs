@@ -33,10 +33,10 @@ pub fn update_element(
     // torch.lerp(m, g, w) as PyTorch's vectorized CPU kernel computes it: one fused
     // multiply-add, fma(w, g - m, m) for w < 0.5 else fma(w - 1, g - m, g). Unfused, m loses
     // its relative accuracy wherever it cancels towards zero.
-    let (coeff, base) = if g.one_minus_beta1 < 0.5 {
-        (g.one_minus_beta1, m_old)
+    let (coeff, base) = if s.one_minus_beta1 < 0.5 {
+        (s.one_minus_beta1, m_old)
     } else {
-        (g.lerp_big_coeff, gr)
+        (s.lerp_big_coeff, gr)
     };
     let m = lerp_fma(coeff, gr - m_old, base);
     let v = *exp_avg_sq * g.beta2 + g.one_minus_beta2 * gr * gr;

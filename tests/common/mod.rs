@@ -116,7 +116,7 @@ impl Pair {
         let opt = wgpu_adamw::GpuAdamW::new(
             &ctx.device,
             &ctx.queue,
-            config,
+            config.clone(),
             vec![wgpu_adamw::ParamGroup {
                 tensors: packed(&p, &g, lens),
                 ..Default::default()
