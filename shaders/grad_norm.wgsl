@@ -150,23 +150,21 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 var<workgroup> lane_acc: array<f32, 64>;
 var<workgroup> lane_flag: array<u32, 64>;
 
-// a / b rounded to nearest (WGSL's division may be off by 2.5 ulp): the candidate around the
-// builtin's quotient with the smallest exact residual |a - c * b|. The clipping coefficient
+// a / b rounded to nearest (WGSL's division may be off by 2.5 ulp): the builtin's quotient or
+// its neighbour, whichever has the smaller exact residual |a - c * b|. The clipping coefficient
 // needs it: PyTorch's is a correctly rounded f32 division, and the first moments carry every
 // ulp of it.
 fn div_rn(a: f32, b: f32) -> f32 {
     let q = a / b;
-    var best = q;
-    var best_res = abs(div_residual(q, a, b));
-    for (var k = 0u; k < 2u; k++) {
-        let c = bitcast<f32>(bitcast<u32>(q) + select(0xffffffffu, 1u, k == 1u));
-        let res = abs(div_residual(c, a, b));
-        if (res < best_res) {
-            best = c;
-            best_res = res;
-        }
+    let res = div_residual(q, a, b);
+    // The exact quotient lies on the residual's side of q (a - q b > 0 with b > 0: above);
+    // only that neighbour can be nearer. Ties keep q.
+    let up = (res > 0.0) == (b > 0.0);
+    let c = bitcast<f32>(bitcast<u32>(q) + select(0xffffffffu, 1u, up == (q >= 0.0)));
+    if (res != 0.0 && abs(div_residual(c, a, b)) < abs(res)) {
+        return c;
     }
-    return best;
+    return q;
 }
 
 // a - c * b, the subtraction exact (c * b is within a factor 2 of a).

@@ -7,17 +7,22 @@
 // One compute pass per optimizer step records, in this order:
 //   `reduce` or `tensor_norms` (only with loss scaling or clipping): per chunk (or per tensor,
 //       in PyTorch's CPU order) the gradients' sum of squares and non-finite flags;
-//   `prologue` (one workgroup): the global norm and found_inf, the step counters, and per
-//       param group the step's scalars (lr, 1 - lr*wd, lr / bc1, sqrt(bc2)) into `meta`;
+//   `prologue` (one workgroup): the global norm and found_inf, the step counters, the
+//       schedule (its program per group in `meta`, schedule.wgsl; ReduceLROnPlateau's
+//       decision at an epoch boundary), and per param group the step's scalars (lr,
+//       1 - lr*wd, lr / bc1, sqrt(bc2), beta1 terms) into `meta`;
 //   `update` (one workgroup per chunk of 256 * ELEMS_PER_THREAD elements of one tensor) and
 //       `update_packed` (one per chunk of packed short tensors): the per-element AdamW update.
-// wgpu orders the dispatches because each writes what the next reads. Two more entry points
-// (probes.wgsl) evaluate the schedule at arbitrary steps and the numerics functions on given
+// wgpu orders the dispatches because each writes what the next reads. Three more entry points
+// (probes.wgsl) evaluate the schedule (lr, beta1) at arbitrary steps and the numerics functions on given
 // operands, for the CLI and the tests.
 //
-// Numerics (see the crate docs): `1 - beta` and `ln(beta)` come from the host in f64;
-// `1 - beta^t` is `-expm1(t * ln(beta))`; the cosine is reduced in integers and evaluated with
-// our own polynomials, never with WGSL's builtin transcendentals, whose precision varies.
+// Numerics (see the crate docs): `1 - beta` and `ln(beta)` come from the host in f64 (a
+// cycled beta1's ln on the device, from `1 - beta1`); `1 - beta^t` is `-expm1(t * ln(beta))`;
+// phases are reduced in integers and evaluated with our own polynomials, logarithms and
+// exponentials, never with WGSL's builtin transcendentals, whose precision varies; divisions
+// and square roots in the prologue are correctly rounded (div_rn, sqrt_rn), so the device
+// and the twin agree bit for bit.
 
 struct Globals {
     sched_at: u32,        // word offset of the schedule region in `meta` (schedule.wgsl)

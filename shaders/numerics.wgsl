@@ -47,12 +47,9 @@ fn cos_poly(t: f32) -> f32 {
 // cos^2(pi/2 * a/b) where a + d = b, 0 <= a <= b, given both a and d = b - a exactly, so the
 // result is relatively accurate near both ends (the cosine's crest and its trough).
 fn cos_sq_half_pi(a: f32, d: f32, b: f32) -> f32 {
-    var c: f32;
-    if (a <= d) {
-        c = cos_poly(HALF_PI * div_rn(a, b));
-    } else {
-        c = sin_poly(HALF_PI * div_rn(d, b));
-    }
+    let near = a <= d;
+    let t = HALF_PI * div_rn(select(d, a, near), b);
+    let c = select(sin_poly(t), cos_poly(t), near);
     return c * c;
 }
 
@@ -83,11 +80,12 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
 }
 
 // (hi * 2^32 + lo) divided by m > 0: (low 32 bits of the quotient, remainder).
-// Bit-serial long division.
+// Bit-serial long division. The trip count is opaque (`g.zero`) so that no compiler unrolls
+// the loop: unrolled at every call site it made the prologue take seconds to compile.
 fn divmod64(hi: u32, lo: u32, m: u32) -> vec2<u32> {
     var rem = 0u;
     var q = 0u;
-    for (var i = 0u; i < 64u; i++) {
+    for (var i = 0u; i < 64u + g.zero; i++) {
         let bit = select((lo >> (63u - i)) & 1u, (hi >> (31u - i)) & 1u, i < 32u);
         let carry = rem >> 31u;
         rem = (rem << 1u) | bit;

@@ -1,10 +1,10 @@
 // ---------------------------------------------------------------- schedule probe
 // (no twin: the CPU runs the twin functions directly)
 //
-// The lr of arbitrary optimizer steps, through the same `schedule_lr` the prologue uses, for
+// The lr of arbitrary optimizer steps, through the same `schedule_eval` the prologue uses, for
 // group 0's program in `meta` (bound at 8, as in the prologue): probe_io[0] holds the base
 // lr's bits, probe_io[1..] step numbers (1-based), replaced by their lr's bits
-// (`momentum_probe`: by beta1's).
+// (`momentum_probe`: by beta1's). Both through `schedule_eval`, as the prologue.
 
 @group(0) @binding(9) var<storage, read_write> probe_io: array<u32>;
 
@@ -17,7 +17,7 @@ fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
     }
     let step = probe_io[i];
     let epoch = (step - 1u) / g.steps_per_epoch;
-    probe_io[i] = bitcast<u32>(schedule_lr(0u, epoch, bitcast<f32>(probe_io[0])));
+    probe_io[i] = bitcast<u32>(schedule_eval(0u, epoch, bitcast<f32>(probe_io[0])).x);
 }
 
 @compute @workgroup_size(64)
@@ -27,7 +27,7 @@ fn momentum_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
         return;
     }
     let epoch = (probe_io[i] - 1u) / g.steps_per_epoch;
-    probe_io[i] = bitcast<u32>(schedule_momentum(0u, epoch).x);
+    probe_io[i] = bitcast<u32>(schedule_eval(0u, epoch, 1.0).y);
 }
 
 // ---------------------------------------------------------------- numerics probe

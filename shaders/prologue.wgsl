@@ -85,14 +85,14 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
         let prog = grp * g.sched_stride;
-        let lr = schedule_lr(prog, epoch, base_lr) * lr_scale;
+        let sched_v = schedule_eval(prog, epoch, base_lr);
+        let lr = sched_v.x * lr_scale;
         var beta1 = g.beta1;
         var omb1 = g.one_minus_beta1;
         var ln_b1 = g.ln_beta1;
         if ((g.flags & FLAG_CYCLE_MOMENTUM) != 0u) {
-            let mo = schedule_momentum(prog, epoch);
-            beta1 = mo.x;
-            omb1 = mo.y;
+            beta1 = sched_v.y;
+            omb1 = sched_v.z;
             ln_b1 = ln_beta(beta1, omb1);
         }
         let bc1 = -expm1_neg(t * ln_b1);

@@ -4,7 +4,7 @@
 // A schedule is data. Each param group has a program in `meta`, in the schedule region that
 // starts at g.sched_at: the group's program at offset group * g.sched_stride of the region,
 // its node 0 first, then its children (NODE_WORDS words each), then lists (milestones).
-// A node is an op and up to 15 parameter words. `schedule_lr` evaluates a program at a
+// A node is an op and up to 15 parameter words. `schedule_eval` evaluates a program at a
 // scheduler epoch k: a composite root picks one child (sequential) or multiplies the
 // factors of all (chained); children are leaves. Offsets in a program are relative to the
 // region (src/schedule/program.rs lays them out; the twin reads the same words).
@@ -49,13 +49,17 @@ fn cos_sq_dyadic(num: u32, shift: u32, j: u32, span: u32, mirror: bool) -> f32 {
     let qr = divmod64(wide.x, wide.y, span);
     let q = qr.x & select((1u << shift) - 1u, (2u << shift) - 1u, mirror);
     let low = q & ((1u << shift) - 1u);
-    let a = f32(low) + div_rn(f32(qr.y), f32(span));
-    let d = f32(((1u << shift) - 1u) - low) + div_rn(f32(span - qr.y), f32(span));
+    // R / span and (span - R) / span: the smaller divided, the larger its complement (whose
+    // rounding is relatively negligible).
+    let small_r = qr.y <= span - qr.y;
+    let f = div_rn(f32(select(span - qr.y, qr.y, small_r)), f32(span));
+    let r_frac = select(1.0 - f, f, small_r);
+    let rest = select(f, 1.0 - f, small_r);
+    let a = f32(low) + r_frac;
+    let d = f32(((1u << shift) - 1u) - low) + rest;
     let b = f32(1u << shift);
-    if ((q >> shift) == 1u) {
-        return cos_sq_half_pi(d, a, b);
-    }
-    return cos_sq_half_pi(a, d, b);
+    let odd = (q >> shift) == 1u;
+    return cos_sq_half_pi(select(a, d, odd), select(d, a, odd), b);
 }
 
 // CosineAnnealingWarmRestarts: find (T_cur, T_i) in integers, as PyTorch's step().
@@ -65,7 +69,7 @@ fn warm_restarts_factor(t_0: u32, t_mult: u32, k: u32) -> f32 {
     if (t_mult == 1u) {
         return cos_sq_phase(false, t_cur % t_i, t_i);
     }
-    for (var i = 0u; i < 33u; i++) {
+    for (var i = 0u; i < 33u + g.zero; i++) {
         if (t_cur < t_i) {
             break;
         }
@@ -92,7 +96,7 @@ fn power_count(prog: u32, at: u32, k: u32) -> u32 {
     let list = prog + sw(at + 2u);
     var lo = 0u;
     var hi = sw(at + 3u);
-    for (var i = 0u; i < 33u && lo < hi; i++) {
+    for (var i = 0u; i < 33u + g.zero && lo < hi; i++) {
         let mid = lo + (hi - lo) / 2u;
         if (sw(list + mid) <= k) {
             lo = mid + 1u;
@@ -103,26 +107,21 @@ fn power_count(prog: u32, at: u32, k: u32) -> u32 {
     return lo;
 }
 
-// start -> end annealed over a phase: a = k - phase start, d = phase end - k, len = a + d.
-// Added to the nearer end, so the result keeps its relative accuracy at both ends (a peak
-// of 25x the initial lr would otherwise cost the start ~25 ulp).
-fn anneal(linear: bool, start: f32, end: f32, a: f32, d: f32, len: f32) -> f32 {
-    if (a <= d) {
-        var w: f32;
-        if (linear) {
-            w = div_rn(a, len);
-        } else {
-            w = cos_sq_half_pi(d, a, len);
-        }
-        return start + opaque((end - start) * w);
-    }
-    var w: f32;
+// The weight of an annealing phase at a = k - phase start, d = phase end - k, len = a + d,
+// measured from the nearer end (`a <= d`: from the start): the value is then
+// `near + (far - near) * w`, which keeps its relative accuracy at both ends (a peak 25x the
+// initial lr would otherwise cost the start ~25 ulp).
+fn anneal_weight(linear: bool, a: f32, d: f32, len: f32) -> f32 {
     if (linear) {
-        w = div_rn(d, len);
-    } else {
-        w = cos_sq_half_pi(a, d, len);
+        return div_rn(min(a, d), len);
     }
-    return end + opaque((start - end) * w);
+    return cos_sq_half_pi(max(a, d), min(a, d), len);
+}
+
+fn anneal(w: f32, from_start: bool, start: f32, end: f32) -> f32 {
+    let near = select(end, start, from_start);
+    let far = select(start, end, from_start);
+    return near + opaque((far - near) * w);
 }
 
 // OneCycleLR: (lr, beta1, 1 - beta1). Phases are chosen in integers (k <= floor(end)); past
@@ -170,9 +169,9 @@ fn onecycle(at: u32, k: u32) -> vec3<f32> {
         d = select(f32(n - 1u - k), -1.0, k == n);
         lr1 = lr_l; m1 = m_max; om1 = om_max;
     }
-    let len = a + d;
-    return vec3<f32>(anneal(linear, lr0, lr1, a, d, len), anneal(linear, m0, m1, a, d, len),
-                     anneal(linear, om0, om1, a, d, len));
+    let w = anneal_weight(linear, a, d, a + d);
+    let s = a <= d;
+    return vec3<f32>(anneal(w, s, lr0, lr1), anneal(w, s, m0, m1), anneal(w, s, om0, om1));
 }
 
 // CyclicLR: (lr, beta1, 1 - beta1). triangular2's scale 2^-(cycle - 1) is 0 from cycle 128
@@ -183,22 +182,37 @@ fn cyclic(at: u32, k: u32) -> vec3<f32> {
     let mode = sw(at + 3u);
     let period = up + down;
     let r = k % period;
+    // x and 1 - x, each from its integer ratio.
     var x: f32;
+    var omx: f32;
     if (r <= up) {
         x = div_rn(f32(r), f32(up));
+        omx = div_rn(f32(up - r), f32(up));
     } else {
         x = div_rn(f32(period - r), f32(down));
+        omx = div_rn(f32(r - up), f32(down));
     }
     var scale = 1.0;
+    var oms = 0.0;
     if (mode == 1u) {
         let c = k / period;
         scale = select(0.0, ldexp(1.0, -i32(min(c, 127u))), c < 127u);
+        oms = 1.0 - scale;
     } else if (mode == 2u) {
         scale = exp2_mul(k, sf(at + 4u), sf(at + 5u));
+        oms = -expm1_neg(opaque(opaque(f32(k) * sf(at + 4u)) * LN2));
     }
     let xs = opaque(x * scale);
-    let dm = opaque(sf(at + 9u) * xs);
-    return vec3<f32>(sf(at + 6u) + opaque(sf(at + 7u) * xs), sf(at + 8u) - dm, sf(at + 10u) + dm);
+    // 1 - x scale, without cancellation: beta1 near base_momentum keeps its relative accuracy.
+    let omxs = omx + opaque(x * oms);
+    let dm = sf(at + 9u);
+    var beta1: f32;
+    if (xs <= 0.5) {
+        beta1 = sf(at + 8u) - opaque(dm * xs);
+    } else {
+        beta1 = sf(at + 11u) + opaque(dm * omxs);
+    }
+    return vec3<f32>(sf(at + 6u) + opaque(sf(at + 7u) * xs), beta1, sf(at + 10u) + opaque(dm * xs));
 }
 
 // The Hugging Face recipes but wsd: k / W for k < W, then a shape of j = k - W.
@@ -273,60 +287,68 @@ fn wsd_factor(at: u32, k: u32) -> f32 {
     return r + opaque(omr * shape);
 }
 
-// The lr of a leaf at epoch k from base lr b (b = 1: the factor of a chained child).
-fn leaf_lr(prog: u32, at: u32, k: u32, b: f32) -> f32 {
+// A leaf at epoch k from base lr b (b = 1: the factor of a chained child): (lr, beta1,
+// 1 - beta1), the momentum only for onecycle and cyclic. Each kind's code appears once in
+// the prologue: one call site of this function, so a compiler that inlines everything
+// (every driver) compiles it once.
+fn leaf(prog: u32, at: u32, k: u32, b: f32) -> vec3<f32> {
+    var lr = b;
     switch (sw(at)) {
         case OP_COSINE: {
             let t = sw(at + 1u);
             let eta = sf(at + 2u);
-            return eta + opaque((b - eta) * cos_sq_phase(((k / t) & 1u) == 1u, k % t, t));
+            lr = eta + opaque((b - eta) * cos_sq_phase(((k / t) & 1u) == 1u, k % t, t));
         }
         case OP_WARM_RESTARTS: {
             let eta = sf(at + 3u);
-            return eta + opaque((b - eta) * warm_restarts_factor(sw(at + 1u), sw(at + 2u), k));
+            lr = eta + opaque((b - eta) * warm_restarts_factor(sw(at + 1u), sw(at + 2u), k));
         }
         case OP_CONSTANT_FACTOR: {
-            return select(b, b * sf(at + 1u), k < sw(at + 2u));
+            lr = select(b, b * sf(at + 1u), k < sw(at + 2u));
         }
         case OP_LINEAR: {
             let t = sw(at + 3u);
             let m = min(k, t);
             let f = opaque(sf(at + 1u) * f32(t - m)) + opaque(sf(at + 2u) * f32(m));
-            return b * div_rn(f, f32(t));
+            lr = b * div_rn(f, f32(t));
         }
         case OP_POWER: {
-            return b * exp2_mul(power_count(prog, at, k), sf(at + 4u), sf(at + 5u));
+            lr = b * exp2_mul(power_count(prog, at, k), sf(at + 4u), sf(at + 5u));
         }
         case OP_POLYNOMIAL: {
             let t = sw(at + 1u);
-            return b * pow_ratio(t - min(k, t), t, sf(at + 2u));
+            lr = b * pow_ratio(t - min(k, t), t, sf(at + 2u));
         }
         case OP_ONECYCLE: {
-            return onecycle(at, k).x;
+            return onecycle(at, k);
         }
         case OP_CYCLIC: {
-            return cyclic(at, k).x;
+            return cyclic(at, k);
         }
         case OP_WARMUP: {
-            return b * warmup_factor(at, k);
+            lr = b * warmup_factor(at, k);
         }
         case OP_WSD: {
-            return b * wsd_factor(at, k);
+            lr = b * wsd_factor(at, k);
         }
         case OP_PLATEAU: {
-            return sf(sw(at + 1u));
+            lr = sf(sw(at + 1u));
         }
-        default: {
-            return b;
-        }
+        default: {}
     }
+    return vec3<f32>(lr, 0.0, 0.0);
 }
 
-// The lr of the program at `prog` at epoch k, for base lr b.
-fn schedule_lr(prog: u32, k: u32, b: f32) -> f32 {
+// The program at `prog` at epoch k for base lr b: (lr, beta1, 1 - beta1) as `leaf`. A
+// sequential root picks one child at its own epoch (restarting from b); a chained root
+// multiplies its children's factors; either way one loop around the one call of `leaf`.
+fn schedule_eval(prog: u32, k: u32, b: f32) -> vec3<f32> {
     let op = sw(prog);
+    var first = prog;
+    var count = 1u;
+    var kk = k;
+    var bb = b;
     if (op == OP_SEQUENTIAL) {
-        // Child i from milestone i (the first from 0) at its own epoch, restarting from b.
         let n = sw(prog + 1u);
         let list = prog + sw(prog + 2u);
         var i = 0u;
@@ -338,24 +360,22 @@ fn schedule_lr(prog: u32, k: u32, b: f32) -> f32 {
             }
             start = m;
         }
-        return leaf_lr(prog, prog + NODE_WORDS * (1u + i), k - start, b);
+        first = prog + NODE_WORDS * (1u + i);
+        kk = k - start;
+    } else if (op == OP_CHAINED) {
+        first = prog + NODE_WORDS;
+        count = sw(prog + 1u);
+        bb = 1.0;
+    }
+    var f = vec3<f32>(1.0, 0.0, 0.0);
+    for (var i = 0u; i < count; i++) {
+        let v = leaf(prog, first + NODE_WORDS * i, kk, bb);
+        f = vec3<f32>(f.x * v.x, v.y, v.z);
     }
     if (op == OP_CHAINED) {
-        var f = 1.0;
-        for (var i = 0u; i < sw(prog + 1u); i++) {
-            f = f * leaf_lr(prog, prog + NODE_WORDS * (1u + i), k, 1.0);
-        }
-        return b * f;
+        f.x = b * f.x;
     }
-    return leaf_lr(prog, prog, k, b);
-}
-
-// (beta1, 1 - beta1) of a program whose root cycles momentum (onecycle, cyclic).
-fn schedule_momentum(prog: u32, k: u32) -> vec2<f32> {
-    if (sw(prog) == OP_ONECYCLE) {
-        return onecycle(prog, k).yz;
-    }
-    return cyclic(prog, k).yz;
+    return f;
 }
 
 // ln(beta1) from beta1 and 1 - beta1, whichever keeps it accurate.

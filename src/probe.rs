@@ -87,7 +87,7 @@ pub fn schedule_beta1_cpu(config: &AdamWConfig, steps: &[u32]) -> Result<Vec<f32
             if s == 0 {
                 return Err(Error::ShapeMismatch("steps are 1-based".into()));
             }
-            Ok(twin::schedule_momentum(&region.words, 0, (s - 1) / g.steps_per_epoch).0)
+            Ok(twin::schedule_eval(&region.words, 0, (s - 1) / g.steps_per_epoch, 1.0)[1])
         })
         .collect()
 }

@@ -526,6 +526,9 @@ fn replay_gpu(
         opt.encode_copy_step_scalars(&mut encoder, &lr_log, row * s as u64)?;
         opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64)?;
         queue.submit([encoder.finish()]);
+        // Let wgpu free what finished submissions held (the staging copies of the gradients):
+        // without it a long replay grows by one gradient upload per step.
+        let _ = device.poll(wgpu::PollType::Poll);
     }
     let flat: Vec<f32> =
         bytemuck::cast_slice(&read_buffer(device, queue, &pbuf, 0, total * 4)?).to_vec();

@@ -48,11 +48,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         checkpoint_file: Option<PathBuf>,
     },
-    /// Print `step,lr` for each optimizer step, computed by the kernel's schedule code.
+    /// Print the lr of each optimizer step (CSV) for one or more schedules of any kind.
+    ///
+    /// The lrs are computed by the kernel's schedule code. Accepts every schedule kind of the
+    /// trace format (see `--schedule`). Give `--schedule` several times to compare schedules:
+    /// the CSV then has one column per schedule, `step,lr_0,lr_1,...` (`step,lr` with one),
+    /// and `--plot` draws every curve in one chart. A `reduce_on_plateau` schedule is a state
+    /// machine fed one metric per epoch: it needs `--metric FILE`, and its lrs come from
+    /// really stepping an optimizer (on the chosen backend) over a one-element tensor with
+    /// zero gradients, up to step 10^7.
     Schedule {
-        /// The `schedule` object of the trace format, e.g. '{"kind":"cosine","t_max":100,"eta_min":0}'.
-        #[arg(long)]
-        schedule: String,
+        #[arg(long = "schedule", value_name = "JSON", required = true, help = schedule_help())]
+        schedules: Vec<String>,
+        /// The base lr (also the optimizer's lr).
         #[arg(long)]
         base_lr: f64,
         #[arg(long, default_value_t = 1)]
@@ -62,9 +70,15 @@ enum Command {
         steps: String,
         #[arg(long, value_enum, default_value = "gpu")]
         backend: BackendArg,
-        /// Draw the curve into an SVG file.
+        /// Draw the curves into an SVG file (one colour per schedule, with a legend).
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// The metrics fed to a `reduce_on_plateau` schedule, one f32 per epoch: one per line
+        /// (commas also separate; blank lines and lines starting with `#` are ignored). The
+        /// metric of epoch j is read before the first step of epoch j + 1. Required by, and
+        /// only accepted with, a `reduce_on_plateau` schedule.
+        #[arg(long, value_name = "FILE")]
+        metric: Option<PathBuf>,
     },
     /// List the adapters wgpu sees, with backend and limits.
     Adapters,
@@ -122,20 +136,22 @@ fn main() -> ExitCode {
             checkpoint_file,
         ),
         Command::Schedule {
-            schedule,
+            schedules,
             base_lr,
             steps_per_epoch,
             steps,
             backend,
             plot,
-        } => schedule_cmd(
-            &schedule,
+            metric,
+        } => schedule_cmd(&ScheduleArgs {
+            schedules: &schedules,
             base_lr,
             steps_per_epoch,
-            &steps,
+            steps: &steps,
             backend,
-            plot.as_deref(),
-        ),
+            plot: plot.as_deref(),
+            metric: metric.as_deref(),
+        }),
         Command::Adapters => adapters(),
         Command::Bench(args) => bench_cmd::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo_cmd::run(&args).map(|()| ExitCode::SUCCESS),
@@ -308,42 +324,376 @@ fn parse_steps(list: &str) -> Result<Vec<u32>> {
     Ok(steps)
 }
 
-fn schedule_cmd(
-    json: &str,
+/// The help of `schedule --schedule`: the trace format's object, and every kind it knows.
+fn schedule_help() -> String {
+    format!(
+        "The `schedule` object of the trace format, e.g. \
+         '{{\"kind\":\"cosine\",\"t_max\":100,\"eta_min\":0}}'. Repeat it to print and plot \
+         several schedules side by side. Kinds: {}",
+        Schedule::KINDS.join(", ")
+    )
+}
+
+/// The arguments of the `schedule` subcommand.
+struct ScheduleArgs<'a> {
+    schedules: &'a [String],
     base_lr: f64,
     steps_per_epoch: u32,
-    steps: &str,
+    steps: &'a str,
     backend: BackendArg,
-    plot: Option<&Path>,
-) -> Result<ExitCode> {
-    let schedule = Schedule::from_json(json).map_err(unusable)?;
-    let config = AdamWConfig::default()
-        .with_lr(base_lr)
-        .with_schedule(schedule)
-        .with_steps_per_epoch(steps_per_epoch);
-    config.validate().map_err(unusable)?;
-    let steps = parse_steps(steps)?;
-    let lrs = match backend {
-        BackendArg::Gpu => {
-            let ctx = gpu_context()?;
-            wgpu_adamw::schedule_lrs_gpu(&ctx.device, &ctx.queue, &config, base_lr, &steps)?
+    plot: Option<&'a Path>,
+    metric: Option<&'a Path>,
+}
+
+/// The largest step a `reduce_on_plateau` schedule is simulated to (step by step).
+const PLATEAU_MAX_STEP: u32 = 10_000_000;
+
+fn schedule_cmd(args: &ScheduleArgs<'_>) -> Result<ExitCode> {
+    let several = args.schedules.len() > 1;
+    let name = |i: usize| {
+        if several {
+            format!("--schedule #{i}")
+        } else {
+            "--schedule".to_string()
         }
-        BackendArg::Cpu => wgpu_adamw::schedule_lrs_cpu(&config, base_lr, &steps)?,
     };
-    let mut out = String::with_capacity(steps.len() * 24);
-    out.push_str("step,lr\n");
-    for (s, lr) in steps.iter().zip(&lrs) {
-        out.push_str(&format!("{s},{lr:e}\n"));
+    let mut configs = Vec::with_capacity(args.schedules.len());
+    for (i, json) in args.schedules.iter().enumerate() {
+        let schedule =
+            Schedule::from_json(json).map_err(|e| unusable(format!("{}: {e}", name(i))))?;
+        let config = AdamWConfig::default()
+            .with_lr(args.base_lr)
+            .with_schedule(schedule)
+            .with_steps_per_epoch(args.steps_per_epoch);
+        config
+            .validate()
+            .map_err(|e| unusable(format!("{}: {e}", name(i))))?;
+        configs.push(config);
+    }
+    let steps = parse_steps(args.steps)?;
+    let max_step = steps.iter().copied().max().unwrap_or(1);
+    let plateau = configs.iter().position(|c| c.schedule.needs_metric());
+    let metrics = match (plateau, args.metric) {
+        (None, Some(path)) => {
+            return Err(unusable(format!(
+                "--metric {} is given but no --schedule is reduce_on_plateau (the only kind \
+                 that reads a metric)",
+                path.display()
+            )))
+        }
+        (Some(i), None) => {
+            return Err(unusable(format!(
+                "{} is reduce_on_plateau: it needs --metric FILE (one metric per epoch)",
+                name(i)
+            )))
+        }
+        (Some(i), Some(path)) => {
+            if max_step > PLATEAU_MAX_STEP {
+                return Err(unusable(format!(
+                    "{} is reduce_on_plateau, which is simulated step by step: step {max_step} \
+                     is past the {PLATEAU_MAX_STEP} steps it can run",
+                    name(i)
+                )));
+            }
+            let metrics = read_metrics(path)?;
+            let needed = ((max_step - 1) / args.steps_per_epoch) as usize;
+            if metrics.len() < needed {
+                eprintln!(
+                    "wgpu-adamw: warning: {} holds {} metrics but the steps up to {max_step} read \
+                     {needed} (one per finished epoch); the epochs past it get NaN (a bad epoch)",
+                    path.display(),
+                    metrics.len()
+                );
+            }
+            metrics
+        }
+        (None, None) => Vec::new(),
+    };
+    let ctx = match args.backend {
+        BackendArg::Gpu => Some(gpu_context()?),
+        BackendArg::Cpu => None,
+    };
+    let mut columns: Vec<Vec<f32>> = Vec::with_capacity(configs.len());
+    for config in &configs {
+        let lrs = match (&ctx, config.schedule.needs_metric()) {
+            (Some(ctx), false) => {
+                wgpu_adamw::schedule_lrs_gpu(&ctx.device, &ctx.queue, config, args.base_lr, &steps)?
+            }
+            (None, false) => wgpu_adamw::schedule_lrs_cpu(config, args.base_lr, &steps)?,
+            (Some(ctx), true) => plateau_lrs_gpu(ctx, config, &metrics, &steps)?,
+            (None, true) => plateau_lrs_cpu(config, &metrics, &steps)?,
+        };
+        columns.push(lrs);
+    }
+    let mut out = String::with_capacity(steps.len() * (12 + 14 * columns.len()));
+    if several {
+        out.push_str("step");
+        for i in 0..columns.len() {
+            out.push_str(&format!(",lr_{i}"));
+        }
+        out.push('\n');
+    } else {
+        out.push_str("step,lr\n");
+    }
+    for (row, s) in steps.iter().enumerate() {
+        out.push_str(&s.to_string());
+        for lrs in &columns {
+            out.push_str(&format!(",{:e}", lrs[row]));
+        }
+        out.push('\n');
     }
     print!("{out}");
-    if let Some(path) = plot {
-        plot_schedule(path, &steps, &lrs, json)?;
+    if let Some(path) = args.plot {
+        let curves: Vec<Curve<'_>> = configs
+            .iter()
+            .zip(args.schedules)
+            .zip(&columns)
+            .map(|((config, json), lrs)| Curve {
+                label: legend_label(config.schedule.kind(), json),
+                lrs,
+            })
+            .collect();
+        let title = if several {
+            "learning-rate schedules".to_string()
+        } else {
+            args.schedules[0].clone()
+        };
+        plot_schedule(path, &steps, &curves, &title)
+            .with_context(|| format!("drawing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn plot_schedule(path: &Path, steps: &[u32], lrs: &[f32], title: &str) -> Result<()> {
+/// Reads a metric file: f32s separated by newlines or commas; blank lines and lines
+/// starting with `#` are skipped.
+fn read_metrics(path: &Path) -> Result<Vec<f32>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| unusable(format!("--metric {}: {e}", path.display())))?;
+    let mut metrics = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        for field in line.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let m: f32 = field.parse().map_err(|_| {
+                unusable(format!(
+                    "--metric {}:{}: `{field}` is not a number",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+            metrics.push(m);
+        }
+    }
+    Ok(metrics)
+}
+
+/// The metric written before optimizer step `s` (1-based), if `s` starts an epoch after the
+/// first: epoch `j`'s metric is read before the first step of epoch `j + 1`.
+fn metric_before(s: u32, steps_per_epoch: u32, metrics: &[f32]) -> Option<f32> {
+    let done = s - 1;
+    if done > 0 && done.is_multiple_of(steps_per_epoch) {
+        let epoch = (done / steps_per_epoch) as usize;
+        Some(metrics.get(epoch - 1).copied().unwrap_or(f32::NAN))
+    } else {
+        None
+    }
+}
+
+/// `steps` sorted, without repeats.
+fn distinct(steps: &[u32]) -> Vec<u32> {
+    let mut want = steps.to_vec();
+    want.sort_unstable();
+    want.dedup();
+    want
+}
+
+/// Puts the lrs of the distinct steps `want` back in the order (and repeats) of `steps`.
+fn in_request_order(steps: &[u32], want: &[u32], lrs: &[f32]) -> Vec<f32> {
+    steps
+        .iter()
+        .map(|s| lrs[want.binary_search(s).expect("every step is wanted")])
+        .collect()
+}
+
+/// The lr at each of `steps` of a stateful (ReduceLROnPlateau) schedule, from stepping the
+/// CPU reference over one element with zero gradients and feeding it `metrics`.
+fn plateau_lrs_cpu(config: &AdamWConfig, metrics: &[f32], steps: &[u32]) -> Result<Vec<f32>> {
+    let want = distinct(steps);
+    let last = *want.last().expect("--steps lists a step");
+    let mut opt = wgpu_adamw::CpuAdamW::new(
+        config.clone(),
+        vec![wgpu_adamw::CpuParamGroup {
+            lens: vec![1],
+            ..Default::default()
+        }],
+    )?;
+    let (mut p, g) = ([0f32], [0f32]);
+    let mut lrs = Vec::with_capacity(want.len());
+    for s in 1..=last {
+        if let Some(m) = metric_before(s, config.steps_per_epoch, metrics) {
+            opt.set_metric(m);
+        }
+        opt.step(&mut [&mut p[..]], &[&g[..]])?;
+        if want[lrs.len()] == s {
+            lrs.push(opt.lr()[0]);
+        }
+    }
+    Ok(in_request_order(steps, &want, &lrs))
+}
+
+/// [`plateau_lrs_cpu`] on the device: every step is recorded with a copy of its scalars
+/// into a log read back in chunks.
+fn plateau_lrs_gpu(
+    ctx: &GpuContext,
+    config: &AdamWConfig,
+    metrics: &[f32],
+    steps: &[u32],
+) -> Result<Vec<f32>> {
+    use wgpu_adamw::wgpu::{self, BufferUsages};
+    /// Bytes of one step's scalars (one group): the lr is the first f32.
+    const ROW: u64 = 32;
+    /// Steps logged before the log is read back.
+    const LOG_ROWS: usize = 1 << 16;
+    let want = distinct(steps);
+    let last = *want.last().expect("--steps lists a step");
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let buffer = |label, size, usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let tensor = BufferUsages::STORAGE | BufferUsages::COPY_DST | BufferUsages::COPY_SRC;
+    let p = buffer("schedule param", 16, tensor);
+    let g = buffer("schedule grad", 16, tensor);
+    let rows = want.len().min(LOG_ROWS);
+    let log = buffer(
+        "schedule lr log",
+        rows as u64 * ROW,
+        BufferUsages::COPY_DST | BufferUsages::COPY_SRC,
+    );
+    let opt = wgpu_adamw::GpuAdamW::new(
+        device,
+        queue,
+        config.clone(),
+        vec![wgpu_adamw::ParamGroup {
+            tensors: vec![wgpu_adamw::TensorBinding::whole(&p, &g)],
+            ..Default::default()
+        }],
+    )?;
+    let mut batch = Batch {
+        device,
+        queue,
+        encoder: None,
+        recorded: 0,
+        in_flight: 0,
+    };
+    let read_log = |lrs: &mut Vec<f32>, logged: usize| -> Result<()> {
+        let words = wgpu_adamw::read_buffer(device, queue, &log, 0, logged as u64 * ROW)?;
+        lrs.extend(
+            words
+                .chunks(ROW as usize / 4)
+                .map(|row| f32::from_bits(row[0])),
+        );
+        Ok(())
+    };
+    let mut lrs = Vec::with_capacity(want.len());
+    let mut logged = 0usize;
+    for s in 1..=last {
+        if let Some(m) = metric_before(s, config.steps_per_epoch, metrics) {
+            // The write goes through the queue: the steps before it must be submitted first.
+            batch.submit()?;
+            opt.set_metric(m);
+        }
+        let e = batch.encoder();
+        opt.encode_step(e);
+        if want[lrs.len() + logged] == s {
+            opt.encode_copy_step_scalars(e, &log, logged as u64 * ROW)?;
+            logged += 1;
+        }
+        batch.recorded += 1;
+        if logged == rows {
+            batch.submit()?;
+            read_log(&mut lrs, logged)?;
+            logged = 0;
+        } else if batch.recorded >= Batch::STEPS {
+            batch.submit()?;
+        }
+    }
+    batch.submit()?;
+    if logged > 0 {
+        read_log(&mut lrs, logged)?;
+    }
+    Ok(in_request_order(steps, &want, &lrs))
+}
+
+/// Steps recorded into command buffers and submitted in batches, with at most about
+/// [`Batch::STEPS`] steps in flight (a queue left to grow holds every submission's memory).
+struct Batch<'a> {
+    device: &'a wgpu_adamw::wgpu::Device,
+    queue: &'a wgpu_adamw::wgpu::Queue,
+    encoder: Option<wgpu_adamw::wgpu::CommandEncoder>,
+    /// Steps recorded in `encoder`.
+    recorded: u32,
+    /// Steps submitted since the last wait.
+    in_flight: u32,
+}
+
+impl Batch<'_> {
+    /// Steps per command buffer, and in flight, at most.
+    const STEPS: u32 = 256;
+
+    /// The command encoder of the batch.
+    fn encoder(&mut self) -> &mut wgpu_adamw::wgpu::CommandEncoder {
+        let device = self.device;
+        self.encoder
+            .get_or_insert_with(|| device.create_command_encoder(&Default::default()))
+    }
+
+    /// Submits the recorded steps; waits for the device when enough are in flight.
+    fn submit(&mut self) -> Result<()> {
+        use wgpu_adamw::wgpu::PollType;
+        if let Some(e) = self.encoder.take() {
+            self.queue.submit([e.finish()]);
+        }
+        self.in_flight += std::mem::take(&mut self.recorded);
+        let poll = if self.in_flight >= Self::STEPS {
+            self.in_flight = 0;
+            PollType::wait_indefinitely()
+        } else {
+            PollType::Poll
+        };
+        self.device.poll(poll).context("waiting for the device")?;
+        Ok(())
+    }
+}
+
+/// One curve of the plot.
+struct Curve<'a> {
+    label: String,
+    lrs: &'a [f32],
+}
+
+/// The legend of a schedule: its kind, then its JSON on one line, cut to 70 characters.
+fn legend_label(kind: &str, json: &str) -> String {
+    const MAX: usize = 70;
+    let json = json.split_whitespace().collect::<Vec<_>>().join(" ");
+    let label = format!("{kind}: {json}");
+    if label.chars().count() <= MAX {
+        label
+    } else {
+        let mut cut: String = label.chars().take(MAX - 3).collect();
+        cut.push_str("...");
+        cut
+    }
+}
+
+fn plot_schedule(path: &Path, steps: &[u32], curves: &[Curve<'_>], title: &str) -> Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -351,7 +701,12 @@ fn plot_schedule(path: &Path, steps: &[u32], lrs: &[f32], title: &str) -> Result
         steps.iter().min().copied().unwrap_or(1),
         steps.iter().max().copied().unwrap_or(1),
     );
-    let y1 = lrs.iter().fold(0f32, |a, &b| a.max(b)) * 1.05;
+    let y1 = curves
+        .iter()
+        .flat_map(|c| c.lrs.iter())
+        .filter(|l| l.is_finite())
+        .fold(0f32, |a, &b| a.max(b))
+        * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 16))
         .margin(12)
@@ -366,16 +721,44 @@ fn plot_schedule(path: &Path, steps: &[u32], lrs: &[f32], title: &str) -> Result
         .x_desc("optimizer step")
         .y_desc("lr")
         .draw()?;
-    let mut points: Vec<(f64, f64)> = steps
-        .iter()
-        .zip(lrs)
-        .map(|(&s, &l)| (f64::from(s), f64::from(l)))
-        .collect();
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    chart.draw_series(LineSeries::new(points, &BLUE))?;
+    for (i, curve) in curves.iter().enumerate() {
+        let mut points: Vec<(f64, f64)> = steps
+            .iter()
+            .zip(curve.lrs)
+            .filter(|(_, l)| l.is_finite())
+            .map(|(&s, &l)| (f64::from(s), f64::from(l)))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let colour = CURVE_COLOURS[i % CURVE_COLOURS.len()];
+        let style = colour.stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(points, style))?
+            .label(curve.label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
+
+/// Curve colours that stay readable on white (plotters' palette has a pale yellow third).
+const CURVE_COLOURS: [plotters::style::RGBColor; 8] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(148, 103, 189),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(0, 0, 0),
+    plotters::style::RGBColor(23, 190, 207),
+    plotters::style::RGBColor(140, 86, 75),
+];
 
 fn adapters() -> Result<ExitCode> {
     let list = wgpu_adamw::list_adapters();

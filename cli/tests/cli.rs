@@ -360,3 +360,201 @@ fn unusable_traces_exit_2_with_one_line() {
     assert_eq!(o.status.code(), Some(2));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Runs `schedule` on the CPU backend; returns the CSV's header and rows (step, lrs).
+fn schedule_csv(args: &[&str]) -> (String, Vec<(u32, Vec<f32>)>) {
+    let mut all = vec!["schedule", "--backend", "cpu"];
+    all.extend_from_slice(args);
+    let o = run(&all);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows = lines
+        .map(|l| {
+            let mut f = l.split(',');
+            let step = f.next().unwrap().parse().unwrap();
+            (step, f.map(|x| x.parse().unwrap()).collect())
+        })
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn several_schedules_print_one_column_each() {
+    let jsons = [
+        r#"{"kind":"cosine","t_max":10,"eta_min":0.001}"#,
+        r#"{"kind":"step","step_size":4,"gamma":0.5}"#,
+    ];
+    let steps: Vec<u32> = (1..=30).chain([7, 1000]).collect();
+    let (header, rows) = schedule_csv(&[
+        "--schedule",
+        jsons[0],
+        "--schedule",
+        jsons[1],
+        "--base-lr",
+        "0.25",
+        "--steps-per-epoch",
+        "3",
+        "--steps",
+        "1..30,7,1000",
+    ]);
+    assert_eq!(header, "step,lr_0,lr_1");
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), steps);
+    for (i, json) in jsons.iter().enumerate() {
+        let config = wgpu_adamw::AdamWConfig::default()
+            .with_lr(0.25)
+            .with_schedule(wgpu_adamw::Schedule::from_json(json).unwrap())
+            .with_steps_per_epoch(3);
+        let want = wgpu_adamw::schedule_lrs_cpu(&config, 0.25, &steps).unwrap();
+        for (row, w) in rows.iter().zip(&want) {
+            assert_eq!(row.1.len(), 2, "{row:?}");
+            assert_eq!(row.1[i], *w, "{json} step {}", row.0);
+        }
+    }
+}
+
+const PLATEAU: &str = r#"{"kind":"reduce_on_plateau","mode":"min","factor":0.5,"patience":1,"threshold":0.01,"threshold_mode":"rel","cooldown":1,"min_lr":0.01,"eps":1e-8}"#;
+
+#[test]
+fn a_plateau_schedule_follows_the_metrics_of_its_file() {
+    let metrics: Vec<f32> = vec![
+        1.0, 0.8, 0.85, 0.9, 0.79, 0.795, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75, 0.6, 0.61,
+    ];
+    // Comments, blank lines and commas are all accepted.
+    let mut text = String::from("# validation loss per epoch\n\n");
+    for (i, m) in metrics.iter().enumerate() {
+        text.push_str(&m.to_string());
+        text.push_str(if i % 3 == 2 { ",\n" } else { ", " });
+    }
+    text.push_str("\n# end\n");
+    let path = tmp("metrics.txt");
+    std::fs::write(&path, text).unwrap();
+    let (base_lr, spe) = (0.1, 3u32);
+    let (header, rows) = schedule_csv(&[
+        "--schedule",
+        PLATEAU,
+        "--metric",
+        path.to_str().unwrap(),
+        "--base-lr",
+        "0.1",
+        "--steps-per-epoch",
+        "3",
+        "--steps",
+        "1..43,5",
+    ]);
+    assert_eq!(header, "step,lr");
+    let plateau = match wgpu_adamw::Schedule::from_json(PLATEAU).unwrap() {
+        wgpu_adamw::Schedule::ReduceOnPlateau(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let epochs = plateau.lrs(&[wgpu_adamw::schedule::GroupCtx::single(base_lr)], &metrics);
+    let mut cuts = 0;
+    for (s, lr) in &rows {
+        let want = epochs[((s - 1) / spe) as usize][0];
+        let lr = f64::from(lr[0]);
+        assert!((lr - want).abs() <= 1e-6 * want, "step {s}: {lr} vs {want}");
+        cuts += usize::from(want < base_lr);
+    }
+    assert!(cuts > 0, "the metrics cut the lr at least once");
+    assert_eq!(rows.len(), 44);
+
+    // Too few metrics: the missing epochs read NaN, said once on stderr.
+    std::fs::write(&path, "1.0\n0.9\n").unwrap();
+    let o = run(&[
+        "schedule",
+        "--backend",
+        "cpu",
+        "--schedule",
+        PLATEAU,
+        "--metric",
+        path.to_str().unwrap(),
+        "--base-lr",
+        "0.1",
+        "--steps",
+        "1..10",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn metric_without_plateau_and_plateau_without_metric_exit_2() {
+    let path = tmp("metric-2.txt");
+    std::fs::write(&path, "1\n2\n").unwrap();
+    let metric = path.to_str().unwrap();
+    let cosine = r#"{"kind":"cosine","t_max":10,"eta_min":0}"#;
+    for args in [
+        vec!["--schedule", cosine, "--metric", metric, "--steps", "1..5"],
+        vec![
+            "--schedule",
+            cosine,
+            "--schedule",
+            PLATEAU,
+            "--steps",
+            "1..5",
+        ],
+        vec!["--schedule", PLATEAU, "--steps", "1..5"],
+        vec![
+            "--schedule",
+            PLATEAU,
+            "--metric",
+            metric,
+            "--steps",
+            "10000001",
+        ],
+    ] {
+        let mut all = vec!["schedule", "--backend", "cpu", "--base-lr", "0.1"];
+        all.extend(args.iter().copied());
+        let o = run(&all);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn plot_draws_every_schedule_with_a_legend() {
+    let jsons = [
+        r#"{"kind":"cosine","t_max":10,"eta_min":0}"#,
+        r#"{"kind":"exponential","gamma":0.9}"#,
+    ];
+    let svg = tmp("schedules.svg");
+    let o = run(&[
+        "schedule",
+        "--backend",
+        "cpu",
+        "--schedule",
+        jsons[0],
+        "--schedule",
+        jsons[1],
+        "--base-lr",
+        "0.1",
+        "--steps",
+        "1..40",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for (kind, json) in [("cosine", jsons[0]), ("exponential", jsons[1])] {
+        let legend = format!("{kind}: {json}").replace('"', "&quot;");
+        assert!(text.contains(&legend), "no legend `{legend}` in the SVG");
+    }
+    assert!(text.contains("learning-rate schedules"));
+    std::fs::remove_file(&svg).unwrap();
+}

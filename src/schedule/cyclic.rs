@@ -341,5 +341,6 @@ impl Kind for Cyclic {
             .f(8, mhi)
             .f(9, mhi - mlo)
             .f(10, 1.0 - mhi)
+            .f(11, mlo)
     }
 }

@@ -2,7 +2,7 @@
 
 use super::grad_norm::{clip_coefficient, grad_multiplier};
 use super::numerics::expm1_neg;
-use super::schedule::{ln_beta, plateau_step, schedule_lr, schedule_momentum};
+use super::schedule::{ln_beta, plateau_step, schedule_eval};
 use crate::kernel::{Globals, FLAG_CLIP, FLAG_CYCLE_MOMENTUM, FLAG_LOSS_SCALE, FLAG_PLATEAU};
 
 /// The optimizer's step counters, as the kernel keeps them in its `meta` buffer.
@@ -140,10 +140,11 @@ pub fn prologue_amp(
         .enumerate()
         .map(|(grp, &(base_lr, wd))| {
             let prog = grp as u32 * g.sched_stride;
-            let lr = schedule_lr(region, prog, epoch, base_lr) * control.lr_scale;
+            let v = schedule_eval(region, prog, epoch, base_lr);
+            let lr = v[0] * control.lr_scale;
             let (mut beta1, mut omb1, mut ln_b1) = (g.beta1, g.one_minus_beta1, g.ln_beta1);
             if g.flags & FLAG_CYCLE_MOMENTUM != 0 {
-                (beta1, omb1) = schedule_momentum(region, prog, epoch);
+                (beta1, omb1) = (v[1], v[2]);
                 ln_b1 = ln_beta(beta1, omb1);
             }
             let bc1 = -expm1_neg(t * ln_b1);

@@ -2,9 +2,11 @@
 //! the words of the schedule region (`r`, the region's words from its start).
 
 use super::numerics::{
-    cos_sq_half_pi, cos_sq_phase, exp2_mul, ldexp, ln_one_minus, ln_pos, pow_ratio, two_prod,
-    two_sum,
+    cos_sq_half_pi, cos_sq_phase, exp2_mul, expm1_neg, ldexp, ln_one_minus, ln_pos, pow_ratio,
+    two_prod, two_sum,
 };
+
+const LN2: f32 = std::f64::consts::LN_2 as f32;
 use crate::kernel::{Globals, LN_ZERO};
 use crate::schedule::program::{op, NODE_WORDS};
 
@@ -38,8 +40,11 @@ fn cos_sq_dyadic(num: u32, shift: u32, j: u32, span: u32, mirror: bool) -> f32 {
     };
     let q = q & mask;
     let low = q & ((1u32 << shift) - 1);
-    let a = low as f32 + rem as f32 / span as f32;
-    let d = (((1u32 << shift) - 1) - low) as f32 + (span - rem) as f32 / span as f32;
+    let small_r = rem <= span - rem;
+    let f = (if small_r { rem } else { span - rem }) as f32 / span as f32;
+    let (r_frac, rest) = if small_r { (f, 1.0 - f) } else { (1.0 - f, f) };
+    let a = low as f32 + r_frac;
+    let d = (((1u32 << shift) - 1) - low) as f32 + rest;
     let b = (1u32 << shift) as f32;
     if q >> shift == 1 {
         return cos_sq_half_pi(d, a, b);
@@ -85,21 +90,20 @@ fn power_count(r: &[u32], prog: u32, at: u32, k: u32) -> u32 {
     lo
 }
 
-fn anneal(linear: bool, start: f32, end: f32, a: f32, d: f32, len: f32) -> f32 {
-    if a <= d {
-        let w = if linear {
-            a / len
-        } else {
-            cos_sq_half_pi(d, a, len)
-        };
-        return start + (end - start) * w;
+fn anneal_weight(linear: bool, a: f32, d: f32, len: f32) -> f32 {
+    if linear {
+        return a.min(d) / len;
     }
-    let w = if linear {
-        d / len
+    cos_sq_half_pi(a.max(d), a.min(d), len)
+}
+
+fn anneal(w: f32, from_start: bool, start: f32, end: f32) -> f32 {
+    let (near, far) = if from_start {
+        (start, end)
     } else {
-        cos_sq_half_pi(a, d, len)
+        (end, start)
     };
-    end + (start - end) * w
+    near + (far - near) * w
 }
 
 /// OneCycleLR's `(lr, beta1, 1 - beta1)`.
@@ -137,11 +141,12 @@ fn onecycle(r: &[u32], at: u32, k: u32) -> [f32; 3] {
         d = if k == n { -1.0 } else { (n - 1 - k) as f32 };
         (lr1, m1, om1) = (lr_l, m_max, om_max);
     }
-    let len = a + d;
+    let w = anneal_weight(linear, a, d, a + d);
+    let s = a <= d;
     [
-        anneal(linear, lr0, lr1, a, d, len),
-        anneal(linear, m0, m1, a, d, len),
-        anneal(linear, om0, om1, a, d, len),
+        anneal(w, s, lr0, lr1),
+        anneal(w, s, m0, m1),
+        anneal(w, s, om0, om1),
     ]
 }
 
@@ -150,29 +155,42 @@ fn cyclic(r: &[u32], at: u32, k: u32) -> [f32; 3] {
     let (up, down, mode) = (sw(r, at + 1), sw(r, at + 2), sw(r, at + 3));
     let period = up + down;
     let rem = k % period;
-    let x = if rem <= up {
-        rem as f32 / up as f32
+    let (x, omx) = if rem <= up {
+        (rem as f32 / up as f32, (up - rem) as f32 / up as f32)
     } else {
-        (period - rem) as f32 / down as f32
+        (
+            (period - rem) as f32 / down as f32,
+            (rem - up) as f32 / down as f32,
+        )
     };
-    let scale = match mode {
+    let (scale, oms) = match mode {
         1 => {
             let c = k / period;
-            if c < 127 {
+            let s = if c < 127 {
                 ldexp(1.0, -(c as i32))
             } else {
                 0.0
-            }
+            };
+            (s, 1.0 - s)
         }
-        2 => exp2_mul(k, sf(r, at + 4), sf(r, at + 5)),
-        _ => 1.0,
+        2 => (
+            exp2_mul(k, sf(r, at + 4), sf(r, at + 5)),
+            -expm1_neg(k as f32 * sf(r, at + 4) * LN2),
+        ),
+        _ => (1.0, 0.0),
     };
     let xs = x * scale;
-    let dm = sf(r, at + 9) * xs;
+    let omxs = omx + x * oms;
+    let dm = sf(r, at + 9);
+    let beta1 = if xs <= 0.5 {
+        sf(r, at + 8) - dm * xs
+    } else {
+        sf(r, at + 11) + dm * omxs
+    };
     [
         sf(r, at + 6) + sf(r, at + 7) * xs,
-        sf(r, at + 8) - dm,
-        sf(r, at + 10) + dm,
+        beta1,
+        sf(r, at + 10) + dm * xs,
     ]
 }
 
@@ -247,8 +265,9 @@ fn wsd_factor(r: &[u32], at: u32, k: u32) -> f32 {
     rr + omr * shape
 }
 
-fn leaf_lr(r: &[u32], prog: u32, at: u32, k: u32, b: f32) -> f32 {
-    match sw(r, at) {
+/// A leaf at epoch `k` from base lr `b`: `[lr, beta1, 1 - beta1]` (the kernel's `leaf`).
+fn leaf(r: &[u32], prog: u32, at: u32, k: u32, b: f32) -> [f32; 3] {
+    let lr = match sw(r, at) {
         op::COSINE => {
             let t = sw(r, at + 1);
             let eta = sf(r, at + 2);
@@ -276,51 +295,54 @@ fn leaf_lr(r: &[u32], prog: u32, at: u32, k: u32, b: f32) -> f32 {
             let t = sw(r, at + 1);
             b * pow_ratio(t - k.min(t), t, sf(r, at + 2))
         }
-        op::ONECYCLE => onecycle(r, at, k)[0],
-        op::CYCLIC => cyclic(r, at, k)[0],
+        op::ONECYCLE => return onecycle(r, at, k),
+        op::CYCLIC => return cyclic(r, at, k),
         op::WARMUP => b * warmup_factor(r, at, k),
         op::WSD => b * wsd_factor(r, at, k),
         op::PLATEAU => sf(r, sw(r, at + 1)),
         _ => b,
-    }
-}
-
-/// The lr of the program at `prog` (an offset in the region) at epoch `k`, base lr `b`.
-pub fn schedule_lr(r: &[u32], prog: u32, k: u32, b: f32) -> f32 {
-    match sw(r, prog) {
-        op::SEQUENTIAL => {
-            let n = sw(r, prog + 1);
-            let list = prog + sw(r, prog + 2);
-            let (mut i, mut start) = (0u32, 0u32);
-            while i + 1 < n {
-                let m = sw(r, list + i);
-                if k < m {
-                    break;
-                }
-                start = m;
-                i += 1;
-            }
-            leaf_lr(r, prog, prog + NODE * (1 + i), k - start, b)
-        }
-        op::CHAINED => {
-            let mut f = 1.0f32;
-            for i in 0..sw(r, prog + 1) {
-                f *= leaf_lr(r, prog, prog + NODE * (1 + i), k, 1.0);
-            }
-            b * f
-        }
-        _ => leaf_lr(r, prog, prog, k, b),
-    }
-}
-
-/// `(beta1, 1 - beta1)` of a program whose root cycles momentum.
-pub fn schedule_momentum(r: &[u32], prog: u32, k: u32) -> (f32, f32) {
-    let v = if sw(r, prog) == op::ONECYCLE {
-        onecycle(r, prog, k)
-    } else {
-        cyclic(r, prog, k)
     };
-    (v[1], v[2])
+    [lr, 0.0, 0.0]
+}
+
+/// The program at `prog` (an offset in the region) at epoch `k`, base lr `b`:
+/// `[lr, beta1, 1 - beta1]` (the kernel's `schedule_eval`).
+pub fn schedule_eval(r: &[u32], prog: u32, k: u32, b: f32) -> [f32; 3] {
+    let op = sw(r, prog);
+    let (mut first, mut count, mut kk, mut bb) = (prog, 1, k, b);
+    if op == op::SEQUENTIAL {
+        let n = sw(r, prog + 1);
+        let list = prog + sw(r, prog + 2);
+        let (mut i, mut start) = (0u32, 0u32);
+        while i + 1 < n {
+            let m = sw(r, list + i);
+            if k < m {
+                break;
+            }
+            start = m;
+            i += 1;
+        }
+        first = prog + NODE * (1 + i);
+        kk = k - start;
+    } else if op == op::CHAINED {
+        first = prog + NODE;
+        count = sw(r, prog + 1);
+        bb = 1.0;
+    }
+    let mut f = [1.0f32, 0.0, 0.0];
+    for i in 0..count {
+        let v = leaf(r, prog, first + NODE * i, kk, bb);
+        f = [f[0] * v[0], v[1], v[2]];
+    }
+    if op == op::CHAINED {
+        f[0] *= b;
+    }
+    f
+}
+
+/// The lr of the program at `prog` at epoch `k`, base lr `b`.
+pub fn schedule_lr(r: &[u32], prog: u32, k: u32, b: f32) -> f32 {
+    schedule_eval(r, prog, k, b)[0]
 }
 
 /// `ln(beta1)` from beta1 and `1 - beta1`.
