@@ -163,7 +163,7 @@ impl AdamWConfig {
     /// Checks every hyperparameter (PyTorch's ranges) and the schedule.
     ///
     /// The kernel computes in f32, so values PyTorch would accept but that overflow f32 are
-    /// rejected (an [`Error::InvalidHyperparameter`]) rather than turned into infinite
+    /// rejected (an [`crate::Error::InvalidHyperparameter`]) rather than turned into infinite
     /// parameters: lr, weight decay, eps, `eta_min` and `max_grad_norm` must be finite in f32,
     /// and so must each group's `peak lr * weight_decay` (the decay factor `1 - lr * wd`) and
     /// `peak lr / (1 - beta1)` (the step size at t = 1), where the peak lr is the larger of the

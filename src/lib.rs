@@ -1,8 +1,8 @@
 //! # wgpu-adamw
 //!
-//! AdamW fused with a learning-rate schedule (cosine annealing and its relatives) as one WGSL
-//! compute kernel, driven through [`wgpu`]. Hand it the parameter and gradient buffers your
-//! engine already owns; every step's update, learning rate included, then runs on the GPU
+//! AdamW fused with a learning-rate schedule (every `torch.optim.lr_scheduler` scheduler and
+//! the Hugging Face recipes, see [`schedule`]) as one WGSL compute kernel, driven through
+//! [`wgpu`]. Hand it the parameter and gradient buffers your engine already owns; every step's update, learning rate included, then runs on the GPU
 //! with no host computation and no read-back.
 //!
 //! ```no_run

@@ -17,6 +17,7 @@ mod cyclic;
 mod fields;
 mod hf;
 mod plateau;
+#[doc(hidden)]
 pub mod program;
 mod pytorch;
 
@@ -26,7 +27,7 @@ pub use hf::{
     InverseSqrt, WarmupConstant, WarmupCosine, WarmupCosineHardRestarts, WarmupCosineMinLr,
     WarmupLinear, WarmupPolynomial, Wsd, WsdShape,
 };
-pub use plateau::ReduceOnPlateau;
+pub use plateau::{PlateauState, ReduceOnPlateau};
 pub use pytorch::{
     ConstantFactor, Cosine, CosineWarmRestarts, Exponential, Linear, MultiStep, Polynomial, StepLr,
 };
