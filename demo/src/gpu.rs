@@ -13,9 +13,10 @@ const LOSS: &str = include_str!("../shaders/loss.wgsl");
 const BACKWARD: &str = include_str!("../shaders/backward.wgsl");
 
 /// Bytes of one log record written by [`GpuMlp::encode_log`]: `[loss, accuracy, 0, 0]` of
-/// the last forward pass, then the optimizer's last step scalars `[lr, 1 - lr*wd, lr / bc1,
-/// sqrt(bc2)]` of each of the two param groups (weights, biases), all f32.
-pub const LOG_RECORD_BYTES: u64 = 16 + 2 * 16;
+/// the last forward pass, then the optimizer's last step scalars (8 f32 per group, the lr
+/// first: see `GpuAdamW::encode_copy_step_scalars`) of each of the two param groups
+/// (weights, biases).
+pub const LOG_RECORD_BYTES: u64 = 16 + 2 * 32;
 
 /// Threads per workgroup (`WG` in `shaders/common.wgsl`).
 const WG: u32 = 64;
@@ -522,7 +523,7 @@ impl GpuMlp {
         offset: u64,
     ) -> anyhow::Result<()> {
         encoder.copy_buffer_to_buffer(&self.stats, 0, dst, offset, 16);
-        // 16 bytes per param group.
+        // 32 bytes per param group.
         self.opt
             .encode_copy_step_scalars(encoder, dst, offset + 16)?;
         Ok(())
