@@ -1,8 +1,11 @@
-//! Trains a small MLP on the GPU under four lr schedules and plots the learning curves.
+//! Trains a small MLP on the GPU under several lr schedules and plots the learning curves.
 //!
 //! ```text
-//! cargo run --release --example learning_curve [-- --out DIR] [--steps N]
+//! cargo run --release --example learning_curve [-- --out DIR] [--steps N] [--schedule [NAME=]JSON ...]
 //! ```
+//!
+//! `--schedule` (repeatable) replaces the default set with any schedules the crate supports,
+//! e.g. `--schedule 'slow={"kind":"exponential","gamma":0.995}'`.
 //!
 //! Writes `DIR/learning_curve.svg` and `DIR/learning_curve.csv` (default `demo-out/`) and
 //! prints the final loss and accuracy of each schedule. See the `wgpu-adamw-demo` crate.
@@ -11,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use wgpu_adamw_demo::DemoOptions;
 
-const USAGE: &str = "usage: learning_curve [--out DIR] [--steps N]";
+const USAGE: &str = "usage: learning_curve [--out DIR] [--steps N] [--schedule [NAME=]JSON ...]";
 
 fn parse() -> Result<DemoOptions, String> {
     let mut opts = DemoOptions::default();
@@ -27,6 +30,11 @@ fn parse() -> Result<DemoOptions, String> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or(format!("--steps needs a positive integer, got `{v}`"))?;
+            }
+            "--schedule" => {
+                let v = value("--schedule")?;
+                opts.schedules
+                    .push(wgpu_adamw_demo::parse_schedule_arg(&v).map_err(|e| format!("{e:#}"))?);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");

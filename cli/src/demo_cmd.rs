@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// Trains a small MLP on the GPU under four lr schedules and plots the learning curves.
+/// Trains a small MLP on the GPU under several lr schedules and plots the learning curves.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Directory for learning_curve.svg and learning_curve.csv.
@@ -11,14 +11,25 @@ pub struct DemoArgs {
     /// Optimizer steps per schedule.
     #[arg(long, default_value_t = wgpu_adamw_demo::DemoOptions::default().steps)]
     pub steps: u32,
+    /// A schedule to compare, `NAME=JSON` or a bare JSON `schedule` object (named by its
+    /// kind); repeat it to compare several. Replaces the default set (constant, cosine, warm
+    /// restarts, warmup + cosine, wsd, onecycle).
+    #[arg(long = "schedule", value_name = "[NAME=]JSON")]
+    pub schedules: Vec<String>,
 }
 
 /// Runs the demo with `args`.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.steps >= 1, "--steps must be >= 1");
+    let schedules = args
+        .schedules
+        .iter()
+        .map(|s| wgpu_adamw_demo::parse_schedule_arg(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = wgpu_adamw_demo::DemoOptions {
         out: args.out.clone(),
         steps: args.steps,
+        schedules,
         ..Default::default()
     };
     wgpu_adamw_demo::run(&opts)?;

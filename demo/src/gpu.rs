@@ -18,6 +18,10 @@ const BACKWARD: &str = include_str!("../shaders/backward.wgsl");
 /// (weights, biases).
 pub const LOG_RECORD_BYTES: u64 = 16 + 2 * 32;
 
+/// Bytes of one record of [`GpuMlp::encode_lr`]: the step scalars of the two param groups
+/// (8 f32 each, the lr first).
+pub const LR_RECORD_BYTES: u64 = 2 * 32;
+
 /// Threads per workgroup (`WG` in `shaders/common.wgsl`).
 const WG: u32 = 64;
 
@@ -581,6 +585,29 @@ impl GpuMlp {
             usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
+    }
+
+    /// Creates a buffer for the step scalars of `steps` steps ([`LR_RECORD_BYTES`] each).
+    pub fn create_lr_buffer(&self, steps: u32) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("demo lr log"),
+            size: (LR_RECORD_BYTES * u64::from(steps)).max(LR_RECORD_BYTES),
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Records a copy of the last step's scalars into record `index` of `dst` (a buffer of
+    /// [`GpuMlp::create_lr_buffer`]): the lr the device used, every step, with no read-back.
+    pub fn encode_lr(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        index: u32,
+    ) -> anyhow::Result<()> {
+        self.opt
+            .encode_copy_step_scalars(encoder, dst, LR_RECORD_BYTES * u64::from(index))?;
+        Ok(())
     }
 
     /// A new command encoder on this model's device.

@@ -25,7 +25,7 @@ pub mod model;
 pub mod plot;
 
 use anyhow::Context;
-use gpu::{GpuMlp, LOG_RECORD_BYTES};
+use gpu::{GpuMlp, LOG_RECORD_BYTES, LR_RECORD_BYTES};
 use model::Mlp;
 use std::io::Write;
 use std::path::PathBuf;
@@ -62,6 +62,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Print the table of results on stdout.
     pub print_table: bool,
+    /// The schedules to compare, named; empty: [`schedules`]`(steps, lr)`, the default set.
+    pub schedules: Vec<(String, Schedule)>,
 }
 
 impl Default for DemoOptions {
@@ -80,6 +82,7 @@ impl Default for DemoOptions {
             seed: 0x5EED,
             progress: true,
             print_table: true,
+            schedules: Vec::new(),
         }
     }
 }
@@ -106,10 +109,37 @@ impl DemoOptions {
             .with_weight_decay(self.weight_decay)
             .with_schedule(schedule)
     }
+
+    /// The schedules of this run: [`DemoOptions::schedules`], else the default set.
+    pub fn schedule_set(&self) -> Vec<(String, Schedule)> {
+        if self.schedules.is_empty() {
+            schedules(self.steps, self.lr)
+                .into_iter()
+                .map(|(n, s)| (n.to_string(), s))
+                .collect()
+        } else {
+            self.schedules.clone()
+        }
+    }
 }
 
-/// The four schedules compared, named, for a run of `steps` steps.
-pub fn schedules(steps: u32) -> Vec<(&'static str, Schedule)> {
+/// Parses a `--schedule` argument: `NAME=JSON`, or a bare `JSON` named by its kind.
+pub fn parse_schedule_arg(arg: &str) -> anyhow::Result<(String, Schedule)> {
+    let (name, json) = match arg.split_once('=') {
+        Some((n, j)) if !n.trim_start().starts_with('{') => (Some(n.trim().to_string()), j),
+        _ => (None, arg),
+    };
+    let schedule = Schedule::from_json(json).with_context(|| format!("--schedule `{arg}`"))?;
+    let name = name.unwrap_or_else(|| schedule.kind().to_string());
+    anyhow::ensure!(!name.is_empty(), "--schedule `{arg}`: empty name");
+    Ok((name, schedule))
+}
+
+/// The default schedules compared, named, for a run of `steps` steps at peak lr `lr`:
+/// constant, cosine, warm restarts, warmup + cosine, warmup-stable-decay (MiniCPM's 1-sqrt
+/// decay over the last 20%) and OneCycle (whose peak is `lr`).
+pub fn schedules(steps: u32, lr: f64) -> Vec<(&'static str, Schedule)> {
+    use wgpu_adamw::schedule::{OneCycle, PerGroup, Wsd, WsdShape};
     let steps = steps.max(1);
     vec![
         ("constant", Schedule::default()),
@@ -122,6 +152,33 @@ pub fn schedules(steps: u32) -> Vec<(&'static str, Schedule)> {
         (
             "warmup_cosine",
             Schedule::warmup_cosine(steps / 10, steps, 0.5),
+        ),
+        (
+            "wsd",
+            Schedule::Wsd(Wsd {
+                warmup_steps: steps / 10,
+                stable_steps: steps - steps / 10 - steps / 5,
+                decay_steps: steps / 5,
+                warmup_type: WsdShape::Linear,
+                decay_type: WsdShape::OneMinusSqrt,
+                min_lr_ratio: 0.0,
+                num_cycles: 0.5,
+            }),
+        ),
+        (
+            "onecycle",
+            Schedule::OneCycle(OneCycle {
+                max_lr: PerGroup::All(lr),
+                total_steps: steps.max(4),
+                pct_start: 0.3,
+                anneal_cos: true,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+                three_phase: false,
+                cycle_momentum: true,
+                base_momentum: PerGroup::All(0.85),
+                max_momentum: PerGroup::All(0.95),
+            }),
         ),
     ]
 }
@@ -142,12 +199,14 @@ pub struct LogPoint {
 /// The result of training under one schedule.
 #[derive(Clone, Debug)]
 pub struct ScheduleRun {
-    /// Short name (`constant`, `cosine`, `warm_restarts`, `warmup_cosine`).
+    /// Short name (`constant`, `cosine`, ..., or the user's).
     pub name: String,
     /// The schedule.
     pub schedule: Schedule,
     /// Logged steps.
     pub log: Vec<LogPoint>,
+    /// The lr the device used at every step (group 0), step 1 first.
+    pub lr: Vec<f32>,
     /// Loss of the final parameters.
     pub final_loss: f32,
     /// Accuracy of the final parameters.
@@ -220,7 +279,7 @@ pub fn run_with_context(ctx: &GpuContext, opts: &DemoOptions) -> anyhow::Result<
             ctx.describe()
         );
     }
-    let scheds = schedules(opts.steps);
+    let scheds = opts.schedule_set();
     let mut runs = Vec::new();
     for (k, (name, schedule)) in scheds.iter().enumerate() {
         let label = format!("[{}/{}] {name}", k + 1, scheds.len());
@@ -300,6 +359,7 @@ fn train_one(
     )?;
     let logged = logged_steps(opts.steps, opts.log_every);
     let log = model.create_log_buffer(logged.len());
+    let lr_log = model.create_lr_buffer(opts.steps);
     let mut next = 0usize;
     let mut step = 1u32;
     while step <= opts.steps {
@@ -309,6 +369,7 @@ fn train_one(
         let mut encoder = model.encoder();
         for s in step..=end {
             model.encode_train_step(&mut encoder);
+            model.encode_lr(&mut encoder, &lr_log, s - 1)?;
             if logged.get(next) == Some(&s) {
                 model.encode_log(&mut encoder, &log, next as u64 * LOG_RECORD_BYTES)?;
                 next += 1;
@@ -335,6 +396,11 @@ fn train_one(
             accuracy: r[1],
         })
         .collect();
+    let lr_words = model.read_log(&lr_log, 0, LR_RECORD_BYTES * u64::from(opts.steps))?;
+    let lr = lr_words
+        .chunks(LR_RECORD_BYTES as usize / 4)
+        .map(|r| r[0])
+        .collect();
     let (final_loss, final_accuracy) = model.evaluate()?;
     if opts.progress {
         eprintln!();
@@ -343,6 +409,7 @@ fn train_one(
         name: name.to_string(),
         schedule,
         log: points,
+        lr,
         final_loss,
         final_accuracy,
         elapsed: start.elapsed(),

@@ -7,11 +7,15 @@ use std::io::Write;
 use std::path::Path;
 
 /// Line colours of the four runs (the first four of matplotlib's `tab10`).
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(0, 0, 0),
+    RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
 ];
 
 /// Writes one row per logged step and schedule: `step,schedule,lr,loss`.
@@ -52,7 +56,7 @@ pub fn write_svg(path: &Path, runs: &[ScheduleRun], caption: &str) -> anyhow::Re
     };
     let lr_max = runs
         .iter()
-        .flat_map(|r| r.log.iter().map(|p| f64::from(p.lr)))
+        .flat_map(|r| r.lr.iter().map(|&l| f64::from(l)))
         .fold(0.0f64, f64::max)
         .max(1e-12)
         * 1.08;
@@ -125,7 +129,8 @@ pub fn write_svg(path: &Path, runs: &[ScheduleRun], caption: &str) -> anyhow::Re
     for (run, &color) in runs.iter().zip(COLORS.iter().cycle()) {
         lr_chart
             .draw_series(LineSeries::new(
-                run.log.iter().map(|p| (p.step, f64::from(p.lr))),
+                // Every step's lr, as the device used it.
+                (1u32..).zip(run.lr.iter().map(|&l| f64::from(l))),
                 color.stroke_width(2),
             ))
             .map_err(|e| anyhow!("{e}"))?
