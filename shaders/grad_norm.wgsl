@@ -65,7 +65,7 @@ fn recip(s: f32) -> f32 {
 }
 
 fn grad_multiplier(scale_bits: u32) -> f32 {
-    if ((g.flags & FLAG_LOSS_SCALE) != 0u) {
+    if (((g.flags | dz) & FLAG_LOSS_SCALE) != 0u) {
         return recip(bitcast<f32>(scale_bits));
     }
     return 1.0;

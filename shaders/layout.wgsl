@@ -95,6 +95,16 @@ const STEP_SKIPPED: u32 = 2u;
 const STEP_INV_SCALE: u32 = 3u;
 const STEP_CLIP_COEF: u32 = 4u;
 
+// meta[7] is always 0 (never written after creation): the prologue loads it into `dz`.
+const META_ZERO: u32 = 7u;
+
+// A zero the compiler cannot see: 0 loaded from a storage buffer at the start of the entry
+// points that evaluate the schedule (else the constant 0). Control flow in those entry points
+// depends on uniforms only through `dz`: lavapipe re-optimises (clones, inlines, optimises)
+// a shader whose branches or loops depend on uniform values alone at every dispatch, which
+// for the prologue cost ~30 ms a step; and loop bounds `n + dz` are never unrolled.
+var<private> dz: u32;
+
 const WORKGROUP: u32 = 256u;
 // Elements per invocation of `update` and `reduce`: a chunk is WORKGROUP * ELEMS_PER_THREAD
 // elements (set by the host, GpuOptions::elems_per_thread).

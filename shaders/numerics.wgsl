@@ -80,12 +80,12 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
 }
 
 // (hi * 2^32 + lo) divided by m > 0: (low 32 bits of the quotient, remainder).
-// Bit-serial long division. The trip count is opaque (`g.zero`) so that no compiler unrolls
-// the loop: unrolled at every call site it made the prologue take seconds to compile.
+// Bit-serial long division. The trip count is opaque (`dz`) so that no compiler unrolls the
+// loop: unrolled at every call site it made the prologue take seconds to compile.
 fn divmod64(hi: u32, lo: u32, m: u32) -> vec2<u32> {
     var rem = 0u;
     var q = 0u;
-    for (var i = 0u; i < 64u + g.zero; i++) {
+    for (var i = 0u; i < 64u + dz; i++) {
         let bit = select((lo >> (63u - i)) & 1u, (hi >> (31u - i)) & 1u, i < 32u);
         let carry = rem >> 31u;
         rem = (rem << 1u) | bit;

@@ -10,6 +10,7 @@
 
 @compute @workgroup_size(64)
 fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    dz = n.x >> 31u; // 0: at most 65535 workgroups
     // A 2-D grid past 65535 workgroups: rows of n.x * 64 steps.
     let i = id.y * n.x * 64u + id.x + 1u;
     if (i >= arrayLength(&probe_io)) {
@@ -22,6 +23,7 @@ fn schedule_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
 
 @compute @workgroup_size(64)
 fn momentum_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    dz = n.x >> 31u;
     let i = id.y * n.x * 64u + id.x + 1u;
     if (i >= arrayLength(&probe_io)) {
         return;
@@ -38,6 +40,7 @@ fn momentum_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
 
 @compute @workgroup_size(64)
 fn numerics_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+    dz = n.x >> 31u;
     let at = 1u + 4u * (id.y * n.x * 64u + id.x);
     if (at + 3u >= arrayLength(&probe_io)) {
         return;

@@ -7,16 +7,19 @@
 
 @compute @workgroup_size(256)
 fn prologue(@builtin(local_invocation_index) lid: u32) {
+    dz = meta_rw[META_ZERO];
+    let flags = g.flags | dz;
+    let spe = g.steps_per_epoch | dz;
     let sched = meta_rw[COUNTER_SCHED];
     let adam = meta_rw[COUNTER_ADAM];
     var skip = false;
     var inv = 1.0;
     var coef = 1.0;
-    if ((g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP)) != 0u) {
+    if ((flags & (FLAG_LOSS_SCALE | FLAG_CLIP)) != 0u) {
         var norm: f32;
-        if ((g.flags & FLAG_TORCH_NORM) != 0u) {
+        if ((flags & FLAG_TORCH_NORM) != 0u) {
             // The norm of the vector of per-tensor norms, in the same order; 8 lanes here.
-            let n = g.n_tensors;
+            let n = g.n_tensors | dz;
             let body = n - n % 8u;
             var acc = 0.0;
             var flag = 0u;
@@ -44,7 +47,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         } else {
             var acc = vec2<f32>(0.0, 0.0);
             var flag = 0u;
-            for (var i = lid; i < g.n_chunks; i += 256u) {
+            for (var i = lid; i < (g.n_chunks | dz); i += 256u) {
                 let p = vec2<f32>(bitcast<f32>(partials_ro[4u * i]), bitcast<f32>(partials_ro[4u * i + 1u]));
                 acc = add_double(acc, p);
                 flag = flag | partials_ro[4u * i + 2u];
@@ -56,9 +59,9 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             let sum_sq = red_hi[0] + red_lo[0];
             norm = finish_norm(sum_sq, red_flag[0], sqrt(sum_sq));
         }
-        skip = (g.flags & FLAG_LOSS_SCALE) != 0u && red_flag[0] != 0u;
+        skip = (flags & FLAG_LOSS_SCALE) != 0u && red_flag[0] != 0u;
         inv = grad_multiplier(amp_rw[0]);
-        if ((g.flags & FLAG_CLIP) != 0u) {
+        if ((flags & FLAG_CLIP) != 0u) {
             coef = clip_coefficient(norm);
         }
         if (lid == 0u) {
@@ -72,16 +75,16 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     let at_limit = sched == 0xffffffffu || adam == 0xffffffffu;
     skip = skip || at_limit;
     // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
-    let epoch = sched / g.steps_per_epoch;
+    let epoch = sched / spe;
     // ReduceLROnPlateau decides at each epoch boundary, from the metric the engine wrote.
-    if (lid == 0u && (g.flags & FLAG_PLATEAU) != 0u && !at_limit && sched > 0u
-        && sched % g.steps_per_epoch == 0u) {
+    if (lid == 0u && (flags & FLAG_PLATEAU) != 0u && !at_limit && sched > 0u
+        && sched % spe == 0u) {
         plateau_step(bitcast<f32>(amp_rw[CONTROL_METRIC]));
     }
     storageBarrier();
     let lr_scale = bitcast<f32>(amp_rw[CONTROL_LR_SCALE]);
     let t = f32(adam + 1u);
-    for (var grp = lid; grp < g.n_groups && !at_limit; grp += 256u) {
+    for (var grp = lid; grp < (g.n_groups | dz) && !at_limit; grp += 256u) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
         let prog = grp * g.sched_stride;
@@ -90,7 +93,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         var beta1 = g.beta1;
         var omb1 = g.one_minus_beta1;
         var ln_b1 = g.ln_beta1;
-        if ((g.flags & FLAG_CYCLE_MOMENTUM) != 0u) {
+        if ((flags & FLAG_CYCLE_MOMENTUM) != 0u) {
             beta1 = sched_v.y;
             omb1 = sched_v.z;
             ln_b1 = ln_beta(beta1, omb1);

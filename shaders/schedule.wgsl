@@ -69,7 +69,7 @@ fn warm_restarts_factor(t_0: u32, t_mult: u32, k: u32) -> f32 {
     if (t_mult == 1u) {
         return cos_sq_phase(false, t_cur % t_i, t_i);
     }
-    for (var i = 0u; i < 33u + g.zero; i++) {
+    for (var i = 0u; i < 33u + dz; i++) {
         if (t_cur < t_i) {
             break;
         }
@@ -96,7 +96,7 @@ fn power_count(prog: u32, at: u32, k: u32) -> u32 {
     let list = prog + sw(at + 2u);
     var lo = 0u;
     var hi = sw(at + 3u);
-    for (var i = 0u; i < 33u + g.zero && lo < hi; i++) {
+    for (var i = 0u; i < 33u + dz && lo < hi; i++) {
         let mid = lo + (hi - lo) / 2u;
         if (sw(list + mid) <= k) {
             lo = mid + 1u;
@@ -436,7 +436,7 @@ fn plateau_step(metric: f32) {
     if (bad > sw(node + 3u)) {
         let f_hi = sf(node + 7u);
         let f_lo = sf(node + 8u);
-        for (var grp = 0u; grp < g.n_groups; grp++) {
+        for (var grp = 0u; grp < (g.n_groups | dz); grp++) {
             let pn = grp * g.sched_stride;
             let at = sw(pn + 1u);
             let hi = sf(at);
