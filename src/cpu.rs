@@ -321,7 +321,8 @@ impl CpuAdamW {
 
     /// Sets group `group`'s base lr from the next step on: the lr the schedule scales
     /// (for a constant schedule, PyTorch's `param_group["lr"] = lr`; for ReduceLROnPlateau
-    /// the group's current lr, which later cuts start from).
+    /// the group's current lr, which later cuts start from; onecycle and cyclic, whose bounds
+    /// are their own fields, ignore it as they ignore the group's lr).
     pub fn set_base_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         let mut gc = *self.groups.get(group).ok_or_else(|| no_group(group))?;
         gc.lr = Some(lr);
