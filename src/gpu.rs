@@ -625,8 +625,8 @@ impl GpuAdamW {
     /// Sets group `group`'s base lr from the next submitted step on: the lr the schedule
     /// scales (for a constant schedule, PyTorch's `param_group["lr"] = lr`; for
     /// ReduceLROnPlateau the group's current lr, which later cuts start from; onecycle and
-    /// cyclic, whose bounds are their own fields, ignore it as they ignore the group's lr). No pipeline
-    /// is rebuilt.
+    /// cyclic, whose bounds are their own fields, ignore it as they ignore the group's lr).
+    /// No pipeline is rebuilt.
     pub fn set_base_lr(&self, group: usize, lr: f64) -> Result<()> {
         let mut groups = self.groups.write().expect("not poisoned");
         let mut gc = *groups.get(group).ok_or_else(|| no_group(group))?;
