@@ -208,6 +208,98 @@ pub struct Kernel {
     pub update_packed: wgpu::ComputePipeline,
 }
 
+/// How a binding is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    /// The `Globals` uniform block.
+    Globals,
+    /// The `DispatchInfo` uniform block.
+    DispatchInfo,
+    /// A read-only storage buffer.
+    StorageRead,
+    /// A read-write storage buffer.
+    StorageReadWrite,
+}
+
+/// One bind group layout of [`BINDINGS`].
+#[derive(Clone, Copy, Debug)]
+pub struct LayoutBindings {
+    /// The layout's name.
+    pub name: &'static str,
+    /// The entry points that use it.
+    pub entry_points: &'static [&'static str],
+    /// Its bindings.
+    pub bindings: &'static [(u32, BindingKind)],
+}
+
+/// The kernel's one binding table: for each bind group layout, the entry points that use it
+/// and its bindings. The layouts are built from it, and `tests/kernel.rs` checks it against
+/// every entry point of the WGSL with naga (each global an entry point uses is bound here with
+/// its kind and access, and each binding listed is used), so the two cannot drift apart.
+pub const BINDINGS: &[LayoutBindings] = &[
+    LayoutBindings {
+        name: "prologue",
+        entry_points: &["prologue"],
+        bindings: &[
+            (0, BindingKind::Globals),
+            (8, BindingKind::StorageReadWrite),  // meta_rw
+            (11, BindingKind::StorageReadWrite), // amp_rw (the control buffer)
+            (13, BindingKind::StorageRead),      // partials_ro
+        ],
+    },
+    LayoutBindings {
+        name: "update",
+        entry_points: &["update", "update_packed"],
+        bindings: &[
+            (0, BindingKind::Globals),
+            (1, BindingKind::DispatchInfo),
+            (2, BindingKind::StorageRead),       // meta_ro
+            (3, BindingKind::StorageReadWrite),  // param
+            (4, BindingKind::StorageReadWrite),  // grad
+            (5, BindingKind::StorageReadWrite),  // exp_avg
+            (6, BindingKind::StorageReadWrite),  // exp_avg_sq
+            (7, BindingKind::StorageReadWrite),  // max_exp_avg_sq
+            (14, BindingKind::StorageReadWrite), // param4
+            (15, BindingKind::StorageReadWrite), // grad4
+        ],
+    },
+    LayoutBindings {
+        name: "reduce",
+        entry_points: &["reduce", "tensor_norms"],
+        bindings: &[
+            (0, BindingKind::Globals),
+            (1, BindingKind::DispatchInfo),
+            (2, BindingKind::StorageRead),       // meta_ro
+            (4, BindingKind::StorageReadWrite),  // grad
+            (10, BindingKind::StorageRead),      // amp_ro
+            (12, BindingKind::StorageReadWrite), // partials
+        ],
+    },
+];
+
+/// The bindings of layout `name` in [`BINDINGS`].
+fn bindings(name: &str) -> &'static [(u32, BindingKind)] {
+    BINDINGS
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.bindings)
+        .expect("a layout of BINDINGS")
+}
+
+fn layout_entries(name: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
+    bindings(name)
+        .iter()
+        .map(|&(b, kind)| match kind {
+            BindingKind::Globals => uniform_entry(b, std::mem::size_of::<Globals>() as u64),
+            BindingKind::DispatchInfo => {
+                uniform_entry(b, std::mem::size_of::<DispatchInfo>() as u64)
+            }
+            BindingKind::StorageRead => storage_entry(b, true),
+            BindingKind::StorageReadWrite => storage_entry(b, false),
+        })
+        .collect()
+}
+
 fn uniform_entry(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -242,26 +334,14 @@ impl Kernel {
             label: Some("wgpu-adamw kernel"),
             source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
         });
-        let globals_size = std::mem::size_of::<Globals>() as u64;
-        let prologue_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wgpu-adamw prologue"),
-            entries: &[
-                uniform_entry(0, globals_size),
-                storage_entry(8, false),
-                storage_entry(11, false),
-                storage_entry(13, true),
-            ],
-        });
-        let mut entries = vec![
-            uniform_entry(0, globals_size),
-            uniform_entry(1, std::mem::size_of::<DispatchInfo>() as u64),
-            storage_entry(2, true),
-        ];
-        entries.extend([3, 4, 5, 6, 7, 14, 15].map(|b| storage_entry(b, false)));
-        let update_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wgpu-adamw update"),
-            entries: &entries,
-        });
+        let layout = |name: &str| {
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(name),
+                entries: &layout_entries(name),
+            })
+        };
+        let prologue_layout = layout("prologue");
+        let update_layout = layout("update");
         let constants = [("ELEMS_PER_THREAD", f64::from(elems_per_thread))];
         let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
             let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -281,17 +361,7 @@ impl Kernel {
                 cache: None,
             })
         };
-        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wgpu-adamw reduce"),
-            entries: &[
-                uniform_entry(0, globals_size),
-                uniform_entry(1, std::mem::size_of::<DispatchInfo>() as u64),
-                storage_entry(2, true),
-                storage_entry(4, false),
-                storage_entry(10, true),
-                storage_entry(12, false),
-            ],
-        });
+        let reduce_layout = layout("reduce");
         let prologue = pipeline(&prologue_layout, "prologue");
         let update = pipeline(&update_layout, "update");
         let update_packed = pipeline(&update_layout, "update_packed");

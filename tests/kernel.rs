@@ -170,3 +170,70 @@ fn dyadic_cycles_are_exact_or_close() {
     let (n, s) = dyadic(70_000.0);
     assert_eq!(f64::from(n) / f64::from(1u32 << s), 70_000.0);
 }
+
+/// The binding table the layouts are built from (`kernel::BINDINGS`) is the shader's: every
+/// global an entry point uses is bound in its layout with the same kind and access, and every
+/// binding of a layout is used by one of its entry points.
+#[test]
+fn binding_table_matches_every_entry_point() {
+    use wgpu_adamw::kernel::{BindingKind, BINDINGS};
+    let m = module();
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&m)
+    .unwrap();
+    for l in BINDINGS {
+        let (layout, entries, table) = (l.name, l.entry_points, l.bindings);
+        let mut used = std::collections::BTreeSet::new();
+        for &entry in entries {
+            let index = m
+                .entry_points
+                .iter()
+                .position(|e| e.name == entry)
+                .unwrap_or_else(|| panic!("{entry} missing"));
+            let fi = info.get_entry_point(index);
+            for (handle, var) in m.global_variables.iter() {
+                if fi[handle].is_empty() {
+                    continue;
+                }
+                let Some(rb) = &var.binding else { continue };
+                let name = var.name.as_deref().unwrap_or("?");
+                assert_eq!(rb.group, 0, "{entry}: {name}");
+                let kind = table
+                    .iter()
+                    .find(|(b, _)| *b == rb.binding)
+                    .map(|(_, k)| *k)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{entry} uses {name} at binding {}, not in layout {layout}",
+                            rb.binding
+                        )
+                    });
+                let ty = m.types[var.ty].name.as_deref();
+                let ok = match (var.space, kind) {
+                    (naga::AddressSpace::Uniform, BindingKind::Globals) => ty == Some("Globals"),
+                    (naga::AddressSpace::Uniform, BindingKind::DispatchInfo) => {
+                        ty == Some("DispatchInfo")
+                    }
+                    (naga::AddressSpace::Storage { access }, BindingKind::StorageRead) => {
+                        !access.contains(naga::StorageAccess::STORE)
+                    }
+                    (naga::AddressSpace::Storage { access }, BindingKind::StorageReadWrite) => {
+                        access.contains(naga::StorageAccess::STORE)
+                    }
+                    _ => false,
+                };
+                assert!(
+                    ok,
+                    "{entry}: {name} at {} is {:?}, the table says {kind:?}",
+                    rb.binding, var.space
+                );
+                used.insert(rb.binding);
+            }
+        }
+        let listed: std::collections::BTreeSet<u32> = table.iter().map(|(b, _)| *b).collect();
+        assert_eq!(used, listed, "layout {layout}: bindings used vs listed");
+    }
+}
