@@ -84,6 +84,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     storageBarrier();
     let lr_scale = bitcast<f32>(amp_rw[CONTROL_LR_SCALE]);
     let t = f32(adam + 1u);
+    let bc2_sqrt = sqrt_rn(-expm1_neg(t * g.ln_beta2));
     for (var grp = lid; grp < (g.n_groups | dz) && !at_limit; grp += 256u) {
         let base_lr = bitcast<f32>(meta_rw[g.groups_at + 4u * grp]);
         let wd = bitcast<f32>(meta_rw[g.groups_at + 4u * grp + 1u]);
@@ -99,7 +100,6 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             ln_b1 = ln_beta(beta1, omb1);
         }
         let bc1 = -expm1_neg(t * ln_b1);
-        let bc2_sqrt = sqrt_rn(-expm1_neg(t * g.ln_beta2));
         let at = g.scalars_at + SCALAR_WORDS * grp;
         meta_rw[at] = bitcast<u32>(lr);
         meta_rw[at + 1u] = bitcast<u32>(1.0 - opaque(lr * wd));

@@ -223,6 +223,23 @@ impl AdamWConfig {
         self.check_products(index, lr, wd)
     }
 
+    /// Group `index` of `groups` changed by `change` and checked, for a run-time change of
+    /// its lr or weight decay: an [`crate::Error::InvalidArgument`] for a group that does not
+    /// exist, the group's validation error for a bad value.
+    pub(crate) fn changed_group(
+        &self,
+        groups: &[GroupConfig],
+        index: usize,
+        change: impl FnOnce(&mut GroupConfig),
+    ) -> Result<GroupConfig> {
+        let mut gc = *groups
+            .get(index)
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("no param group {index}")))?;
+        change(&mut gc);
+        self.validate_group_at(index, &gc)?;
+        Ok(gc)
+    }
+
     /// Checks the config and every group, the schedule's per-group lists against their number.
     pub fn validate_groups(&self, groups: &[GroupConfig]) -> Result<()> {
         self.validate()?;

@@ -5,7 +5,7 @@ use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{Globals, CHUNK, FLAG_AMSGRAD, FLAG_MAXIMIZE};
 use crate::plan::{cpu_chunks, CpuChunk};
-use crate::schedule::program::Region;
+use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::schedule::GroupCtx;
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::{self, Control, Counters, StepGlobals, StepScalars};
@@ -324,13 +324,13 @@ impl CpuAdamW {
     /// the group's current lr, which later cuts start from; onecycle and cyclic, whose bounds
     /// are their own fields, ignore it as they ignore the group's lr).
     pub fn set_base_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        let mut gc = *self.groups.get(group).ok_or_else(|| no_group(group))?;
-        gc.lr = Some(lr);
-        self.config.validate_group_at(group, &gc)?;
-        self.groups[group] = gc;
+        self.groups[group] = self
+            .config
+            .changed_group(&self.groups, group, |gc| gc.lr = Some(lr))?;
         self.group_params[group].0 = lr as f32;
-        if let Some(at) = plateau_lr_at(&self.globals, &self.region, group) {
-            let (hi, lo) = crate::schedule::program::split(lr);
+        if self.config.schedule.needs_metric() {
+            let at = plateau_lr_at(self.globals.sched_state_at, group);
+            let (hi, lo) = split(lr);
             self.region[at] = hi.to_bits();
             self.region[at + 1] = lo.to_bits();
         }
@@ -339,10 +339,9 @@ impl CpuAdamW {
 
     /// Sets group `group`'s weight decay from the next step on.
     pub fn set_weight_decay(&mut self, group: usize, weight_decay: f64) -> Result<()> {
-        let mut gc = *self.groups.get(group).ok_or_else(|| no_group(group))?;
-        gc.weight_decay = Some(weight_decay);
-        self.config.validate_group_at(group, &gc)?;
-        self.groups[group] = gc;
+        self.groups[group] = self.config.changed_group(&self.groups, group, |gc| {
+            gc.weight_decay = Some(weight_decay)
+        })?;
         self.group_params[group].1 = weight_decay as f32;
         Ok(())
     }
@@ -420,10 +419,6 @@ impl CpuAdamW {
     }
 }
 
-fn no_group(group: usize) -> Error {
-    Error::InvalidArgument(format!("no param group {group}"))
-}
-
 /// Checks an lr multiplier: finite and >= 0.
 pub(crate) fn check_lr_scale(scale: f32) -> Result<()> {
     if scale.is_finite() && scale >= 0.0 {
@@ -433,14 +428,6 @@ pub(crate) fn check_lr_scale(scale: f32) -> Result<()> {
             "the lr scale must be finite and >= 0, got {scale}"
         )))
     }
-}
-
-/// Where group `group`'s lr lives in the schedule region, for ReduceLROnPlateau.
-pub(crate) fn plateau_lr_at(g: &Globals, region: &[u32], group: usize) -> Option<usize> {
-    if g.flags & crate::kernel::FLAG_PLATEAU == 0 {
-        return None;
-    }
-    Some(region[group * g.sched_stride as usize + 1] as usize)
 }
 
 /// A contiguous run of one tensor's elements, updated by one thread.

@@ -8,7 +8,7 @@ use crate::kernel::{
     COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
-use crate::schedule::program::{split, Region, PLATEAU_HEADER};
+use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -629,19 +629,19 @@ impl GpuAdamW {
     /// No pipeline is rebuilt.
     pub fn set_base_lr(&self, group: usize, lr: f64) -> Result<()> {
         let mut groups = self.groups.write().expect("not poisoned");
-        let mut gc = *groups.get(group).ok_or_else(|| no_group(group))?;
-        gc.lr = Some(lr);
-        self.config.validate_group_at(group, &gc)?;
-        groups[group] = gc;
-        let at = 4 * u64::from(self.globals.groups_at + 4 * group as u32);
+        groups[group] = self
+            .config
+            .changed_group(&groups, group, |gc| gc.lr = Some(lr))?;
+        let g = &self.globals;
+        let at = 4 * u64::from(g.groups_at + 4 * group as u32);
         self.queue
             .write_buffer(&self.meta, at, bytemuck::bytes_of(&(lr as f32)));
         if self.config.schedule.needs_metric() {
             let (hi, lo) = split(lr);
-            let word = self.plateau_lr_word(group)?;
+            let word = g.sched_at as usize + plateau_lr_at(g.sched_state_at, group);
             self.queue.write_buffer(
                 &self.meta,
-                4 * word,
+                4 * word as u64,
                 bytemuck::cast_slice(&[hi.to_bits(), lo.to_bits()]),
             );
         }
@@ -651,20 +651,13 @@ impl GpuAdamW {
     /// Sets group `group`'s weight decay from the next submitted step on.
     pub fn set_weight_decay(&self, group: usize, weight_decay: f64) -> Result<()> {
         let mut groups = self.groups.write().expect("not poisoned");
-        let mut gc = *groups.get(group).ok_or_else(|| no_group(group))?;
-        gc.weight_decay = Some(weight_decay);
-        self.config.validate_group_at(group, &gc)?;
-        groups[group] = gc;
+        groups[group] = self
+            .config
+            .changed_group(&groups, group, |gc| gc.weight_decay = Some(weight_decay))?;
         let at = 4 * u64::from(self.globals.groups_at + 4 * group as u32 + 1);
         self.queue
             .write_buffer(&self.meta, at, bytemuck::bytes_of(&(weight_decay as f32)));
         Ok(())
-    }
-
-    /// The `meta` word of group `group`'s plateau lr (see [`Region`]).
-    fn plateau_lr_word(&self, group: usize) -> Result<u64> {
-        let g = &self.globals;
-        Ok(u64::from(g.sched_at + g.sched_state_at) + (PLATEAU_HEADER + 2 * group) as u64)
     }
 
     /// Reads back the step counters.
@@ -882,10 +875,6 @@ impl GpuAdamW {
     pub fn read_words(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u32>> {
         read_buffer(&self.device, &self.queue, buffer, offset, size)
     }
-}
-
-fn no_group(group: usize) -> Error {
-    Error::InvalidArgument(format!("no param group {group}"))
 }
 
 /// Runs `f`, which records or submits work on `device`, inside validation and out-of-memory

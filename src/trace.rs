@@ -220,18 +220,19 @@ impl Trace {
         if groups.is_empty() {
             return Err(bad(path, "no param groups"));
         }
+        let f64s = |name: &str, n: usize| -> Result<Vec<f64>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
+            if t.dtype() != Dtype::F64 || t.shape() != [n] {
+                return Err(bad(path, format!("`{name}` must be F64 [{n}]")));
+            }
+            Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
+        };
         let lr = (0..groups.len())
-            .map(|gi| {
-                let name = format!("lr/{gi}");
-                let t = st
-                    .tensor(&name)
-                    .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
-                if t.dtype() != Dtype::F64 || t.shape() != [steps as usize] {
-                    return Err(bad(path, format!("`{name}` must be F64 [{steps}]")));
-                }
-                Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
-            })
+            .map(|gi| f64s(&format!("lr/{gi}"), steps as usize))
             .collect::<Result<Vec<_>>>()?;
+
         let grad_scale = if config.loss_scaling {
             let scales = (1..=steps)
                 .map(|s| Ok(f32s(&format!("grad_scale/{s}"), 1)?[0]))
@@ -245,15 +246,6 @@ impl Trace {
             Some(scales)
         } else {
             None
-        };
-        let f64s = |name: &str, n: usize| -> Result<Vec<f64>> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
-            if t.dtype() != Dtype::F64 || t.shape() != [n] {
-                return Err(bad(path, format!("`{name}` must be F64 [{n}]")));
-            }
-            Ok(bytemuck::pod_collect_to_vec::<u8, f64>(t.data()))
         };
         let beta1 = if config.schedule.cycles_momentum() {
             Some(

@@ -116,15 +116,8 @@ impl Kind for Sequential {
             .u(1, self.schedules.len() as u32)
             .u(2, at)
     }
-    fn nodes(&self) -> usize {
-        1 + self.schedules.len()
-    }
-    fn encode(&self, g: &GroupCtx, p: &mut Program) {
-        let root = self.node(g, p);
-        p.nodes.push(root);
-        for s in &self.schedules {
-            s.encode(g, p);
-        }
+    fn children(&self) -> &[Schedule] {
+        &self.schedules
     }
 }
 
@@ -188,14 +181,7 @@ impl Kind for Chained {
     fn node(&self, _: &GroupCtx, _: &mut Program) -> Node {
         Node::new(op::CHAINED).u(1, self.schedules.len() as u32)
     }
-    fn nodes(&self) -> usize {
-        1 + self.schedules.len()
-    }
-    fn encode(&self, g: &GroupCtx, p: &mut Program) {
-        let root = self.node(g, p);
-        p.nodes.push(root);
-        for s in &self.schedules {
-            s.encode(g, p);
-        }
+    fn children(&self) -> &[Schedule] {
+        &self.schedules
     }
 }

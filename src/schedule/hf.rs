@@ -41,6 +41,24 @@ fn warmup_node(w: u32, shape: u32, n: u32) -> Node {
     Node::new(op::WARMUP).u(1, w).u(2, shape).u(3, n).f(7, 1.0)
 }
 
+/// `get_cosine_schedule_with_warmup`'s lr with a floor `r` (`get_cosine_with_min_lr_...`):
+/// `max(0, r + (1 - r)(1 + cos(2 pi c p)) / 2)` after the warmup.
+fn warmup_cosine_lr(g: &GroupCtx, k: u64, w: u32, n: u32, c: f64, r: f64) -> f64 {
+    let f =
+        warmup(k, w).unwrap_or_else(|| (r + (1.0 - r) * cos_wave(c, progress(k, w, n))).max(0.0));
+    g.base_lr * f
+}
+
+/// Their shared node: the cosine of `2 c` half-waves over `N - W`, floor `r`.
+fn warmup_cosine_node(w: u32, n: u32, c: f64, r: f64) -> Node {
+    let (num, shift) = dyadic(2.0 * c);
+    warmup_node(w, shape::COSINE, n)
+        .u(4, num)
+        .u(5, shift)
+        .f(6, r)
+        .f(7, 1.0 - r)
+}
+
 fn check_cycles(c: f64) -> Result<()> {
     check_pos("num_cycles", c, 2147483647.0)
 }
@@ -87,20 +105,11 @@ impl Kind for WarmupCosine {
         check_range("num_cycles", self.num_cycles, 0.0, 2147483647.0)
     }
     fn lr(&self, g: &GroupCtx, k: u64) -> f64 {
-        let f = warmup(k, self.warmup_steps).unwrap_or_else(|| {
-            cos_wave(
-                self.num_cycles,
-                progress(k, self.warmup_steps, self.total_steps),
-            )
-            .max(0.0)
-        });
-        g.base_lr * f
+        let (w, n, c) = (self.warmup_steps, self.total_steps, self.num_cycles);
+        warmup_cosine_lr(g, k, w, n, c, 0.0)
     }
     fn node(&self, _: &GroupCtx, _: &mut Program) -> Node {
-        let (num, shift) = dyadic(2.0 * self.num_cycles);
-        warmup_node(self.warmup_steps, shape::COSINE, self.total_steps)
-            .u(4, num)
-            .u(5, shift)
+        warmup_cosine_node(self.warmup_steps, self.total_steps, self.num_cycles, 0.0)
     }
 }
 
@@ -143,20 +152,12 @@ impl Kind for WarmupCosineMinLr {
         check_range("min_lr_rate", self.min_lr_rate, 0.0, 1.0)
     }
     fn lr(&self, g: &GroupCtx, k: u64) -> f64 {
-        let r = self.min_lr_rate;
-        let f = warmup(k, self.warmup_steps).unwrap_or_else(|| {
-            let p = progress(k, self.warmup_steps, self.total_steps);
-            (r + (1.0 - r) * cos_wave(self.num_cycles, p)).max(0.0)
-        });
-        g.base_lr * f
+        let (w, n, c) = (self.warmup_steps, self.total_steps, self.num_cycles);
+        warmup_cosine_lr(g, k, w, n, c, self.min_lr_rate)
     }
     fn node(&self, _: &GroupCtx, _: &mut Program) -> Node {
-        let (num, shift) = dyadic(2.0 * self.num_cycles);
-        warmup_node(self.warmup_steps, shape::COSINE, self.total_steps)
-            .u(4, num)
-            .u(5, shift)
-            .f(6, self.min_lr_rate)
-            .f(7, 1.0 - self.min_lr_rate)
+        let (w, n) = (self.warmup_steps, self.total_steps);
+        warmup_cosine_node(w, n, self.num_cycles, self.min_lr_rate)
     }
 }
 

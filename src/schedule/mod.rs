@@ -137,14 +137,21 @@ pub trait Kind: std::fmt::Debug {
     }
     /// The device node of group `g` (lists go into `p`).
     fn node(&self, g: &GroupCtx, p: &mut Program) -> Node;
-    /// Nodes of the device program (composites: 1 + children).
-    fn nodes(&self) -> usize {
-        1
+    /// A composite's children (leaves have none).
+    fn children(&self) -> &[Schedule] {
+        &[]
     }
-    /// Appends the device program of group `g` to `p`.
+    /// Nodes of the device program: this one and its children's.
+    fn nodes(&self) -> usize {
+        1 + self.children().iter().map(Schedule::nodes).sum::<usize>()
+    }
+    /// Appends the device program of group `g` to `p`: this node, then its children.
     fn encode(&self, g: &GroupCtx, p: &mut Program) {
         let node = self.node(g, p);
         p.nodes.push(node);
+        for c in self.children() {
+            c.encode(g, p);
+        }
     }
 }
 

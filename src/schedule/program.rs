@@ -102,6 +102,12 @@ pub struct Region {
 /// Words of plateau state before the per-group lrs: best, bad epochs, cooldown left, unused.
 pub const PLATEAU_HEADER: usize = 4;
 
+/// Offset in the region of group `group`'s plateau lr (two f32 words), for state at
+/// `state_at`.
+pub fn plateau_lr_at(state_at: u32, group: usize) -> usize {
+    state_at as usize + PLATEAU_HEADER + 2 * group
+}
+
 impl Region {
     /// Lays out `schedule` for `groups` (their base lrs and the optimizer's lr).
     pub fn new(schedule: &Schedule, groups: &[GroupCtx]) -> Self {
@@ -126,7 +132,7 @@ impl Region {
             words.extend(p.initial_state(groups));
             for i in 0..groups.len() {
                 // Each group's node names the words of its lr.
-                words[i * stride + 1] = (state_at + PLATEAU_HEADER + 2 * i) as u32;
+                words[i * stride + 1] = plateau_lr_at(state_at as u32, i) as u32;
             }
         }
         Region {

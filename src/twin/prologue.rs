@@ -135,6 +135,7 @@ pub fn prologue_amp(
         plateau_step(g, region, control.metric);
     }
     let t = (counters.adam + 1) as f32;
+    let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
     let scalars = groups
         .iter()
         .enumerate()
@@ -148,7 +149,6 @@ pub fn prologue_amp(
                 ln_b1 = ln_beta(beta1, omb1);
             }
             let bc1 = -expm1_neg(t * ln_b1);
-            let bc2_sqrt = (-expm1_neg(t * g.ln_beta2)).sqrt();
             StepScalars {
                 lr,
                 decay: 1.0 - lr * wd,
