@@ -1,5 +1,6 @@
 // Numerics of the kernel (twin: src/twin/numerics.rs): exponentials and trigonometric
-// polynomials for the schedules and bias corrections, and the exact fused multiply-add.
+// polynomials for the schedules and bias corrections, the exact fused multiply-add, and the
+// 16-bit float conversions (bf16, f16) done on the bits.
 
 const HALF_PI: f32 = 1.5707963267948966;
 const LN2_HI: f32 = 0.693145751953125;      // few mantissa bits: n * LN2_HI is exact
@@ -316,4 +317,132 @@ fn exp2_mul(n: u32, l_hi: f32, l_lo: f32) -> f32 {
         return 0.0;
     }
     return ldexp(1.0 + expm1_poly(opaque(f * LN2)), i32(m));
+}
+
+// ---------------------------------------------------------------- 16-bit floats
+//
+// bf16 and IEEE f16 held in the low 16 bits of a u32, converted to and from f32 with integer
+// operations only: WGSL's f16 conversions and pack2x16float round as the implementation
+// likes, and float arithmetic on subnormals may be flushed to zero. Every f32 here is only
+// bitcast, so the results are the same bits on every device (and on the twin).
+
+const DTYPE_F32: u32 = 0u;
+const DTYPE_BF16: u32 = 1u;
+const DTYPE_F16: u32 = 2u;
+
+// The bf16 in h's low 16 bits as f32: exact (its bits are the top half of the f32's).
+fn bf16_to_f32(h: u32) -> f32 {
+    return bitcast<f32>(h << 16u);
+}
+
+// The f16 in h's low 16 bits as f32: exact, subnormals included (normalized with
+// countLeadingZeros). Infinities stay infinite; a NaN stays NaN with its sign and its payload
+// shifted into the f32's top mantissa bits (not quieted: widening is a pure bit map).
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0x1fu) {
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    if (e != 0u) {
+        return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+    }
+    if (m == 0u) {
+        return bitcast<f32>(sign);
+    }
+    // m 2^-24 with m's leading 1 at bit p (0..9): 2^(p - 24) (1 + the bits below it).
+    let p = 31u - countLeadingZeros(m);
+    return bitcast<f32>(sign | ((p + 103u) << 23u) | ((m << (23u - p)) & 0x7fffffu));
+}
+
+// x rounded to the nearest bf16, ties to even: a carry into the exponent gives the next
+// binade or, past the largest finite bf16, infinity; f32 subnormals round like any other
+// value. A NaN gives a quiet NaN with its sign and the top of its payload.
+fn f32_to_bf16(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        return (bits >> 16u) | 0x40u;
+    }
+    return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+}
+
+// x rounded to the nearest f16, ties to even, through the f16 subnormals (down to 2^-24;
+// 2^-25 and below round to a signed zero, f32 subnormals included); 65520 and above become
+// infinity. A NaN gives a quiet NaN with its sign and the top of its payload
+// (sign | 0x7e00 | the payload's top 9 bits).
+fn f32_to_f16(x: f32) -> u32 {
+    let bits = bitcast<u32>(x);
+    let sign = (bits >> 16u) & 0x8000u;
+    let a = bits & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return sign | 0x7e00u | ((a >> 13u) & 0x3ffu);
+    }
+    if (a >= 0x477ff000u) {
+        return sign | 0x7c00u;
+    }
+    if (a >= 0x38800000u) {
+        // A normal f16: drop 13 mantissa bits, rebias the exponent by 127 - 15.
+        return sign | (((a + 0xfffu + ((a >> 13u) & 1u)) >> 13u) - 0x1c000u);
+    }
+    let e = a >> 23u;
+    if (e < 102u) {
+        return sign;
+    }
+    // In units of 2^-24: (1.m 2^23) 2^(e - 126), shifted right by 14 to 24 bits; a carry
+    // out of the subnormals gives the smallest normal's bits (0x400).
+    let mant = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    return sign | ((mant + ((1u << (shift - 1u)) - 1u) + ((mant >> shift) & 1u)) >> shift);
+}
+
+// h of type dtype (DTYPE_BF16 or DTYPE_F16; anything but DTYPE_F16 is read as bf16) as f32.
+fn widen16(h: u32, dtype: u32) -> f32 {
+    if (dtype == DTYPE_F16) {
+        return f16_to_f32(h);
+    }
+    return bf16_to_f32(h);
+}
+
+// x rounded to nearest even in dtype (DTYPE_BF16 or DTYPE_F16, as widen16).
+fn narrow16(x: f32, dtype: u32) -> u32 {
+    if (dtype == DTYPE_F16) {
+        return f32_to_f16(x);
+    }
+    return f32_to_bf16(x);
+}
+
+// x rounded stochastically to dtype with the random word r: to one of its two neighbours (x
+// itself if exact), the one of larger magnitude with probability (|x| - |lower|) / ulp,
+// so the rounding is unbiased. The rule: add random bits to the bits to be discarded, then
+// truncate them (toward zero, on the magnitude).
+// - bf16: the 16 low bits of the f32, plus r & 0xffff (torchao's stochastic rounding).
+// - f16 normals: 13 mantissa bits, plus r & 0x1fff.
+// - f16 subnormals (|x| < 2^-14): the bits below 2^-24, 14 to 125 of them: for fewer than
+//   32, plus as many low bits of r; for 32 or more, the discarded part's top 32 bits plus all
+//   of r, the carry out of 32 bits deciding (the error on the probability is below 2^-32).
+// The same carry past the largest finite value gives infinity (for f16 every |x| >= 65536
+// does: its truncation is already out of range). Infinities pass; NaN as narrow16.
+fn narrow16_stochastic(x: f32, dtype: u32, r: u32) -> u32 {
+    let bits = bitcast<u32>(x);
+    let a = bits & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return narrow16(x, dtype);
+    }
+    if (dtype != DTYPE_F16) {
+        return (bits + (r & 0xffffu)) >> 16u;
+    }
+    let sign = (bits >> 16u) & 0x8000u;
+    if (a >= 0x38800000u) {
+        return sign | min(((a + (r & 0x1fffu)) >> 13u) - 0x1c000u, 0x7c00u);
+    }
+    // Units of 2^-24; f32 subnormals have exponent 1's scale and no implicit bit.
+    let e = max(a >> 23u, 1u);
+    let mant = select(a & 0x7fffffu, (a & 0x7fffffu) | 0x800000u, a >= 0x800000u);
+    let shift = 126u - e;
+    if (shift < 32u) {
+        return sign | ((mant + (r & ((1u << shift) - 1u))) >> shift);
+    }
+    let top = mant >> min(shift - 32u, 31u);
+    return sign | select(0u, 1u, top > ~r);
 }

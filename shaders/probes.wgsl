@@ -35,8 +35,9 @@ fn momentum_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
 // ---------------------------------------------------------------- numerics probe
 //
 // One numerics function over many inputs, for bit-for-bit tests against the CPU twin:
-// probe_io[0] selects the function (NUMERICS_* in src/probe.rs), then 4 words per case:
-// a, b, c (f32 bits), and the result written in the fourth.
+// probe_io[0] selects the function (`Numerics` in src/probe.rs), then 4 words per case:
+// a, b, c (f32 bits), and the result's bits written in the fourth (an f32's, or the u32 of the
+// 16-bit conversions: results are never touched as floats, so no subnormal is flushed).
 
 @compute @workgroup_size(64)
 fn numerics_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
@@ -45,23 +46,29 @@ fn numerics_probe(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_wor
     if (at + 3u >= arrayLength(&probe_io)) {
         return;
     }
-    let a = bitcast<f32>(probe_io[at]);
-    let b = bitcast<f32>(probe_io[at + 1u]);
-    let c = bitcast<f32>(probe_io[at + 2u]);
-    var r: f32;
+    let ua = probe_io[at];
+    let ub = probe_io[at + 1u];
+    let uc = probe_io[at + 2u];
+    let a = bitcast<f32>(ua);
+    let b = bitcast<f32>(ub);
+    let c = bitcast<f32>(uc);
+    var r: u32;
     switch (probe_io[0]) {
-        case 0u: { r = fma_exact(a, b, c); }
-        case 1u: { r = lerp_fma(a, b, c); }
-        case 2u: { r = recip(a); }
-        case 3u: { r = div_rn(a, b); }
-        case 4u: { r = sqrt_rn(a); }
-        case 6u: { r = ln_pos(a); }
-        case 7u: { r = ln_one_minus(a); }
-        case 8u: { r = exp_neg(a); }
-        case 9u: { r = exp2_mul(bitcast<u32>(a), b, c); }
-        case 10u: { r = pow_ratio(bitcast<u32>(a), bitcast<u32>(b), c); }
-        case 11u: { r = cos_sq_half_pi(a, b, c); }
-        default: { r = expm1_neg(a); }
+        case 0u: { r = bitcast<u32>(fma_exact(a, b, c)); }
+        case 1u: { r = bitcast<u32>(lerp_fma(a, b, c)); }
+        case 2u: { r = bitcast<u32>(recip(a)); }
+        case 3u: { r = bitcast<u32>(div_rn(a, b)); }
+        case 4u: { r = bitcast<u32>(sqrt_rn(a)); }
+        case 6u: { r = bitcast<u32>(ln_pos(a)); }
+        case 7u: { r = bitcast<u32>(ln_one_minus(a)); }
+        case 8u: { r = bitcast<u32>(exp_neg(a)); }
+        case 9u: { r = bitcast<u32>(exp2_mul(ua, b, c)); }
+        case 10u: { r = bitcast<u32>(pow_ratio(ua, ub, c)); }
+        case 11u: { r = bitcast<u32>(cos_sq_half_pi(a, b, c)); }
+        case 12u: { r = bitcast<u32>(widen16(ua, ub)); }
+        case 13u: { r = narrow16(a, ub); }
+        case 14u: { r = narrow16_stochastic(a, ub, uc); }
+        default: { r = bitcast<u32>(expm1_neg(a)); }
     }
-    probe_io[at + 3u] = bitcast<u32>(r);
+    probe_io[at + 3u] = r;
 }

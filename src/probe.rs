@@ -119,6 +119,14 @@ pub enum Numerics {
     PowRatio = 10,
     /// `cos_sq_half_pi(a, b, c)` = `cos^2(pi/2 * a / c)` given `b = c - a`.
     CosSqHalfPi = 11,
+    /// `widen16(bits(a), bits(b))`: the 16-bit float in `a`'s bits, of type `DTYPE_*` `b`.
+    Widen16 = 12,
+    /// `narrow16(a, bits(b))`: `a` rounded to type `b`, its 16 bits returned as the result's
+    /// bits (`f32::from_bits`).
+    Narrow16 = 13,
+    /// `narrow16_stochastic(a, bits(b), bits(c))`: `a` rounded to type `b` stochastically
+    /// with the random word `c`, its 16 bits returned as the result's bits.
+    Narrow16Stochastic = 14,
 }
 
 /// `f` of each `(a, b, c)` in `cases`, computed by the kernel's own function on the device
@@ -167,6 +175,11 @@ pub fn numerics_cpu(f: Numerics, cases: &[[f32; 3]]) -> Vec<f32> {
             Numerics::Exp2Mul => twin::exp2_mul(a.to_bits(), b, c),
             Numerics::PowRatio => twin::pow_ratio(a.to_bits(), b.to_bits(), c),
             Numerics::CosSqHalfPi => twin::cos_sq_half_pi(a, b, c),
+            Numerics::Widen16 => twin::widen16(a.to_bits(), b.to_bits()),
+            Numerics::Narrow16 => f32::from_bits(twin::narrow16(a, b.to_bits())),
+            Numerics::Narrow16Stochastic => {
+                f32::from_bits(twin::narrow16_stochastic(a, b.to_bits(), c.to_bits()))
+            }
         })
         .collect()
 }

@@ -1,13 +1,15 @@
 //! The kernel's numerics functions run on the device (`numerics_probe`) against their CPU
 //! twin and against IEEE arithmetic, bit for bit: the exact fma over the whole normal range
 //! and at the top of it (where PyTorch's values overflow to 3.4e37 or inf, not NaN), the
-//! correctly rounded reciprocal, division and square root, and `expm1` for the bias
-//! corrections.
+//! correctly rounded reciprocal, division and square root, `expm1` for the bias
+//! corrections, and the 16-bit float conversions (against the `half` crate: every bf16 and f16
+//! widened, narrowing to nearest even at every tie, stochastic rounding's neighbours and bias).
 
 mod common;
 
 use common::Rng;
 use wgpu_adamw::probe::{numerics_cpu, numerics_gpu, Numerics};
+use wgpu_adamw::twin::{self, DTYPE_BF16, DTYPE_F16};
 
 /// Bit patterns equal, or both NaN.
 fn same(a: f32, b: f32) -> bool {
@@ -329,4 +331,349 @@ fn schedule_numerics_match_the_twin_and_f64() {
         })
         .collect();
     check(&ctx, Numerics::CosSqHalfPi, &cases, |_| None);
+}
+
+// ---------------------------------------------------------------- 16-bit floats
+
+/// The kernel's result bits for each case, asserted equal bit for bit to the twin's.
+fn gpu_bits_are_twin_bits(
+    ctx: &wgpu_adamw::GpuContext,
+    f: Numerics,
+    cases: &[[f32; 3]],
+) -> Vec<u32> {
+    let gpu = numerics_gpu(&ctx.device, &ctx.queue, f, cases).unwrap();
+    let cpu = numerics_cpu(f, cases);
+    assert_eq!(gpu.len(), cases.len());
+    for ((c, g), t) in cases.iter().zip(&gpu).zip(&cpu) {
+        assert_eq!(
+            g.to_bits(),
+            t.to_bits(),
+            "{f:?}({:#x}, {:#x}, {:#x}): kernel {:#x}, twin {:#x}",
+            c[0].to_bits(),
+            c[1].to_bits(),
+            c[2].to_bits(),
+            g.to_bits(),
+            t.to_bits()
+        );
+    }
+    cpu.iter().map(|t| t.to_bits()).collect()
+}
+
+fn dtype_name(dtype: u32) -> &'static str {
+    if dtype == DTYPE_F16 {
+        "f16"
+    } else {
+        "bf16"
+    }
+}
+
+/// The `half` crate's round to nearest even.
+fn half_narrow(x: f32, dtype: u32) -> u32 {
+    u32::from(if dtype == DTYPE_F16 {
+        half::f16::from_f32(x).to_bits()
+    } else {
+        half::bf16::from_f32(x).to_bits()
+    })
+}
+
+/// A 16-bit NaN pattern of `dtype`.
+fn is_nan16(h: u32, dtype: u32) -> bool {
+    let (exp, man) = if dtype == DTYPE_F16 {
+        (0x7c00, 0x3ff)
+    } else {
+        (0x7f80, 0x7f)
+    };
+    h & exp == exp && h & man != 0
+}
+
+/// The largest finite magnitude's bits.
+fn max_finite16(dtype: u32) -> u32 {
+    if dtype == DTYPE_F16 {
+        0x7bff
+    } else {
+        0x7f7f
+    }
+}
+
+#[test]
+fn every_bf16_and_f16_widens_exactly() {
+    let ctx = common::gpu();
+    for dtype in [DTYPE_BF16, DTYPE_F16] {
+        let cases: Vec<[f32; 3]> = (0..=0xffffu32)
+            .map(|h| [f32::from_bits(h), f32::from_bits(dtype), 0.0])
+            .collect();
+        let got = gpu_bits_are_twin_bits(&ctx, Numerics::Widen16, &cases);
+        for (h, &g) in (0..=0xffffu16).zip(&got) {
+            let want = if dtype == DTYPE_F16 {
+                half::f16::from_bits(h).to_f32()
+            } else {
+                half::bf16::from_bits(h).to_f32()
+            };
+            let g = f32::from_bits(g);
+            if want.is_nan() {
+                // A NaN keeps its sign and its payload, shifted (`half` also sets the quiet bit).
+                let h = u32::from(h);
+                let bits = if dtype == DTYPE_F16 {
+                    (h & 0x8000) << 16 | 0x7f80_0000 | (h & 0x3ff) << 13
+                } else {
+                    h << 16
+                };
+                assert!(
+                    g.is_nan() && g.to_bits() == bits,
+                    "{h:#x}: {:#x}",
+                    g.to_bits()
+                );
+            } else {
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "{} {h:#x}: {g:e}, half {want:e}",
+                    dtype_name(dtype)
+                );
+            }
+        }
+    }
+}
+
+/// f32 inputs for narrowing to `dtype`: every 16-bit value, every midpoint between neighbours
+/// (a tie) and the f32 on either side of it, both signs; random bit patterns over the whole
+/// range, f32 subnormals, zeros, infinities, NaNs, and the overflow thresholds.
+fn narrowing_inputs(dtype: u32, rng: &mut Rng) -> Vec<f32> {
+    let mut xs: Vec<f32> = (0..=0xffffu32).map(|h| twin::widen16(h, dtype)).collect();
+    let top = max_finite16(dtype);
+    for h in 0..=top {
+        let lo = f64::from(twin::widen16(h, dtype));
+        let hi = if h == top {
+            // The next value past the largest finite one, were the exponent not saturated.
+            2.0 * lo - f64::from(twin::widen16(h - 1, dtype))
+        } else {
+            f64::from(twin::widen16(h + 1, dtype))
+        };
+        let mid = (lo + hi) / 2.0;
+        assert_eq!(f64::from(mid as f32), mid, "midpoint {mid:e} is an f32");
+        let bits = (mid as f32).to_bits();
+        for b in [bits - 1, bits, bits + 1] {
+            xs.push(f32::from_bits(b));
+            xs.push(-f32::from_bits(b));
+        }
+    }
+    xs.extend((0..200_000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+    xs.extend((0..20_000).map(|_| f32::from_bits(rng.next_u64() as u32 & 0x807f_ffff)));
+    for b in [1u32, 2, 3, 0x7f_ffff, 0x40_0000, 0x40_0001] {
+        xs.push(f32::from_bits(b));
+        xs.push(-f32::from_bits(b));
+    }
+    xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY]);
+    xs.extend(
+        [
+            0x7fc0_0000u32,
+            0x7f80_0001,
+            0x7fa0_0000,
+            0x7f80_2000,
+            0x7fff_ffff,
+            0xffc0_0000,
+        ]
+        .map(f32::from_bits),
+    );
+    xs.extend([0xff80_0001u32, 0xffbf_ffff, 0x7fc1_2345].map(f32::from_bits));
+    // f16: 65504 (largest), 65520 (the tie to inf), 65536; bf16: around f32::MAX.
+    let around: Vec<u32> = (0x477f_dfc0..=0x4780_0040)
+        .chain(0x7f7f_7000..=0x7f7f_ffff)
+        .chain(0x7f7f_7f00 - 64..0x7f7f_7f00 + 64)
+        .collect();
+    for b in around {
+        xs.push(f32::from_bits(b));
+        xs.push(-f32::from_bits(b));
+    }
+    xs
+}
+
+#[test]
+fn narrowing_rounds_to_nearest_even_as_half_does() {
+    let ctx = common::gpu();
+    let mut rng = Rng(78);
+    for dtype in [DTYPE_BF16, DTYPE_F16] {
+        let xs = narrowing_inputs(dtype, &mut rng);
+        let cases: Vec<[f32; 3]> = xs
+            .iter()
+            .map(|&x| [x, f32::from_bits(dtype), 0.0])
+            .collect();
+        let got = gpu_bits_are_twin_bits(&ctx, Numerics::Narrow16, &cases);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let name = dtype_name(dtype);
+            assert!(g <= 0xffff, "{name}({x:e}): {g:#x}");
+            if x.is_nan() {
+                // A quiet NaN with x's sign and the top of its payload.
+                let bits = x.to_bits();
+                let want = if dtype == DTYPE_F16 {
+                    (bits >> 16) & 0x8000 | 0x7e00 | (bits >> 13) & 0x3ff
+                } else {
+                    bits >> 16 | 0x40
+                };
+                assert!(is_nan16(g, dtype) && g == want, "{name}({bits:#x}): {g:#x}");
+                continue;
+            }
+            assert_eq!(
+                g,
+                half_narrow(x, dtype),
+                "{name}({x:e} = {:#x})",
+                x.to_bits()
+            );
+        }
+    }
+    // The thresholds, spelled out.
+    let f16 = |x: f32| twin::narrow16(x, DTYPE_F16);
+    assert_eq!(f16(65504.0), 0x7bff);
+    assert_eq!(f16(f32::from_bits(0x477f_efff)), 0x7bff); // just below 65520
+    assert_eq!(f16(65520.0), 0x7c00);
+    assert_eq!(f16(-65520.0), 0xfc00);
+    assert_eq!(f16(2f32.powi(-25)), 0); // the tie with the smallest subnormal goes to 0
+    assert_eq!(f16(f32::from_bits(0x3300_0001)), 1);
+    assert_eq!(f16(3.0 * 2f32.powi(-25)), 2); // 1.5 subnormal units: even
+    assert_eq!(f16(-f32::from_bits(1)), 0x8000);
+    assert_eq!(f16(f32::NAN) & 0x7e00, 0x7e00);
+    assert_eq!(f16(-f32::NAN) & 0xfe00, 0xfe00);
+    let bf16 = |x: f32| twin::narrow16(x, DTYPE_BF16);
+    assert_eq!(bf16(f32::MAX), 0x7f80);
+    assert_eq!(bf16(f32::from_bits(0x7f7f_7fff)), 0x7f7f);
+    assert_eq!(bf16(f32::from_bits(0x7f7f_8000)), 0x7f80);
+    assert_eq!(bf16(f32::from_bits(0x0000_8000)), 0); // a tie between f32 subnormals
+    assert_eq!(bf16(f32::from_bits(0x0001_8000)), 2);
+}
+
+/// The two `dtype` values around `x` (finite or infinite, not NaN), as 16-bit patterns:
+/// `(lower, upper)` in magnitude, equal when `x` is exact.
+fn neighbours(x: f32, dtype: u32) -> (u32, u32) {
+    let n = twin::narrow16(x, dtype);
+    let w = twin::widen16(n, dtype);
+    if w == x {
+        (n, n)
+    } else if w.abs() < x.abs() {
+        (n, n + 1)
+    } else {
+        (n - 1, n)
+    }
+}
+
+#[test]
+fn stochastic_rounding_picks_a_neighbour_the_same_on_the_device() {
+    let ctx = common::gpu();
+    let mut rng = Rng(79);
+    for dtype in [DTYPE_BF16, DTYPE_F16] {
+        let mut xs: Vec<f32> = (0..100_000)
+            .map(|_| f32::from_bits(rng.next_u64() as u32))
+            .collect();
+        // Magnitudes from 2^-60 to 2^17: f16's subnormals (every count of discarded bits),
+        // normals and overflow; f32 subnormals; exact values; the edges.
+        xs.extend((0..100_000).map(|_| {
+            let e = rng.range(127 - 60, 127 + 17) as u32;
+            f32::from_bits(e << 23 | (rng.next_u64() as u32 & 0x807f_ffff))
+        }));
+        xs.extend((0..10_000).map(|_| f32::from_bits(rng.next_u64() as u32 & 0x807f_ffff)));
+        xs.extend((0..10_000).map(|_| twin::widen16(rng.next_u64() as u32 & 0xffff, dtype)));
+        xs.extend((0..10_000).map(|_| {
+            f32::from_bits(rng.range(0x477f_c000, 0x4780_4000) as u32)
+                * if rng.unit() < 0.5 { -1.0 } else { 1.0 }
+        }));
+        xs.extend((0..10_000).map(|_| f32::from_bits(rng.range(0x7f7f_0000, 0x7f80_0000) as u32)));
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ]);
+        let mut cases: Vec<[f32; 3]> = xs
+            .iter()
+            .map(|&x| {
+                let r = rng.next_u64() as u32;
+                [x, f32::from_bits(dtype), f32::from_bits(r)]
+            })
+            .collect();
+        // r = 0 (the truncation: checked below) and r = all ones (the largest carry).
+        for &x in &xs[..20_000] {
+            for r in [0, u32::MAX] {
+                cases.push([x, f32::from_bits(dtype), f32::from_bits(r)]);
+            }
+        }
+        let got = gpu_bits_are_twin_bits(&ctx, Numerics::Narrow16Stochastic, &cases);
+        for (c, &g) in cases.iter().zip(&got) {
+            let (x, r) = (c[0], c[2].to_bits());
+            let name = dtype_name(dtype);
+            if x.is_nan() {
+                assert_eq!(g, twin::narrow16(x, dtype), "{name}({x:e})");
+                continue;
+            }
+            let (lo, hi) = neighbours(x, dtype);
+            assert!(
+                g == lo || g == hi,
+                "{name}({x:e} = {:#x}, r {r:#x}): {g:#x}, not {lo:#x} or {hi:#x}",
+                x.to_bits()
+            );
+            let f16_beyond = dtype == DTYPE_F16 && x.abs() >= 65536.0;
+            if r == 0 && !f16_beyond {
+                assert_eq!(g, lo, "{name}({x:e}, r 0) truncates");
+            }
+        }
+    }
+}
+
+/// The mean of stochastic rounding over many random words, in f64.
+fn stochastic_mean(x: f32, dtype: u32, rs: impl Iterator<Item = u32>) -> f64 {
+    let (mut sum, mut n) = (0.0f64, 0u32);
+    for r in rs {
+        sum += f64::from(twin::widen16(twin::narrow16_stochastic(x, dtype, r), dtype));
+        n += 1;
+    }
+    sum / f64::from(n)
+}
+
+#[test]
+fn stochastic_rounding_is_unbiased() {
+    let ulp = |x: f32, dtype: u32| {
+        let (lo, hi) = neighbours(x, dtype);
+        assert_ne!(lo, hi, "{x:e} is not exact");
+        (f64::from(twin::widen16(hi, dtype)) - f64::from(twin::widen16(lo, dtype))).abs()
+    };
+    // Every value of the random bits that are added (16 for bf16, 13 for f16 normals, 15 for
+    // f16 subnormals above 2^-15), equally often: the mean is x exactly.
+    let exact: [(f32, u32); 12] = [
+        (1.234_567_9, DTYPE_BF16),
+        (-3.141_59e-3, DTYPE_BF16),
+        (1.0e30, DTYPE_BF16),
+        (f32::from_bits(0x7f7e_1234), DTYPE_BF16),
+        (1.234_5e-39, DTYPE_BF16), // an f32 subnormal, a bf16 subnormal
+        (-f32::from_bits(0x0000_7abc), DTYPE_BF16),
+        (1.234_567_9, DTYPE_F16),
+        (-1.234e-4, DTYPE_F16),
+        (60_000.5, DTYPE_F16),
+        (65_503.0, DTYPE_F16),
+        (3.0e-5, DTYPE_F16), // f16 subnormal: 15 discarded bits
+        (-4.1e-5, DTYPE_F16),
+    ];
+    for (x, dtype) in exact {
+        let mean = stochastic_mean(x, dtype, 0..1 << 16);
+        assert_eq!(
+            mean,
+            f64::from(x),
+            "{}({x:e}) ulp {:e}",
+            dtype_name(dtype),
+            ulp(x, dtype)
+        );
+    }
+    // Deeper in f16's subnormals more bits are discarded: an odd multiplier makes i * K
+    // equidistributed in the low 20 bits over 2^20 draws, so the mean is exact down to 20
+    // discarded bits (|x| >= 2^-21) and within a small fraction of an ulp below (a random
+    // sample of 2^20 would be within ~5e-4 ulp).
+    let weyl = || (0..1u32 << 20).map(|i| i.wrapping_mul(0x9e37_79b9));
+    for x in [1.0e-6f32, 7.7e-7, -5.0e-7] {
+        let mean = stochastic_mean(x, DTYPE_F16, weyl());
+        assert_eq!(mean, f64::from(x), "f16({x:e})");
+    }
+    for x in [1.0e-8f32, -3.3e-9, 1.0e-10, 1.0e-12, 2.0e-13] {
+        let mean = stochastic_mean(x, DTYPE_F16, weyl());
+        let err = (mean - f64::from(x)).abs() / ulp(x, DTYPE_F16);
+        assert!(err < 1e-4, "f16({x:e}): mean {mean:e}, {err:e} ulp");
+    }
 }

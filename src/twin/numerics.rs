@@ -1,6 +1,6 @@
 //! Twin of `shaders/numerics.wgsl`: exponentials and trigonometric polynomials, the exact
 //! fused multiply-add (Dekker's product, Boldo and Melquiond's rounding to odd) and the
-//! first moment's form of it.
+//! first moment's form of it; the 16-bit float conversions (bf16, f16), done on the bits.
 
 const HALF_PI: f32 = std::f64::consts::FRAC_PI_2 as f32;
 /// ln 2 to 16 bits (0.693145751953125, exact): `n * LN2_HI` is exact for the `n` used.
@@ -276,4 +276,130 @@ pub fn exp2_mul(n: u32, l_hi: f32, l_lo: f32) -> f32 {
         return 0.0;
     }
     ldexp(1.0 + expm1_poly(f * LN2), m as i32)
+}
+
+// ---------------------------------------------------------------- 16-bit floats
+//
+// bf16 and IEEE f16 in the low 16 bits of a u32, converted with integer operations only, as
+// the kernel does (no float conversion or arithmetic: the same bits on every device).
+
+/// The kernel's code for f32 elements.
+pub const DTYPE_F32: u32 = 0;
+/// The kernel's code for bf16 elements.
+pub const DTYPE_BF16: u32 = 1;
+/// The kernel's code for IEEE f16 elements.
+pub const DTYPE_F16: u32 = 2;
+
+/// The bf16 in `h`'s low 16 bits as f32: exact (`h << 16`, NaN payloads untouched).
+pub fn bf16_to_f32(h: u32) -> f32 {
+    f32::from_bits(h << 16)
+}
+
+/// The f16 in `h`'s low 16 bits as f32: exact, subnormals included. A NaN stays NaN with its
+/// sign and its payload shifted into the f32's top mantissa bits (not quieted).
+pub fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000) << 16;
+    let e = (h >> 10) & 0x1f;
+    let m = h & 0x3ff;
+    if e == 0x1f {
+        return f32::from_bits(sign | 0x7f80_0000 | (m << 13));
+    }
+    if e != 0 {
+        return f32::from_bits(sign | ((e + 112) << 23) | (m << 13));
+    }
+    if m == 0 {
+        return f32::from_bits(sign);
+    }
+    // m 2^-24 with m's leading 1 at bit p (0..9): 2^(p - 24) (1 + the bits below it).
+    let p = 31 - m.leading_zeros();
+    f32::from_bits(sign | ((p + 103) << 23) | ((m << (23 - p)) & 0x7f_ffff))
+}
+
+/// `x` rounded to the nearest bf16 (ties to even; overflow to infinity); a NaN gives a quiet
+/// NaN with its sign and the top of its payload (`(bits >> 16) | 0x40`).
+pub fn f32_to_bf16(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
+}
+
+/// `x` rounded to the nearest f16 (ties to even), through the subnormals (2^-25 and below,
+/// f32 subnormals included, give a signed zero); 65520 and above give infinity; a NaN gives
+/// `sign | 0x7e00 | the payload's top 9 bits`.
+pub fn f32_to_f16(x: f32) -> u32 {
+    let bits = x.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let a = bits & 0x7fff_ffff;
+    if a > 0x7f80_0000 {
+        return sign | 0x7e00 | ((a >> 13) & 0x3ff);
+    }
+    if a >= 0x477f_f000 {
+        return sign | 0x7c00;
+    }
+    if a >= 0x3880_0000 {
+        return sign | (((a + 0xfff + ((a >> 13) & 1)) >> 13) - 0x1_c000);
+    }
+    let e = a >> 23;
+    if e < 102 {
+        return sign;
+    }
+    let mant = (a & 0x7f_ffff) | 0x80_0000;
+    let shift = 126 - e;
+    sign | ((mant + ((1 << (shift - 1)) - 1) + ((mant >> shift) & 1)) >> shift)
+}
+
+/// `h` of type `dtype` ([`DTYPE_BF16`] or [`DTYPE_F16`]; anything but f16 is read as bf16)
+/// as f32.
+pub fn widen16(h: u32, dtype: u32) -> f32 {
+    if dtype == DTYPE_F16 {
+        return f16_to_f32(h);
+    }
+    bf16_to_f32(h)
+}
+
+/// `x` rounded to nearest even in `dtype` (as [`widen16`]).
+pub fn narrow16(x: f32, dtype: u32) -> u32 {
+    if dtype == DTYPE_F16 {
+        return f32_to_f16(x);
+    }
+    f32_to_bf16(x)
+}
+
+/// `x` rounded stochastically to `dtype` with the random word `r`: to one of its two
+/// neighbours (`x` itself if exact), the one of larger magnitude with probability
+/// `(|x| - |lower|) / ulp`, so unbiased. Random bits are added to the bits to be discarded,
+/// which are then truncated: for bf16 the f32's 16 low bits plus `r & 0xffff`; for f16
+/// normals 13 mantissa bits plus `r & 0x1fff`; in the f16 subnormal range the bits below
+/// 2^-24 (14 to 125 of them) plus as many low bits of `r`, or from 32 on the discarded
+/// part's top 32 bits plus `r`, the carry out deciding. A carry past the largest finite value
+/// gives infinity (for f16 so does every `|x| >= 65536`); infinities pass, NaN as
+/// [`narrow16`].
+pub fn narrow16_stochastic(x: f32, dtype: u32, r: u32) -> u32 {
+    let bits = x.to_bits();
+    let a = bits & 0x7fff_ffff;
+    if a > 0x7f80_0000 {
+        return narrow16(x, dtype);
+    }
+    if dtype != DTYPE_F16 {
+        return (bits + (r & 0xffff)) >> 16;
+    }
+    let sign = (bits >> 16) & 0x8000;
+    if a >= 0x3880_0000 {
+        return sign | (((a + (r & 0x1fff)) >> 13) - 0x1_c000).min(0x7c00);
+    }
+    // Units of 2^-24; f32 subnormals have exponent 1's scale and no implicit bit.
+    let e = (a >> 23).max(1);
+    let mant = if a >= 0x80_0000 {
+        (a & 0x7f_ffff) | 0x80_0000
+    } else {
+        a & 0x7f_ffff
+    };
+    let shift = 126 - e;
+    if shift < 32 {
+        return sign | ((mant + (r & ((1 << shift) - 1))) >> shift);
+    }
+    let top = mant >> (shift - 32).min(31);
+    sign | u32::from(top > !r)
 }
