@@ -4,6 +4,7 @@
 //! `torch.optim.lr_scheduler` with the same name.
 
 use crate::error::{hyper, Result};
+pub use crate::precision::{Dtype, Precision, StateDtype};
 use crate::schedule::GroupCtx;
 pub use crate::schedule::Schedule;
 
@@ -82,6 +83,8 @@ pub struct AdamWConfig {
     pub loss_scaling: bool,
     /// How the gradient norm is summed when clipping.
     pub grad_norm_order: GradNormOrder,
+    /// Element types of the parameters, gradients and moments; f32 master weights.
+    pub precision: Precision,
 }
 
 impl Default for AdamWConfig {
@@ -98,6 +101,7 @@ impl Default for AdamWConfig {
             max_grad_norm: None,
             loss_scaling: false,
             grad_norm_order: GradNormOrder::Compensated,
+            precision: Precision::F32,
         }
     }
 }
@@ -160,6 +164,12 @@ impl AdamWConfig {
         self
     }
 
+    /// Sets the element types ([`Precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// Checks every hyperparameter (PyTorch's ranges) and the schedule.
     ///
     /// The kernel computes in f32, so values PyTorch would accept but that overflow f32 are
@@ -203,6 +213,7 @@ impl AdamWConfig {
                 format!("must be finite in f32, got {}", self.eps),
             ));
         }
+        self.precision.validate()?;
         self.schedule.validate()?;
         if let Schedule::WarmupPolynomial(p) = &self.schedule {
             p.check_lr(self.lr)?;

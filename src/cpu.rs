@@ -5,6 +5,7 @@ use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{Globals, CHUNK, FLAG_AMSGRAD, FLAG_MAXIMIZE};
 use crate::plan::{cpu_chunks, CpuChunk};
+use crate::precision::{check_elems, Elems, ElemsMut};
 use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::schedule::GroupCtx;
 use crate::state::{OptimizerState, TensorState};
@@ -73,6 +74,7 @@ impl CpuAdamW {
                     exp_avg: vec![0.0; n],
                     exp_avg_sq: vec![0.0; n],
                     max_exp_avg_sq: config.amsgrad.then(|| vec![0.0; n]),
+                    master: None,
                 })
             })
             .collect();
@@ -127,81 +129,23 @@ impl CpuAdamW {
     }
 
     /// One optimizer step: `params[i]` and `grads[i]` belong to tensor `i` in registration
-    /// order (group by group).
+    /// order (group by group). For f32 parameters and gradients; other element types go
+    /// through [`CpuAdamW::step_mixed`].
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<()> {
-        if params.len() != self.tensors.len() || grads.len() != self.tensors.len() {
-            return Err(Error::ShapeMismatch(format!(
-                "{} tensors registered, got {} params and {} grads",
-                self.tensors.len(),
-                params.len(),
-                grads.len()
+        if !self.config.precision.is_f32() || self.config.precision.master_weights {
+            return Err(Error::InvalidArgument(format!(
+                "the precision is {:?}: use step_mixed",
+                self.config.precision
             )));
         }
-        for (i, ((p, g), t)) in params.iter().zip(grads).zip(&self.tensors).enumerate() {
-            if p.len() != t.exp_avg.len() || g.len() != t.exp_avg.len() {
-                return Err(Error::ShapeMismatch(format!(
-                    "tensor {i}: {} elements registered, got {} params and {} grads",
-                    t.exp_avg.len(),
-                    p.len(),
-                    g.len()
-                )));
-            }
-        }
-        if self.counters.at_limit() {
-            return Err(Error::StepLimit(format!(
-                "the counters ({}, {}) are at 2^32 - 1",
-                self.counters.sched, self.counters.adam
-            )));
-        }
-        // Loss scaling and clipping: the kernel's `reduce` per chunk of each tensor, then
-        // its prologue. A skipped step only advances the schedule.
-        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
-        let reduced = if amp {
-            let inv = twin::grad_multiplier(&self.globals, self.control.loss_scale);
-            if self.config.grad_norm_order == GradNormOrder::TorchCpu {
-                let norms: Vec<(f32, u32)> = grads
-                    .iter()
-                    .map(|g| twin::tensor_norm_torch(g, inv))
-                    .collect();
-                twin::final_norm(&self.globals, &[], &norms)
-            } else {
-                // Chunk by chunk in the kernel's plan (short tensors packed), as its `reduce`.
-                let partials: Vec<((f32, f32), u32)> = self
-                    .chunks
-                    .iter()
-                    .map(|c| match c {
-                        CpuChunk::Run {
-                            tensor,
-                            start,
-                            count,
-                        } => twin::reduce_chunk(&grads[*tensor][*start..start + count], inv),
-                        CpuChunk::Packed(members) => {
-                            let joined: Vec<f32> = members
-                                .iter()
-                                .flat_map(|&t| grads[t].iter().copied())
-                                .collect();
-                            twin::reduce_chunk(&joined, inv)
-                        }
-                    })
-                    .collect();
-                twin::final_norm(&self.globals, &partials, &[])
-            }
-        } else {
-            (0.0, 0)
-        };
-        let (last, step) = twin::prologue_amp(
-            &self.globals,
-            &mut self.region,
-            &self.group_params,
-            &mut self.counters,
-            reduced,
-            &self.control,
-        );
-        self.last = last;
-        self.last_step = step;
-        if step.skipped {
+        self.check_shapes(
+            params.iter().map(|p| p.len()),
+            grads.iter().map(|g| g.len()),
+        )?;
+        let Some(step) = self.begin_step(grads)? else {
             return Ok(());
-        }
+        };
+        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
         let effective: Vec<Vec<f32>>;
         let grads: &[&[f32]] = if amp {
             effective = grads
@@ -284,6 +228,173 @@ impl CpuAdamW {
             run(mine);
         }
         Ok(())
+    }
+
+    /// One optimizer step on tensors of any [`crate::Precision`]: `params[i]` and `grads[i]`
+    /// belong to tensor `i` in registration order, each in the type the precision says
+    /// (16-bit types as their bit patterns). Each element is widened, updated in f32 with
+    /// the kernel's formulas and rounded once per store (nearest even). With master
+    /// weights, the first step takes them from the parameters unless
+    /// [`CpuAdamW::set_master_weights`] set them.
+    pub fn step_mixed(&mut self, params: &mut [ElemsMut<'_>], grads: &[Elems<'_>]) -> Result<()> {
+        let prec = self.config.precision;
+        self.check_shapes(
+            params.iter().map(|p| p.len()),
+            grads.iter().map(|g| g.len()),
+        )?;
+        check_elems(&prec, params, grads)?;
+        let wide: Vec<Vec<f32>> = grads.iter().map(|g| g.widen(prec.grad)).collect();
+        let wide_refs: Vec<&[f32]> = wide.iter().map(Vec::as_slice).collect();
+        if prec.master_weights {
+            for (t, p) in self.tensors.iter_mut().zip(params.iter()) {
+                if t.master.is_none() {
+                    t.master = Some((0..p.len()).map(|i| p.get(i, prec.param)).collect());
+                }
+            }
+        }
+        let Some(step) = self.begin_step(&wide_refs)? else {
+            return Ok(());
+        };
+        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let state = prec.state_dtype();
+        let g = &self.globals;
+        for ((p, grad), t) in params.iter_mut().zip(&wide).zip(&mut self.tensors) {
+            let s = &self.last[t.group];
+            for (i, &gr) in grad.iter().enumerate() {
+                let gr = if amp {
+                    twin::effective_grad(&step, gr)
+                } else {
+                    gr
+                };
+                let mut x = match &t.master {
+                    Some(master) => master[i],
+                    None => p.get(i, prec.param),
+                };
+                twin::update_element(
+                    g,
+                    s,
+                    &mut x,
+                    gr,
+                    &mut t.exp_avg[i],
+                    &mut t.exp_avg_sq[i],
+                    t.max_exp_avg_sq.as_mut().map(|v| &mut v[i]),
+                );
+                // The moments are held widened: their rounding is the 16-bit store.
+                t.exp_avg[i] = state.round(t.exp_avg[i]);
+                t.exp_avg_sq[i] = state.round(t.exp_avg_sq[i]);
+                if let Some(v) = t.max_exp_avg_sq.as_mut() {
+                    v[i] = state.round(v[i]);
+                }
+                if let Some(master) = t.master.as_mut() {
+                    master[i] = x;
+                }
+                p.set(i, x, prec.param);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the f32 master weights of every tensor (registration order), for an optimizer
+    /// with [`crate::Precision::master_weights`] whose f32 weights are not the widened 16-bit
+    /// parameters (a model initialised or loaded in f32).
+    pub fn set_master_weights(&mut self, values: &[&[f32]]) -> Result<()> {
+        if !self.config.precision.master_weights {
+            return Err(Error::InvalidArgument(
+                "this optimizer keeps no master weights".into(),
+            ));
+        }
+        self.check_shapes(
+            values.iter().map(|v| v.len()),
+            values.iter().map(|v| v.len()),
+        )?;
+        for (t, v) in self.tensors.iter_mut().zip(values) {
+            t.master = Some(v.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Checks the number and lengths of the tensors of a step and that the counters can
+    /// advance.
+    fn check_shapes(
+        &self,
+        params: impl ExactSizeIterator<Item = usize>,
+        grads: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<()> {
+        if params.len() != self.tensors.len() || grads.len() != self.tensors.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} tensors registered, got {} params and {} grads",
+                self.tensors.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        for (i, ((p, g), t)) in params.zip(grads).zip(&self.tensors).enumerate() {
+            if p != t.exp_avg.len() || g != t.exp_avg.len() {
+                return Err(Error::ShapeMismatch(format!(
+                    "tensor {i}: {} elements registered, got {p} params and {g} grads",
+                    t.exp_avg.len(),
+                )));
+            }
+        }
+        if self.counters.at_limit() {
+            return Err(Error::StepLimit(format!(
+                "the counters ({}, {}) are at 2^32 - 1",
+                self.counters.sched, self.counters.adam
+            )));
+        }
+        Ok(())
+    }
+
+    /// The kernel's `reduce` (with loss scaling or clipping) and `prologue`: the step's
+    /// scalars, or `None` for a skipped step (which only advanced the schedule).
+    fn begin_step(&mut self, grads: &[&[f32]]) -> Result<Option<StepGlobals>> {
+        // Loss scaling and clipping: the kernel's `reduce` per chunk of each tensor, then
+        // its prologue. A skipped step only advances the schedule.
+        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let reduced = if amp {
+            let inv = twin::grad_multiplier(&self.globals, self.control.loss_scale);
+            if self.config.grad_norm_order == GradNormOrder::TorchCpu {
+                let norms: Vec<(f32, u32)> = grads
+                    .iter()
+                    .map(|g| twin::tensor_norm_torch(g, inv))
+                    .collect();
+                twin::final_norm(&self.globals, &[], &norms)
+            } else {
+                // Chunk by chunk in the kernel's plan (short tensors packed), as its `reduce`.
+                let partials: Vec<((f32, f32), u32)> = self
+                    .chunks
+                    .iter()
+                    .map(|c| match c {
+                        CpuChunk::Run {
+                            tensor,
+                            start,
+                            count,
+                        } => twin::reduce_chunk(&grads[*tensor][*start..start + count], inv),
+                        CpuChunk::Packed(members) => {
+                            let joined: Vec<f32> = members
+                                .iter()
+                                .flat_map(|&t| grads[t].iter().copied())
+                                .collect();
+                            twin::reduce_chunk(&joined, inv)
+                        }
+                    })
+                    .collect();
+                twin::final_norm(&self.globals, &partials, &[])
+            }
+        } else {
+            (0.0, 0)
+        };
+        let (last, step) = twin::prologue_amp(
+            &self.globals,
+            &mut self.region,
+            &self.group_params,
+            &mut self.counters,
+            reduced,
+            &self.control,
+        );
+        self.last = last;
+        self.last_step = step;
+        Ok((!step.skipped).then_some(step))
     }
 
     /// The learning rate each group used at the last step.

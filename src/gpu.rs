@@ -8,6 +8,7 @@ use crate::kernel::{
     COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
+use crate::precision::{Dtype, Precision};
 use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
@@ -83,6 +84,8 @@ struct Arenas {
     exp_avg: Vec<wgpu::Buffer>,
     exp_avg_sq: Vec<wgpu::Buffer>,
     max_exp_avg_sq: Vec<wgpu::Buffer>,
+    /// f32 master weights ([`Precision::master_weights`]), at the moments' offsets.
+    master: Vec<wgpu::Buffer>,
 }
 
 /// AdamW with an on-device learning-rate schedule, updating the engine's buffers in place.
@@ -161,9 +164,16 @@ impl GpuAdamW {
             )));
         }
 
-        validate_bindings(&groups)?;
+        validate_bindings(&groups, &config.precision)?;
+        let prec = config.precision;
+        let mixed = prec.needs_mixed_update();
+        if prec.grad.is_16bit() && (config.loss_scaling || config.max_grad_norm.is_some()) {
+            return Err(Error::Unsupported(
+                "loss scaling or clipping of 16-bit gradients on the GPU".into(),
+            ));
+        }
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
-        checked(device, || {
+        let opt = checked(device, || {
             // The distinct engine buffers, by index (wgpu hashes buffers by identity).
             let mut buffers: Vec<wgpu::Buffer> = Vec::new();
             #[allow(clippy::mutable_key_type)]
@@ -193,6 +203,8 @@ impl GpuAdamW {
                     chunk,
                     torch_norm: config.grad_norm_order == GradNormOrder::TorchCpu
                         && (config.max_grad_norm.is_some() || config.loss_scaling),
+                    elem_bytes: (prec.param.size(), prec.grad.size()),
+                    mixed,
                 },
             )?;
             let GpuPlan {
@@ -201,7 +213,7 @@ impl GpuAdamW {
                 tensor_lists,
                 ..
             } = &plan;
-            let kernel = Kernel::new(device, ept);
+            let kernel = Kernel::new(device, ept, &prec);
             let n_groups = groups.len() as u32;
             let total_chunks = plan.total_chunks();
             let mut globals = Globals::new(&config, n_groups);
@@ -267,10 +279,21 @@ impl GpuAdamW {
             });
             queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
 
-            let state_buffer = |label: &str, elems: u64| {
+            let state_bytes = prec.state_dtype().size();
+            let f32_buffer = |label: &str, elems: u64| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
                     size: (elems * 4).max(16),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })
+            };
+            let state_buffer = |label: &str, elems: u64| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: (elems * state_bytes).div_ceil(4).max(4) * 4,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::COPY_DST
                         | wgpu::BufferUsages::COPY_SRC,
@@ -293,6 +316,14 @@ impl GpuAdamW {
                         .collect()
                 } else {
                     vec![state_buffer("max_exp_avg_sq (unused)", 4)]
+                },
+                master: if prec.master_weights {
+                    arena_fill
+                        .iter()
+                        .map(|&n| f32_buffer("master weights", n))
+                        .collect()
+                } else {
+                    vec![f32_buffer("master weights (unused)", 4)]
                 },
             };
             // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
@@ -325,6 +356,7 @@ impl GpuAdamW {
                 .chain(&arenas.exp_avg)
                 .chain(&arenas.exp_avg_sq)
                 .chain(&arenas.max_exp_avg_sq)
+                .chain(&arenas.master)
                 .collect();
             for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
                 if own.contains(&&t.param) || own.contains(&&t.grad) {
@@ -399,21 +431,42 @@ impl GpuAdamW {
                         (4, binding(grad, g_win, g_size / 4 * 4)),
                     ]
                 };
-                let mut update_entries = head();
-                update_entries.extend([
-                    (3, binding(param, p_win, p_size / 4 * 4)),
-                    (5, arenas.exp_avg[arena].as_entire_binding()),
-                    (6, arenas.exp_avg_sq[arena].as_entire_binding()),
-                    (7, vmax.as_entire_binding()),
-                    (14, vec4_view(param, p_win, p_size, stand_in)),
-                    (15, vec4_view(grad, g_win, g_size, stand_in)),
-                ]);
-                let bind_group = make_bind_group(
-                    device,
-                    "wgpu-adamw update",
-                    &kernel.update_layout,
-                    update_entries,
-                );
+                let bind_group = if mixed {
+                    let info = std::mem::size_of::<DispatchInfo>() as u64;
+                    let master = &arenas.master[if prec.master_weights { arena } else { 0 }];
+                    make_bind_group(
+                        device,
+                        "wgpu-adamw update_mixed",
+                        &kernel.update_mixed_layout,
+                        vec![
+                            (0, binding(&uniform, 0, globals_size)),
+                            (1, binding(&uniform, info_at(k), info)),
+                            (2, meta.as_entire_binding()),
+                            (16, binding(param, p_win, p_size / 4 * 4)),
+                            (17, binding(grad, g_win, g_size / 4 * 4)),
+                            (18, arenas.exp_avg[arena].as_entire_binding()),
+                            (19, arenas.exp_avg_sq[arena].as_entire_binding()),
+                            (20, vmax.as_entire_binding()),
+                            (21, master.as_entire_binding()),
+                        ],
+                    )
+                } else {
+                    let mut update_entries = head();
+                    update_entries.extend([
+                        (3, binding(param, p_win, p_size / 4 * 4)),
+                        (5, arenas.exp_avg[arena].as_entire_binding()),
+                        (6, arenas.exp_avg_sq[arena].as_entire_binding()),
+                        (7, vmax.as_entire_binding()),
+                        (14, vec4_view(param, p_win, p_size, stand_in)),
+                        (15, vec4_view(grad, g_win, g_size, stand_in)),
+                    ]);
+                    make_bind_group(
+                        device,
+                        "wgpu-adamw update",
+                        &kernel.update_layout,
+                        update_entries,
+                    )
+                };
                 let mut reduce_entries = head();
                 reduce_entries.extend([
                     (10, amp.as_entire_binding()),
@@ -450,7 +503,11 @@ impl GpuAdamW {
                 dispatches,
                 max_binding_size: max_binding,
             })
-        })?
+        })??;
+        if opt.config.precision.master_weights {
+            opt.init_master(&groups)?;
+        }
+        Ok(opt)
     }
 
     /// The configuration.
@@ -526,6 +583,17 @@ impl GpuAdamW {
         pass.set_pipeline(&self.kernel.prologue);
         pass.set_bind_group(0, &self.prologue_bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
+        if let Some(mixed) = &self.kernel.update_mixed {
+            // The mixed plan has runs only.
+            pass.set_pipeline(mixed);
+            for d in &self.dispatches {
+                if let Some((x, y)) = d.run_grid {
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
+            return;
+        }
         for (pipeline, packed) in [
             (&self.kernel.update, false),
             (&self.kernel.update_packed, true),
@@ -728,12 +796,18 @@ impl GpuAdamW {
     /// wholly after it.
     pub fn state(&self) -> Result<OptimizerState> {
         let a = &self.arenas;
+        let prec = self.config.precision;
         let moments: Vec<&wgpu::Buffer> = a
             .exp_avg
             .iter()
             .chain(&a.exp_avg_sq)
             .chain(if self.config.amsgrad {
                 &a.max_exp_avg_sq[..]
+            } else {
+                &[]
+            })
+            .chain(if prec.master_weights {
+                &a.master[..]
             } else {
                 &[]
             })
@@ -750,19 +824,23 @@ impl GpuAdamW {
         let counters = words.next().expect("one per range");
         let control = words.next().expect("one per range");
         let schedule_state = words.next().expect("one per range");
-        let mut arenas: Vec<Vec<f32>> = words.map(|w| bytemuck::cast_slice(&w).to_vec()).collect();
+        let mut arenas: Vec<Vec<u32>> = words.collect();
         let n = a.exp_avg.len();
+        let kinds = 2 + usize::from(self.config.amsgrad);
+        let master = prec.master_weights.then(|| arenas.split_off(kinds * n));
         let vmax = self.config.amsgrad.then(|| arenas.split_off(2 * n));
         let v = arenas.split_off(n);
         let m = arenas;
-        let gather = |arenas: &[Vec<f32>], t: &TensorInfo| -> Vec<f32> {
+        let gather = |arenas: &[Vec<u32>], t: &TensorInfo, ty: Dtype| -> Vec<f32> {
             let mut out = Vec::with_capacity(t.len as usize);
             for p in &t.pieces {
+                let words = &arenas[p.arena];
                 let s = p.state_offset as usize;
-                out.extend_from_slice(&arenas[p.arena][s..s + p.len as usize]);
+                out.extend((s..s + p.len as usize).map(|i| read_elem(words, i, ty)));
             }
             out
         };
+        let s_ty = prec.state_dtype();
         Ok(OptimizerState {
             config: self.config.clone(),
             groups: self.groups(),
@@ -779,9 +857,10 @@ impl GpuAdamW {
                 .iter()
                 .map(|t| TensorState {
                     group: t.group,
-                    exp_avg: gather(&m, t),
-                    exp_avg_sq: gather(&v, t),
-                    max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t)),
+                    exp_avg: gather(&m, t, s_ty),
+                    exp_avg_sq: gather(&v, t, s_ty),
+                    max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t, s_ty)),
+                    master: master.as_ref().map(|a| gather(a, t, Dtype::F32)),
                 })
                 .collect(),
         })
@@ -804,25 +883,17 @@ impl GpuAdamW {
         for (i, gc) in state.groups.iter().enumerate() {
             self.config.validate_group_at(i, gc)?;
         }
-        for (t, s) in self.tensors.iter().zip(&state.tensors) {
-            let mut done = 0usize;
-            for p in &t.pieces {
-                let range = done..done + p.len as usize;
-                let at = p.state_offset * 4;
-                let write = |bufs: &[wgpu::Buffer], data: &[f32]| {
-                    self.queue.write_buffer(
-                        &bufs[p.arena],
-                        at,
-                        bytemuck::cast_slice(&data[range.clone()]),
-                    )
-                };
-                write(&self.arenas.exp_avg, &s.exp_avg);
-                write(&self.arenas.exp_avg_sq, &s.exp_avg_sq);
-                if let Some(vmax) = &s.max_exp_avg_sq {
-                    write(&self.arenas.max_exp_avg_sq, vmax);
-                }
-                done += p.len as usize;
-            }
+        let s_ty = self.config.precision.state_dtype();
+        let a = &self.arenas;
+        self.write_arenas(&a.exp_avg, s_ty, |i| Some(&state.tensors[i].exp_avg));
+        self.write_arenas(&a.exp_avg_sq, s_ty, |i| Some(&state.tensors[i].exp_avg_sq));
+        if self.config.amsgrad {
+            self.write_arenas(&a.max_exp_avg_sq, s_ty, |i| {
+                state.tensors[i].max_exp_avg_sq.as_ref()
+            });
+        }
+        if self.config.precision.master_weights {
+            self.write_arenas(&a.master, Dtype::F32, |i| state.tensors[i].master.as_ref());
         }
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
@@ -857,6 +928,86 @@ impl GpuAdamW {
         *groups = state.groups.clone();
         self.queue.submit([]);
         Ok(())
+    }
+
+    /// Writes every tensor's values (`values(i)` for tensor `i`, `None`: left as they are)
+    /// into one kind of arena, as whole arenas (16-bit values share words).
+    fn write_arenas<'a>(
+        &self,
+        arenas: &[wgpu::Buffer],
+        ty: Dtype,
+        values: impl Fn(usize) -> Option<&'a Vec<f32>>,
+    ) {
+        let mut images: Vec<Option<Vec<u32>>> = vec![None; arenas.len()];
+        for (i, t) in self.tensors.iter().enumerate() {
+            let Some(data) = values(i) else { continue };
+            let mut done = 0usize;
+            for p in &t.pieces {
+                let image = images[p.arena]
+                    .get_or_insert_with(|| vec![0; (arenas[p.arena].size() / 4) as usize]);
+                for (j, &x) in data[done..done + p.len as usize].iter().enumerate() {
+                    write_elem(image, p.state_offset as usize + j, x, ty);
+                }
+                done += p.len as usize;
+            }
+        }
+        for (buf, image) in arenas.iter().zip(images) {
+            if let Some(image) = image {
+                self.queue
+                    .write_buffer(buf, 0, bytemuck::cast_slice(&image));
+            }
+        }
+    }
+
+    /// Sets the f32 master weights of every tensor (registration order), for an optimizer
+    /// with [`Precision::master_weights`] whose f32 weights are not the widened 16-bit
+    /// parameters it took at creation (a model initialised or loaded in f32).
+    pub fn set_master_weights(&self, values: &[&[f32]]) -> Result<()> {
+        if !self.config.precision.master_weights {
+            return Err(Error::InvalidArgument(
+                "this optimizer keeps no master weights".into(),
+            ));
+        }
+        if values.len() != self.tensors.len() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} tensors registered, got {} master tensors",
+                self.tensors.len(),
+                values.len()
+            )));
+        }
+        for (i, (t, v)) in self.tensors.iter().zip(values).enumerate() {
+            if v.len() as u64 != t.len {
+                return Err(Error::ShapeMismatch(format!(
+                    "tensor {i}: {} elements registered, got {}",
+                    t.len,
+                    v.len()
+                )));
+            }
+        }
+        let owned: Vec<Vec<f32>> = values.iter().map(|v| v.to_vec()).collect();
+        self.write_arenas(&self.arenas.master, Dtype::F32, |i| Some(&owned[i]));
+        self.queue.submit([]);
+        Ok(())
+    }
+
+    /// Master weights from the engine's 16-bit parameters, widened (at creation).
+    fn init_master(&self, groups: &[ParamGroup]) -> Result<()> {
+        let ty = self.config.precision.param;
+        let tensors: Vec<&TensorBinding> = groups.iter().flat_map(|g| &g.tensors).collect();
+        let mut values = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let start = t.param_offset / 4 * 4;
+            let end = (t.param_offset + 2 * t.len).div_ceil(4) * 4;
+            let words = read_buffer(&self.device, &self.queue, &t.param, start, end - start)?;
+            let first = ((t.param_offset - start) / 2) as usize;
+            values.push(
+                (first..first + t.len as usize)
+                    .map(|i| read_elem(&words, i, ty))
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let refs: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+        self.set_master_weights(&refs)
     }
 
     /// Saves the state to a checkpoint file (atomically; see [`OptimizerState::save`]).
@@ -1054,7 +1205,27 @@ fn vec4_view<'a>(
     }
 }
 
-fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
+/// Element `i` of a stream of 32-bit words holding `ty` elements, widened to f32.
+fn read_elem(words: &[u32], i: usize, ty: Dtype) -> f32 {
+    match ty {
+        Dtype::F32 => f32::from_bits(words[i]),
+        _ => ty.widen((words[i / 2] >> (16 * (i % 2))) as u16),
+    }
+}
+
+/// Stores `x` (rounded to `ty`) as element `i` of a stream of 32-bit words.
+fn write_elem(words: &mut [u32], i: usize, x: f32, ty: Dtype) {
+    match ty {
+        Dtype::F32 => words[i] = x.to_bits(),
+        _ => {
+            let shift = 16 * (i % 2);
+            let w = &mut words[i / 2];
+            *w = (*w & !(0xffff << shift)) | (u32::from(ty.narrow(x)) << shift);
+        }
+    }
+}
+
+fn validate_bindings(groups: &[ParamGroup], precision: &Precision) -> Result<()> {
     #[allow(clippy::mutable_key_type)] // hashed by identity
     let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize, bool)>> = HashMap::new();
     let mut index = 0usize;
@@ -1064,17 +1235,28 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
                 tensor: index,
                 reason,
             };
-            for (what, buf, off) in [
-                ("param", &t.param, t.param_offset),
-                ("grad", &t.grad, t.grad_offset),
+            for (what, buf, off, ty) in [
+                ("param", &t.param, t.param_offset, precision.param),
+                ("grad", &t.grad, t.grad_offset, precision.grad),
             ] {
-                if off % 4 != 0 {
-                    return Err(err(format!("{what} offset {off} is not a multiple of 4")));
+                let size = ty.size();
+                if off % size != 0 {
+                    return Err(err(format!(
+                        "{what} offset {off} is not a multiple of {size} ({} elements)",
+                        ty.name()
+                    )));
                 }
                 if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
                     return Err(err(format!("{what} buffer lacks BufferUsages::STORAGE")));
                 }
-                let end = t.len.checked_mul(4).and_then(|b| b.checked_add(off));
+                if ty.is_16bit() && t.len > 0 && buf.size() % 4 != 0 {
+                    return Err(err(format!(
+                        "the {what} buffer holds {} elements: its size ({} bytes) must be a multiple of 4 (storage is bound in 32-bit words)",
+                        ty.name(),
+                        buf.size()
+                    )));
+                }
+                let end = t.len.checked_mul(size).and_then(|b| b.checked_add(off));
                 if end.is_none_or(|e| e > buf.size()) {
                     return Err(err(format!(
                         "{what} range of {} elements at byte {off} runs past the buffer's end ({} bytes)",
@@ -1084,15 +1266,16 @@ fn validate_bindings(groups: &[ParamGroup]) -> Result<()> {
                 }
             }
             if t.len > 0 {
-                let end = |off: u64| off + 4 * t.len;
-                for (buf, off, is_param) in [
-                    (&t.param, t.param_offset, true),
-                    (&t.grad, t.grad_offset, false),
+                for (buf, off, is_param, ty) in [
+                    (&t.param, t.param_offset, true, precision.param),
+                    (&t.grad, t.grad_offset, false, precision.grad),
                 ] {
-                    ranges
-                        .entry(buf.clone())
-                        .or_default()
-                        .push((off, end(off), index, is_param));
+                    ranges.entry(buf.clone()).or_default().push((
+                        off,
+                        off + ty.size() * t.len,
+                        index,
+                        is_param,
+                    ));
                 }
             }
             index += 1;

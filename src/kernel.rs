@@ -2,6 +2,7 @@
 //! that run it. [`crate::twin`] is its CPU twin.
 
 use crate::config::{AdamWConfig, GradNormOrder};
+use crate::precision::Precision;
 use bytemuck::{Pod, Zeroable};
 
 /// The WGSL source of the fused AdamW + schedule kernel: its files, by concept, concatenated
@@ -13,6 +14,7 @@ pub const SHADER_SOURCE: &str = concat!(
     include_str!("../shaders/grad_norm.wgsl"),
     include_str!("../shaders/prologue.wgsl"),
     include_str!("../shaders/update.wgsl"),
+    include_str!("../shaders/update_mixed.wgsl"),
     include_str!("../shaders/probes.wgsl"),
 );
 
@@ -206,6 +208,12 @@ pub struct Kernel {
     pub update: wgpu::ComputePipeline,
     /// The `update_packed` entry point (packed chunks of short tensors).
     pub update_packed: wgpu::ComputePipeline,
+    /// Layout of an `update_mixed` bind group: globals, dispatch info, meta, and the param,
+    /// grad, m, v, v_max and master streams as 32-bit words.
+    pub update_mixed_layout: wgpu::BindGroupLayout,
+    /// The `update_mixed` entry point, for the precision the kernel was built for (`None`
+    /// when it is f32 throughout).
+    pub update_mixed: Option<wgpu::ComputePipeline>,
 }
 
 /// How a binding is bound.
@@ -261,6 +269,21 @@ pub const BINDINGS: &[LayoutBindings] = &[
             (7, BindingKind::StorageReadWrite),  // max_exp_avg_sq
             (14, BindingKind::StorageReadWrite), // param4
             (15, BindingKind::StorageReadWrite), // grad4
+        ],
+    },
+    LayoutBindings {
+        name: "update_mixed",
+        entry_points: &["update_mixed"],
+        bindings: &[
+            (0, BindingKind::Globals),
+            (1, BindingKind::DispatchInfo),
+            (2, BindingKind::StorageRead),       // meta_ro
+            (16, BindingKind::StorageReadWrite), // param_w
+            (17, BindingKind::StorageRead),      // grad_w
+            (18, BindingKind::StorageReadWrite), // m_w
+            (19, BindingKind::StorageReadWrite), // v_w
+            (20, BindingKind::StorageReadWrite), // vmax_w
+            (21, BindingKind::StorageReadWrite), // master_w
         ],
     },
     LayoutBindings {
@@ -328,8 +351,9 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 
 impl Kernel {
     /// Compiles the shader and builds its pipelines on `device`, with `elems_per_thread`
-    /// elements per invocation of `update` and `reduce`.
-    pub fn new(device: &wgpu::Device, elems_per_thread: u32) -> Self {
+    /// elements per invocation of `update` and `reduce`, and the mixed-precision update for
+    /// `precision` unless it is f32 throughout.
+    pub fn new(device: &wgpu::Device, elems_per_thread: u32, precision: &Precision) -> Self {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("wgpu-adamw kernel"),
             source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
@@ -343,24 +367,39 @@ impl Kernel {
         let prologue_layout = layout("prologue");
         let update_layout = layout("update");
         let constants = [("ELEMS_PER_THREAD", f64::from(elems_per_thread))];
-        let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
-            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(entry),
-                bind_group_layouts: &[Some(layout)],
-                immediate_size: 0,
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    ..Default::default()
-                },
-                cache: None,
-            })
-        };
+        let pipeline_with =
+            |layout: &wgpu::BindGroupLayout, entry: &str, constants: &[(&str, f64)]| {
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(entry),
+                    bind_group_layouts: &[Some(layout)],
+                    immediate_size: 0,
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                })
+            };
+        let pipeline =
+            |layout: &wgpu::BindGroupLayout, entry: &str| pipeline_with(layout, entry, &constants);
+        let update_mixed_layout = layout("update_mixed");
+        let update_mixed = precision.needs_mixed_update().then(|| {
+            let p = precision;
+            let mixed = [
+                ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
+                ("P_DTYPE", f64::from(p.param.code())),
+                ("G_DTYPE", f64::from(p.grad.code())),
+                ("S_DTYPE", f64::from(p.state_dtype().code())),
+                ("MASTER", f64::from(u8::from(p.master_weights))),
+            ];
+            pipeline_with(&update_mixed_layout, "update_mixed", &mixed)
+        });
         let reduce_layout = layout("reduce");
         let prologue = pipeline(&prologue_layout, "prologue");
         let update = pipeline(&update_layout, "update");
@@ -376,6 +415,8 @@ impl Kernel {
             update_packed,
             reduce,
             tensor_norms,
+            update_mixed_layout,
+            update_mixed,
         }
     }
 }

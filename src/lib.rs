@@ -44,6 +44,7 @@ pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod precision;
 // The kernel's internals: public for the tests, the benchmark and the CLI, not part of the
 // API an engine uses.
 #[doc(hidden)]
@@ -63,6 +64,7 @@ pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};
 pub use gpu::{read_buffer, GpuAdamW, GpuOptions, ParamGroup, TensorBinding};
+pub use precision::{Dtype, Elems, ElemsMut, Precision, StateDtype};
 pub use probe::{schedule_beta1_cpu, schedule_beta1_gpu, schedule_lrs_cpu, schedule_lrs_gpu};
 pub use state::{OptimizerState, TensorState};
 pub use twin::Counters;

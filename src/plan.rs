@@ -161,6 +161,15 @@ pub(crate) struct PlanLimits {
     pub chunk: u64,
     /// The torch_cpu norm order is on: every tensor must lie in one window.
     pub torch_norm: bool,
+    /// Bytes per element of the parameters and of the gradients (4, or 2 for 16-bit types).
+    pub elem_bytes: (u64, u64),
+    /// Plan for the mixed-precision update (`update_mixed`): no packed chunks; each run's
+    /// state starts at the parity of its parameters' first element (so a 32-bit word of
+    /// 16-bit moments holds the moments of the parameters of one parameter word), and a
+    /// tensor's chunks after its first start at even parameter elements (so no two
+    /// workgroups write one word of 16-bit parameters or moments, except at the tensor's
+    /// ends, which the kernel writes with atomics).
+    pub mixed: bool,
 }
 
 impl GpuPlan {
@@ -172,9 +181,12 @@ impl GpuPlan {
             stride,
             chunk,
             torch_norm,
+            elem_bytes: (pb, gb),
+            mixed,
         } = lim;
-        // A piece of a tensor must fit in one window of each of its buffers and in one arena.
-        let max_piece = (max_binding - stride) / 4;
+        // A piece of a tensor must fit in one window of each of its buffers and in one arena;
+        // an even number of elements keeps the pieces' parities.
+        let max_piece = (max_binding - stride) / 4 / 2 * 2;
         let arena_capacity = max_binding / 16 * 4;
         let mut plan = GpuPlan {
             arena_fill: vec![0],
@@ -198,13 +210,13 @@ impl GpuPlan {
                 let (p_buf, p_size, p_off) = t.param;
                 let (g_buf, g_size, g_off) = t.grad;
                 let windows = |done: u64| {
-                    let p_byte = p_off + 4 * done;
-                    let g_byte = g_off + 4 * done;
+                    let p_byte = p_off + pb * done;
+                    let g_byte = g_off + gb * done;
                     let (p_win, _) = window_of(p_byte, p_size, max_binding, stride);
                     let (g_win, _) = window_of(g_byte, g_size, max_binding, stride);
-                    (p_win, g_win, (p_byte - p_win) / 4, (g_byte - g_win) / 4)
+                    (p_win, g_win, (p_byte - p_win) / pb, (g_byte - g_win) / gb)
                 };
-                if t.len > 0 && t.len < pack_below(chunk) {
+                if !mixed && t.len > 0 && t.len < pack_below(chunk) {
                     // Short: a segment of its buffer pair's open packed chunk, its state packed
                     // tightly (no alignment) in that chunk's arena.
                     let (p_win, g_win, p0, g0) = windows(0);
@@ -256,16 +268,17 @@ impl GpuPlan {
                 let mut done = 0u64;
                 while done < t.len {
                     let len = (t.len - done).min(max_piece);
+                    let (p_win, g_win, p0, g0) = windows(done);
+                    let parity = if mixed { p0 & 1 } else { 0 };
                     let mut arena = plan.arena_fill.len() - 1;
-                    // Every run's state starts 256-byte aligned.
-                    let mut state_offset = plan.arena_fill[arena].div_ceil(64) * 64;
+                    // Every run's state starts 256-byte aligned (plus the parity).
+                    let mut state_offset = plan.arena_fill[arena].div_ceil(64) * 64 + parity;
                     if state_offset + len > arena_capacity {
                         plan.arena_fill.push(0);
                         arena += 1;
-                        state_offset = 0;
+                        state_offset = parity;
                     }
                     plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
-                    let (p_win, g_win, p0, g0) = windows(done);
                     let k = key_of(&mut plan, (p_buf, p_win, g_buf, g_win, arena));
                     if done == 0 {
                         plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
@@ -274,8 +287,12 @@ impl GpuPlan {
                             "tensor {index}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({max_binding} bytes)"
                         )));
                     }
-                    for start in (0..len).step_by(chunk as usize) {
-                        let count = (len - start).min(chunk) as u32;
+                    // Mixed: a first chunk one short when the run starts at an odd element.
+                    let first = if mixed { chunk - (p0 & 1) } else { chunk };
+                    let starts = std::iter::once(0).chain((first..len).step_by(chunk as usize));
+                    for start in starts.filter(|&s| s < len) {
+                        let count =
+                            (len - start).min(if start == 0 { first } else { chunk }) as u32;
                         plan.chunk_lists[k].push(ChunkEntry::Run([
                             (p0 + start) as u32,
                             (g0 + start) as u32,
@@ -378,6 +395,8 @@ mod tests {
             stride: max_binding / 2 / 256 * 256,
             chunk,
             torch_norm: false,
+            elem_bytes: (4, 4),
+            mixed: false,
         }
     }
 

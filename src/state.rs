@@ -27,6 +27,9 @@ pub struct TensorState {
     pub exp_avg_sq: Vec<f32>,
     /// Running maximum of the second moment (amsgrad only).
     pub max_exp_avg_sq: Option<Vec<f32>>,
+    /// f32 master weights ([`crate::Precision::master_weights`] only). Moments of a 16-bit
+    /// state are held widened (exactly) in f32.
+    pub master: Option<Vec<f32>>,
 }
 
 /// Everything needed to resume an optimizer bit for bit.
@@ -145,6 +148,9 @@ impl OptimizerState {
             if let Some(m) = &t.max_exp_avg_sq {
                 views.push((format!("max_exp_avg_sq/{i}"), view(m)?));
             }
+            if let Some(m) = &t.master {
+                views.push((format!("master/{i}"), view(m)?));
+            }
         }
         let config = json!({
             "optimizer": optimizer_json(&self.config),
@@ -153,6 +159,8 @@ impl OptimizerState {
             "max_grad_norm": self.config.max_grad_norm,
             "loss_scaling": self.config.loss_scaling,
             "grad_norm_order": self.config.grad_norm_order.name(),
+            "dtype": self.config.precision.dtype_json(),
+            "master_weights": self.config.precision.master_weights,
             "loss_scale": self.loss_scale,
             "metric": self.metric,
             "lr_scale": self.lr_scale,
@@ -197,6 +205,8 @@ impl OptimizerState {
                 GradNormOrder::from_name(name).ok_or_else(|| bad(path, "bad grad_norm_order"))?
             }
         };
+        config.precision = crate::Precision::from_json(cfg.get("dtype"), cfg.get("master_weights"))
+            .map_err(wrap)?;
         let loss_scale = match &cfg["loss_scale"] {
             Value::Null => 1.0,
             v => v.as_f64().ok_or_else(|| bad(path, "bad loss_scale"))? as f32,
@@ -240,8 +250,19 @@ impl OptimizerState {
             } else {
                 None
             };
+            // A master-weight optimizer that has not stepped yet has none.
+            let master_name = format!("master/{i}");
+            let master =
+                if config.precision.master_weights && st.names().contains(&master_name.as_str()) {
+                    Some(read_f32s(&st, &master_name, path)?)
+                } else {
+                    None
+                };
             let n = exp_avg.len();
-            if exp_avg_sq.len() != n || max_exp_avg_sq.as_ref().is_some_and(|m| m.len() != n) {
+            if exp_avg_sq.len() != n
+                || max_exp_avg_sq.as_ref().is_some_and(|m| m.len() != n)
+                || master.as_ref().is_some_and(|m| m.len() != n)
+            {
                 return Err(bad(
                     path,
                     format!("tensor {i}: moments of different lengths"),
@@ -252,6 +273,7 @@ impl OptimizerState {
                 exp_avg,
                 exp_avg_sq,
                 max_exp_avg_sq,
+                master,
             });
         }
         let schedule_state = if st.names().contains(&"schedule_state") {
@@ -260,7 +282,9 @@ impl OptimizerState {
             Vec::new()
         };
         let extra = usize::from(!schedule_state.is_empty());
-        if st.len() != 1 + extra + tensors.len() * (2 + usize::from(config.amsgrad)) {
+        let masters = tensors.iter().filter(|t| t.master.is_some()).count();
+        let per_tensor = 2 + usize::from(config.amsgrad);
+        if st.len() != 1 + extra + masters + tensors.len() * per_tensor {
             return Err(bad(path, "unexpected extra tensors"));
         }
         Ok(Self {
@@ -335,6 +359,12 @@ impl OptimizerState {
                 self.config.amsgrad, config.amsgrad
             ));
         }
+        if self.config.precision != config.precision {
+            return mismatch(format!(
+                "the precision is {:?} in the checkpoint, {:?} here",
+                self.config.precision, config.precision
+            ));
+        }
         if self.groups.len() != groups.len() {
             return mismatch(format!(
                 "{} param groups in the checkpoint, {} here",
@@ -358,7 +388,11 @@ impl OptimizerState {
                 ));
             }
             let vmax_len = t.max_exp_avg_sq.as_ref().map(Vec::len);
-            if t.exp_avg_sq.len() != len || vmax_len != config.amsgrad.then_some(len) {
+            let master_len = t.master.as_ref().map(Vec::len);
+            if t.exp_avg_sq.len() != len
+                || vmax_len != config.amsgrad.then_some(len)
+                || master_len.is_some_and(|m| m != len || !config.precision.master_weights)
+            {
                 return mismatch(format!(
                     "tensor {i}: its moments have different lengths or max_exp_avg_sq does not match amsgrad"
                 ));

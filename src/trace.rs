@@ -7,6 +7,7 @@ use crate::cpu::{CpuAdamW, CpuParamGroup};
 use crate::error::{Error, Result};
 use crate::gpu::{read_buffer, GpuAdamW, ParamGroup, TensorBinding};
 use crate::kernel::SCALAR_WORDS;
+use crate::precision::{Dtype as ElemType, Elems, ElemsMut, Precision};
 use crate::state::{parse_optimizer_json, OptimizerState};
 use safetensors::tensor::Dtype;
 use serde_json::Value;
@@ -26,7 +27,17 @@ pub const LR_RTOL: f64 = 1e-6;
 /// See [`LR_RTOL`].
 pub const LR_MAX_RTOL: f64 = 1e-9;
 
-/// One parameter tensor of a trace.
+/// The type of a trace's `init/` and `final/` tensors: f32 with master weights, else the
+/// param's.
+fn trace_param_dtype(p: &Precision) -> ElemType {
+    if p.master_weights {
+        ElemType::F32
+    } else {
+        p.param
+    }
+}
+
+/// One parameter tensor of a trace (16-bit values widened to f32, exactly).
 #[derive(Clone, Debug)]
 pub struct TraceParam {
     /// Its name (`w0`, `emb`, ...).
@@ -45,6 +56,8 @@ pub struct TraceParam {
     pub final_exp_avg_sq: Vec<f32>,
     /// PyTorch's running max of the second moment (amsgrad traces).
     pub final_max_exp_avg_sq: Option<Vec<f32>>,
+    /// Master-weight traces: the final master rounded to the 16-bit type (`final_model/`).
+    pub final_model: Option<Vec<f32>>,
 }
 
 /// A whole `adamw-trace/1` file.
@@ -106,14 +119,8 @@ impl Trace {
         }
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
-        // /2's training-loop and 16-bit features are not built yet: refuse them by name.
-        for key in [
-            "dtype",
-            "master_weights",
-            "grad_scaler",
-            "accumulate",
-            "ema",
-        ] {
+        // /2's training-loop features are not built yet: refuse them by name.
+        for key in ["grad_scaler", "accumulate", "ema"] {
             if !cfg[key].is_null() {
                 return Err(Error::Unsupported(format!(
                     "{}: `{key}` (adamw-trace/2) is not supported yet",
@@ -143,6 +150,8 @@ impl Trace {
                     bad(path, format!("`max_grad_norm` must be a number, got {v}"))
                 })?),
             };
+        config.precision =
+            Precision::from_json(cfg.get("dtype"), cfg.get("master_weights")).map_err(wrap)?;
         config.loss_scaling = st.names().iter().any(|n| n.starts_with("grad_scale/"));
         // PyTorch's traces were recorded on the CPU: reproduce its norm's summation order.
         config.grad_norm_order = GradNormOrder::TorchCpu;
@@ -154,22 +163,37 @@ impl Trace {
         let groups_json = cfg["groups"]
             .as_array()
             .ok_or_else(|| bad(path, "`groups` must be a list"))?;
-        let f32s = |name: &str, n: usize| -> Result<Vec<f32>> {
+        // A tensor of `n` elements of type `ty`, widened to f32 (exactly).
+        let values = |name: &str, n: usize, ty: ElemType| -> Result<Vec<f32>> {
             let t = st
                 .tensor(name)
                 .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
-            if t.dtype() != Dtype::F32 || t.shape() != [n] {
+            let want = match ty {
+                ElemType::F32 => Dtype::F32,
+                ElemType::Bf16 => Dtype::BF16,
+                ElemType::F16 => Dtype::F16,
+            };
+            if t.dtype() != want || t.shape() != [n] {
                 return Err(bad(
                     path,
                     format!(
-                        "`{name}` must be F32 [{n}], is {:?} {:?}",
+                        "`{name}` must be {want:?} [{n}], is {:?} {:?}",
                         t.dtype(),
                         t.shape()
                     ),
                 ));
             }
-            Ok(bytemuck::pod_collect_to_vec(t.data()))
+            Ok(match ty {
+                ElemType::F32 => bytemuck::pod_collect_to_vec(t.data()),
+                _ => bytemuck::pod_collect_to_vec::<u8, u16>(t.data())
+                    .into_iter()
+                    .map(|h| ty.widen(h))
+                    .collect(),
+            })
         };
+        let f32s = |name: &str, n: usize| values(name, n, ElemType::F32);
+        let prec = config.precision;
+        let (p_ty, s_ty) = (trace_param_dtype(&prec), prec.state_dtype());
         let mut groups = Vec::new();
         let mut params = Vec::new();
         for (gi, g) in groups_json.iter().enumerate() {
@@ -199,17 +223,22 @@ impl Trace {
                     _ => return Err(bad(path, format!("group {gi}: bad param entry {p}"))),
                 };
                 let grads = (1..=steps)
-                    .map(|s| f32s(&format!("grad/{s}/{name}"), n))
+                    .map(|s| values(&format!("grad/{s}/{name}"), n, prec.grad))
                     .collect::<Result<Vec<_>>>()?;
                 params.push(TraceParam {
                     group: gi,
-                    init: f32s(&format!("init/{name}"), n)?,
+                    init: values(&format!("init/{name}"), n, p_ty)?,
                     grads,
-                    final_param: f32s(&format!("final/{name}"), n)?,
-                    final_exp_avg: f32s(&format!("final_exp_avg/{name}"), n)?,
-                    final_exp_avg_sq: f32s(&format!("final_exp_avg_sq/{name}"), n)?,
+                    final_param: values(&format!("final/{name}"), n, p_ty)?,
+                    final_exp_avg: values(&format!("final_exp_avg/{name}"), n, s_ty)?,
+                    final_exp_avg_sq: values(&format!("final_exp_avg_sq/{name}"), n, s_ty)?,
                     final_max_exp_avg_sq: if config.amsgrad {
-                        Some(f32s(&format!("final_max_exp_avg_sq/{name}"), n)?)
+                        Some(values(&format!("final_max_exp_avg_sq/{name}"), n, s_ty)?)
+                    } else {
+                        None
+                    },
+                    final_model: if prec.master_weights {
+                        Some(values(&format!("final_model/{name}"), n, prec.param)?)
                     } else {
                         None
                     },
@@ -323,6 +352,8 @@ pub struct ReplayOutput {
     pub beta1: Vec<Vec<f32>>,
     /// Whether each step was skipped (non-finite gradients under loss scaling).
     pub skipped: Vec<bool>,
+    /// Master-weight traces: the engine's 16-bit parameters (widened), per trace param.
+    pub model: Option<Vec<Vec<f32>>>,
 }
 
 /// Replays `trace`. With `checkpoint_at = Some((k, file))`, the state after step `k` is saved
@@ -364,8 +395,36 @@ fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
 }
 
 fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<ReplayOutput> {
+    let prec = trace.config.precision;
     let mut opt = CpuAdamW::new(trace.config.clone(), cpu_groups(trace))?;
-    let mut params: Vec<Vec<f32>> = trace.params.iter().map(|p| p.init.clone()).collect();
+    // The engine's parameters: f32, or 16-bit patterns.
+    let mut p32: Vec<Vec<f32>> = Vec::new();
+    let mut p16: Vec<Vec<u16>> = Vec::new();
+    for p in &trace.params {
+        if prec.param.is_16bit() {
+            p16.push(p.init.iter().map(|&x| prec.param.narrow(x)).collect());
+        } else {
+            p32.push(p.init.clone());
+        }
+    }
+    if prec.master_weights {
+        let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
+        opt.set_master_weights(&init)?;
+    }
+    let g16: Vec<Vec<Vec<u16>>> = if prec.grad.is_16bit() {
+        trace
+            .params
+            .iter()
+            .map(|p| {
+                p.grads
+                    .iter()
+                    .map(|g| g.iter().map(|&x| prec.grad.narrow(x)).collect())
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut lr = vec![Vec::with_capacity(trace.steps as usize); trace.groups.len()];
     let mut beta1 = lr.clone();
     let mut skipped = Vec::with_capacity(trace.steps as usize);
@@ -384,9 +443,21 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         if let Some(m) = trace.metric_before(s) {
             opt.set_metric(m);
         }
-        let grads: Vec<&[f32]> = trace.params.iter().map(|p| p.grads[s].as_slice()).collect();
-        let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
-        opt.step(&mut views, &grads)?;
+        let grads: Vec<Elems<'_>> = trace
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match g16.get(i) {
+                Some(g) => Elems::Bits16(&g[s]),
+                None => Elems::F32(&p.grads[s]),
+            })
+            .collect();
+        let mut views: Vec<ElemsMut<'_>> = if prec.param.is_16bit() {
+            p16.iter_mut().map(|p| ElemsMut::Bits16(p)).collect()
+        } else {
+            p32.iter_mut().map(|p| ElemsMut::F32(p)).collect()
+        };
+        opt.step_mixed(&mut views, &grads)?;
         for (g, l) in lr.iter_mut().zip(opt.lr()) {
             g.push(l);
         }
@@ -395,8 +466,15 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         }
         skipped.push(opt.last_step().skipped);
     }
+    let engine: Vec<Vec<f32>> = if prec.param.is_16bit() {
+        p16.iter()
+            .map(|p| p.iter().map(|&h| prec.param.widen(h)).collect())
+            .collect()
+    } else {
+        p32
+    };
     let st = opt.state();
-    Ok(output_from_state(params, st, lr, beta1, skipped))
+    Ok(output_from_state(engine, st, lr, beta1, skipped))
 }
 
 fn output_from_state(
@@ -407,8 +485,21 @@ fn output_from_state(
     skipped: Vec<bool>,
 ) -> ReplayOutput {
     let amsgrad = st.config.amsgrad;
+    // With master weights the trace's `final/` is the master, `final_model/` the engine's.
+    let (params, model) = if st.config.precision.master_weights {
+        let master = st
+            .tensors
+            .iter()
+            .zip(&params)
+            .map(|(t, p)| t.master.clone().unwrap_or_else(|| p.clone()))
+            .collect();
+        (master, Some(params))
+    } else {
+        (params, None)
+    };
     let mut out = ReplayOutput {
         params,
+        model,
         lr,
         beta1,
         skipped,
@@ -431,30 +522,45 @@ fn replay_gpu(
     checkpoint_at: Option<(u32, &Path)>,
 ) -> Result<ReplayOutput> {
     let (device, queue) = (&ctx.device, &ctx.queue);
+    let prec = trace.config.precision;
+    let (pb, gb) = (prec.param.size(), prec.grad.size());
     // All params in one buffer and all grads in another, packed with no padding: most
-    // tensors then start at offsets that are not multiples of 16 bytes.
+    // tensors then start at offsets that are not multiples of 16 bytes, and 16-bit tensors
+    // of odd length share a 32-bit word with their neighbours.
     let mut offsets = Vec::new();
     let mut total = 0u64;
     for p in &trace.params {
-        offsets.push(total * 4);
+        offsets.push(total);
         total += p.init.len() as u64;
     }
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let buffer = |label| {
+    let buffer = |label, elem: u64| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (total * 4).max(16),
+            size: (total * elem).div_ceil(4).max(4) * 4,
             usage,
             mapped_at_creation: false,
         })
     };
-    let (pbuf, gbuf) = (buffer("trace params"), buffer("trace grads"));
-    let init: Vec<f32> = trace
-        .params
-        .iter()
-        .flat_map(|p| p.init.iter().copied())
-        .collect();
+    let (pbuf, gbuf) = (buffer("trace params", pb), buffer("trace grads", gb));
+    // Values as the words of a buffer of `ty` elements.
+    let words = |values: &mut dyn Iterator<Item = f32>, ty: ElemType| -> Vec<u32> {
+        match ty {
+            ElemType::F32 => values.map(f32::to_bits).collect(),
+            _ => {
+                let halves: Vec<u16> = values.map(|x| ty.narrow(x)).collect();
+                halves
+                    .chunks(2)
+                    .map(|c| u32::from(c[0]) | c.get(1).map_or(0, |&h| u32::from(h) << 16))
+                    .collect()
+            }
+        }
+    };
+    let init = words(
+        &mut trace.params.iter().flat_map(|p| p.init.iter().copied()),
+        prec.param,
+    );
     queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&init));
     let groups: Vec<ParamGroup> = trace
         .groups
@@ -469,15 +575,19 @@ fn replay_gpu(
                 .filter(|(p, _)| p.group == gi)
                 .map(|(p, &off)| TensorBinding {
                     param: pbuf.clone(),
-                    param_offset: off,
+                    param_offset: off * pb,
                     grad: gbuf.clone(),
-                    grad_offset: off,
+                    grad_offset: off * gb,
                     len: p.init.len() as u64,
                 })
                 .collect(),
         })
         .collect();
     let mut opt = GpuAdamW::new(device, queue, trace.config.clone(), groups.clone())?;
+    if prec.master_weights {
+        let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
+        opt.set_master_weights(&init)?;
+    }
     let n_groups = trace.groups.len() as u64;
     let row = 4 * u64::from(SCALAR_WORDS) * n_groups;
     let lr_log = device.create_buffer(&wgpu::BufferDescriptor {
@@ -492,7 +602,6 @@ fn replay_gpu(
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let mut grads = Vec::with_capacity(total as usize);
     // One pass more than there are steps, so a checkpoint after the last step is taken too.
     for s in 0..=trace.steps as usize {
         if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
@@ -504,8 +613,10 @@ fn replay_gpu(
         if s == trace.steps as usize {
             break;
         }
-        grads.clear();
-        grads.extend(trace.params.iter().flat_map(|p| p.grads[s].iter().copied()));
+        let grads = words(
+            &mut trace.params.iter().flat_map(|p| p.grads[s].iter().copied()),
+            prec.grad,
+        );
         queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
         if let Some(scales) = &trace.grad_scale {
             opt.set_loss_scale(scales[s]);
@@ -522,13 +633,16 @@ fn replay_gpu(
         // without it a long replay grows by one gradient upload per step.
         let _ = device.poll(wgpu::PollType::Poll);
     }
-    let flat: Vec<f32> =
-        bytemuck::cast_slice(&read_buffer(device, queue, &pbuf, 0, total * 4)?).to_vec();
+    let flat = read_buffer(device, queue, &pbuf, 0, pbuf.size())?;
+    let elem = |i: usize| match prec.param {
+        ElemType::F32 => f32::from_bits(flat[i]),
+        ty => ty.widen((flat[i / 2] >> (16 * (i % 2))) as u16),
+    };
     let params = trace
         .params
         .iter()
         .zip(&offsets)
-        .map(|(p, &off)| flat[(off / 4) as usize..(off / 4) as usize + p.init.len()].to_vec())
+        .map(|(p, &off)| (off as usize..off as usize + p.init.len()).map(elem).collect())
         .collect();
     let log = read_buffer(device, queue, &lr_log, 0, lr_log.size())?;
     let w = SCALAR_WORDS as usize;
@@ -558,6 +672,10 @@ pub struct Worst {
     pub abs: f64,
     /// Where the worst ratio is (`name[index]` or `lr/g[step]`).
     pub at: String,
+    /// 16-bit kinds: the largest distance in ulps of the 16-bit type at the torch value, and
+    /// the fraction of elements that are not bit-identical (the ratio is the larger of
+    /// `ulps / 8` and `fraction / 1%`).
+    pub bits16: Option<(f64, f64)>,
 }
 
 impl Worst {
@@ -610,6 +728,8 @@ pub struct Comparison {
     pub beta1: Option<Worst>,
     /// AMP traces: steps skipped where PyTorch did not, or the reverse (ratio 0 or infinite).
     pub skipped: Option<Worst>,
+    /// Master-weight traces: the engine's 16-bit parameters (`final_model/`).
+    pub model: Option<Worst>,
 }
 
 impl Comparison {
@@ -623,6 +743,7 @@ impl Comparison {
             && ok(&self.lr)
             && self.beta1.as_ref().is_none_or(ok)
             && self.skipped.as_ref().is_none_or(ok)
+            && self.model.as_ref().is_none_or(ok)
     }
 
     /// The rows `(kind, worst)` for printing.
@@ -642,8 +763,65 @@ impl Comparison {
         if let Some(w) = &self.skipped {
             rows.push(("skipped", w));
         }
+        if let Some(w) = &self.model {
+            rows.push(("model", w));
+        }
         rows
     }
+}
+
+/// 16-bit tolerance: every element within this many ulps of the 16-bit type...
+pub const ULPS16: f64 = 8.0;
+/// ...and at most this fraction of a kind's elements not bit-identical.
+pub const NOT_IDENTICAL16: f64 = 0.01;
+
+/// The ulp of 16-bit type `ty` at `t` (normal or subnormal; 0 gets the smallest subnormal).
+fn ulp16(ty: ElemType, t: f64) -> f64 {
+    let (mant, min_exp) = match ty {
+        ElemType::F16 => (10, -14),
+        _ => (7, -126),
+    };
+    let e = if t == 0.0 || !t.is_finite() {
+        min_exp
+    } else {
+        (t.abs().log2().floor() as i32).max(min_exp)
+    };
+    2f64.powi(e - mant)
+}
+
+/// Worst of a 16-bit kind over its tensors `(got, want, name)`.
+fn compare16(ty: ElemType, tensors: &[(&[f32], &[f32], &str)]) -> Worst {
+    let mut w = Worst::default();
+    let (mut max_ulps, mut differ, mut total) = (0.0f64, 0usize, 0usize);
+    for &(got, want, name) in tensors {
+        w.wrong_count(name.to_string(), got.len(), want.len());
+        for (i, (&x, &t)) in got.iter().zip(want).enumerate() {
+            total += 1;
+            if x.to_bits() == t.to_bits() || (x.is_nan() && t.is_nan()) {
+                continue;
+            }
+            differ += 1;
+            let (x, t) = (f64::from(x), f64::from(t));
+            let ulps = if x.is_finite() && t.is_finite() {
+                (x - t).abs() / ulp16(ty, t)
+            } else {
+                f64::INFINITY
+            };
+            w.abs = w.abs.max((x - t).abs());
+            if ulps > max_ulps || w.at.is_empty() {
+                max_ulps = max_ulps.max(ulps);
+                w.at = format!("{name}[{i}]");
+            }
+        }
+    }
+    let frac = if total == 0 {
+        0.0
+    } else {
+        differ as f64 / total as f64
+    };
+    w.ratio = w.ratio.max((max_ulps / ULPS16).max(frac / NOT_IDENTICAL16));
+    w.bits16 = Some((max_ulps, frac));
+    w
 }
 
 /// Compares a replay with the trace's recorded PyTorch values.
@@ -703,6 +881,41 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         ) {
             cmp(w, &nth(got, i), want, &p.name, 0.0, MOMENT_RTOL);
         }
+    }
+    // 16-bit kinds: the ulp rule instead.
+    let prec = trace.config.precision;
+    let kind16 = |got: &[Vec<f32>], want: &dyn Fn(&TraceParam) -> Option<&[f32]>, ty: ElemType| {
+        let rows: Vec<(&[f32], &[f32], &str)> = trace
+            .params
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                Some((
+                    got.get(i).map_or(&[][..], Vec::as_slice),
+                    want(p)?,
+                    p.name.as_str(),
+                ))
+            })
+            .collect();
+        compare16(ty, &rows)
+    };
+    let p_ty = trace_param_dtype(&prec);
+    if p_ty.is_16bit() {
+        c.params = kind16(&out.params, &|p| Some(&p.final_param), p_ty);
+    }
+    let s_ty = prec.state_dtype();
+    if s_ty.is_16bit() {
+        c.exp_avg = kind16(&out.exp_avg, &|p| Some(&p.final_exp_avg), s_ty);
+        c.exp_avg_sq = kind16(&out.exp_avg_sq, &|p| Some(&p.final_exp_avg_sq), s_ty);
+        if let Some(got) = &out.max_exp_avg_sq {
+            c.max_exp_avg_sq = Some(kind16(got, &|p| p.final_max_exp_avg_sq.as_deref(), s_ty));
+        }
+    }
+    if prec.master_weights {
+        let got = out.model.clone().unwrap_or_default();
+        let mut w = kind16(&got, &|p| p.final_model.as_deref(), prec.param);
+        w.wrong_count("model tensors".into(), got.len(), trace.params.len());
+        c.model = Some(w);
     }
     if let Some(want) = &trace.skipped {
         let mut w = Worst::default();

@@ -1,0 +1,188 @@
+// ---------------------------------------------------------------- update, mixed precision
+// (CPU twin: CpuAdamW::step_mixed, element by element with twin::update_element)
+//
+// The update for 16-bit parameters, gradients or moments and f32 master weights: every
+// element is widened (exactly), updated by the same `adam_element` as the f32 update, and
+// rounded to nearest even once per store. The parameters are updated from the unrounded new
+// moments, as PyTorch's `AdamW(fused=True)`.
+//
+// Every stream is bound as 32-bit words; the types are pipeline constants, so each
+// optimizer's pipeline holds the code of its own types only. Two 16-bit elements share a
+// word. The plan (src/plan.rs, `mixed`) gives a 16-bit run's moments the parity of its
+// parameters, so one invocation handles one parameter word and the matching moment word;
+// only the first and last words of a tensor's parameters can hold another tensor's element
+// (registered or not, in this dispatch or another): those two words are changed with
+// atomics that touch this tensor's 16 bits only.
+
+override P_DTYPE: u32 = 0u; // DTYPE_* of the parameters
+override G_DTYPE: u32 = 0u; // of the gradients
+override S_DTYPE: u32 = 0u; // of the moments
+override MASTER: bool = false; // f32 master weights in `master_w`
+
+@group(0) @binding(16) var<storage, read_write> param_w: array<atomic<u32>>;
+@group(0) @binding(17) var<storage, read> grad_w: array<u32>;
+@group(0) @binding(18) var<storage, read_write> m_w: array<u32>;
+@group(0) @binding(19) var<storage, read_write> v_w: array<u32>;
+@group(0) @binding(20) var<storage, read_write> vmax_w: array<u32>;
+@group(0) @binding(21) var<storage, read_write> master_w: array<u32>;
+
+// Half `i & 1` of a word holding 16-bit elements (element i of the buffer).
+fn half_of(word: u32, i: u32) -> u32 {
+    return (word >> (16u * (i & 1u))) & 0xffffu;
+}
+
+// `word` with half `i & 1` replaced by `h`.
+fn with_half(word: u32, i: u32, h: u32) -> u32 {
+    let shift = 16u * (i & 1u);
+    return (word & ~(0xffffu << shift)) | (h << shift);
+}
+
+fn grad_at(i: u32) -> f32 {
+    if (G_DTYPE == DTYPE_F32) {
+        return bitcast<f32>(grad_w[i]);
+    }
+    return widen16(half_of(grad_w[i >> 1u], i), G_DTYPE);
+}
+
+// A moment element from its word (`word` is the word that holds it when 16-bit).
+fn moment(word: u32, i: u32) -> f32 {
+    if (S_DTYPE == DTYPE_F32) {
+        return bitcast<f32>(word);
+    }
+    return widen16(half_of(word, i), S_DTYPE);
+}
+
+// The moment `x` stored into its word.
+fn store_moment(word: u32, i: u32, x: f32) -> u32 {
+    if (S_DTYPE == DTYPE_F32) {
+        return bitcast<u32>(x);
+    }
+    return with_half(word, i, narrow16(x, S_DTYPE));
+}
+
+// The word index of element i of a stream of type `dtype`.
+fn word_of(i: u32, dtype: u32) -> u32 {
+    return select(i >> 1u, i, dtype == DTYPE_F32);
+}
+
+// Updates elements j = j0, j0 + 1 (of the run's `count`, relative to its first element)
+// that lie in [0, count) when `pair`, else j0 alone. With 16-bit parameters the pair's
+// parameters share one word (p0 + j0 even), and so do their 16-bit moments.
+fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: StepConsts) {
+    let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
+    let n = select(1, 2, pair);
+    // The words this unit reads and writes, loaded once (the first valid element's).
+    var jf = j0;
+    if (jf < 0) {
+        jf = 0;
+    }
+    let pw = word_of(p0 + u32(jf), P_DTYPE);
+    let sw = word_of(s0 + u32(jf), S_DTYPE);
+    var p_word = 0u;
+    if (!MASTER) {
+        p_word = atomicLoad(&param_w[pw]);
+    }
+    var m_word = m_w[sw];
+    var v_word = v_w[sw];
+    var x_word = 0u;
+    if (amsgrad) {
+        x_word = vmax_w[sw];
+    }
+    var new_p = p_word;
+    var mask = 0u; // the parameter bits this unit owns
+    for (var e = 0; e < n; e++) {
+        let j = j0 + e;
+        if (j < 0 || u32(j) >= count) {
+            continue;
+        }
+        let pi = p0 + u32(j);
+        let si = s0 + u32(j);
+        // A 16-bit pair's second element reads its own words only when f32.
+        var p_old: f32;
+        if (MASTER) {
+            p_old = bitcast<f32>(master_w[si]);
+        } else if (P_DTYPE == DTYPE_F32) {
+            p_old = bitcast<f32>(atomicLoad(&param_w[pi]));
+        } else {
+            p_old = widen16(half_of(p_word, pi), P_DTYPE);
+        }
+        var m_src = m_word;
+        var v_src = v_word;
+        var x_src = x_word;
+        if (S_DTYPE == DTYPE_F32 && e > 0) {
+            m_src = m_w[si];
+            v_src = v_w[si];
+            if (amsgrad) {
+                x_src = vmax_w[si];
+            }
+        }
+        var vmax_old = 0.0;
+        if (amsgrad) {
+            vmax_old = moment(x_src, si);
+        }
+        let r = adam_element(grad_at(g0 + u32(j)), p_old, moment(m_src, si), moment(v_src, si), vmax_old, k);
+        if (S_DTYPE == DTYPE_F32) {
+            m_w[si] = bitcast<u32>(r.y);
+            v_w[si] = bitcast<u32>(r.z);
+            if (amsgrad) {
+                vmax_w[si] = bitcast<u32>(r.w);
+            }
+        } else {
+            m_word = store_moment(m_word, si, r.y);
+            v_word = store_moment(v_word, si, r.z);
+            x_word = store_moment(x_word, si, r.w);
+        }
+        if (MASTER) {
+            master_w[si] = bitcast<u32>(r.x);
+        }
+        if (P_DTYPE == DTYPE_F32) {
+            atomicStore(&param_w[pi], bitcast<u32>(r.x));
+        } else {
+            new_p = with_half(new_p, pi, narrow16(r.x, P_DTYPE));
+            mask |= 0xffffu << (16u * (pi & 1u));
+        }
+    }
+    if (S_DTYPE != DTYPE_F32) {
+        m_w[sw] = m_word;
+        v_w[sw] = v_word;
+        if (amsgrad) {
+            vmax_w[sw] = x_word;
+        }
+    }
+    if (P_DTYPE != DTYPE_F32) {
+        if (mask == 0xffffffffu) {
+            atomicStore(&param_w[pw], new_p);
+        } else {
+            // The other half belongs to another tensor (or to none): clear ours, set ours.
+            atomicAnd(&param_w[pw], ~mask);
+            atomicOr(&param_w[pw], new_p & mask);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn update_mixed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let chunk = wg.y * dispatch.grid_x + wg.x;
+    if (chunk >= dispatch.n_runs || meta_ro[STEP_SKIPPED] != 0u) {
+        return;
+    }
+    let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
+    let p0 = meta_ro[ce];
+    let g0 = meta_ro[ce + 1u];
+    let s0 = meta_ro[ce + 2u];
+    let packed = meta_ro[ce + 3u];
+    let count = packed & 0xffffu;
+    let k = step_consts(packed >> 16u);
+    if (P_DTYPE == DTYPE_F32) {
+        for (var u = lid; u < count; u += WORKGROUP) {
+            update_unit(p0, g0, s0, i32(u), false, count, k);
+        }
+        return;
+    }
+    // Unit u: the parameter word (p0 >> 1) + u, elements 2u - lead and 2u - lead + 1.
+    let lead = p0 & 1u;
+    let units = (count + lead + 1u) / 2u;
+    for (var u = lid; u < units; u += WORKGROUP) {
+        update_unit(p0, g0, s0, i32(2u * u) - i32(lead), true, count, k);
+    }
+}
