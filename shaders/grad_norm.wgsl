@@ -92,6 +92,15 @@ fn workgroup_tree(lid: u32) {
 }
 
 @group(0) @binding(10) var<storage, read> amp_ro: array<u32>;
+
+// Gradient i of the binding, widened to f32. 16-bit gradients (G_DTYPE, update_mixed.wgsl)
+// are halves of the binding's words: their bits are moved, never computed on, until widened.
+fn grad_value(i: u32) -> f32 {
+    if (G_DTYPE == DTYPE_F32) {
+        return grad[i];
+    }
+    return widen16(half_of(bitcast<u32>(grad[i >> 1u]), i), G_DTYPE);
+}
 @group(0) @binding(12) var<storage, read_write> partials_rw: array<u32>;
 
 @compute @workgroup_size(256)
@@ -118,7 +127,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 let se = g.segments_at + 4u * segment_of(meta_ro[ce], meta_ro[ce + 1u], i);
                 gi = meta_ro[se + 1u] + i - (meta_ro[se + 3u] & 0xffffu);
             }
-            let raw = grad[gi];
+            let raw = grad_value(gi);
             flag = flag | nonfinite_flags(raw);
             let x = raw * inv;
             acc = add_double(acc, two_prod(x, x));
@@ -225,7 +234,7 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var acc = 0.0;
     var flag = 0u;
     for (var i = lane; i < body; i += 8u) {
-        let raw = grad[g0 + i];
+        let raw = grad_value(g0 + i);
         flag = flag | nonfinite_flags(raw);
         acc = add_square(acc, raw * inv);
     }
@@ -240,7 +249,7 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             f = f | lane_flag[lid + j];
         }
         for (var i = body; i < len; i++) {
-            let raw = grad[g0 + i];
+            let raw = grad_value(g0 + i);
             f = f | nonfinite_flags(raw);
             b = add_square(b, raw * inv);
         }

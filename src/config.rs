@@ -214,6 +214,12 @@ impl AdamWConfig {
             ));
         }
         self.precision.validate()?;
+        if self.precision.is_pure_16bit() && self.max_grad_norm.is_some() {
+            // PyTorch's clip_grad_norm_ rounds each of its ops to the 16-bit type there.
+            return Err(crate::Error::Unsupported(
+                "clipping with 16-bit moments (pure 16-bit training) is not supported yet".into(),
+            ));
+        }
         self.schedule.validate()?;
         if let Schedule::WarmupPolynomial(p) = &self.schedule {
             p.check_lr(self.lr)?;

@@ -167,11 +167,7 @@ impl GpuAdamW {
         validate_bindings(&groups, &config.precision)?;
         let prec = config.precision;
         let mixed = prec.needs_mixed_update();
-        if prec.grad.is_16bit() && (config.loss_scaling || config.max_grad_norm.is_some()) {
-            return Err(Error::Unsupported(
-                "loss scaling or clipping of 16-bit gradients on the GPU".into(),
-            ));
-        }
+
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
         let opt = checked(device, || {
             // The distinct engine buffers, by index (wgpu hashes buffers by identity).

@@ -404,8 +404,13 @@ impl Kernel {
         let prologue = pipeline(&prologue_layout, "prologue");
         let update = pipeline(&update_layout, "update");
         let update_packed = pipeline(&update_layout, "update_packed");
-        let reduce = pipeline(&reduce_layout, "reduce");
-        let tensor_norms = pipeline(&reduce_layout, "tensor_norms");
+        // The gradient norm reads 16-bit gradients too.
+        let reduce_constants = [
+            ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
+            ("G_DTYPE", f64::from(precision.grad.code())),
+        ];
+        let reduce = pipeline_with(&reduce_layout, "reduce", &reduce_constants);
+        let tensor_norms = pipeline_with(&reduce_layout, "tensor_norms", &reduce_constants);
         Self {
             prologue_layout,
             update_layout,

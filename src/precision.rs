@@ -169,6 +169,12 @@ impl Precision {
         !self.is_f32() || self.master_weights
     }
 
+    /// Pure 16-bit (16-bit parameters and moments): PyTorch then does the gradient
+    /// arithmetic (accumulation, clipping) in the 16-bit type too.
+    pub fn is_pure_16bit(&self) -> bool {
+        self.param.is_16bit() && self.state == StateDtype::Param
+    }
+
     /// Checks the combination.
     pub fn validate(&self) -> Result<()> {
         if self.master_weights && !self.param.is_16bit() {

@@ -642,7 +642,11 @@ fn replay_gpu(
         .params
         .iter()
         .zip(&offsets)
-        .map(|(p, &off)| (off as usize..off as usize + p.init.len()).map(elem).collect())
+        .map(|(p, &off)| {
+            (off as usize..off as usize + p.init.len())
+                .map(elem)
+                .collect()
+        })
         .collect();
     let log = read_buffer(device, queue, &lr_log, 0, lr_log.size())?;
     let w = SCALAR_WORDS as usize;

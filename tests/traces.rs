@@ -17,10 +17,33 @@ fn traces() -> Vec<PathBuf> {
     v
 }
 
+/// Traces with /2 training-loop features (GradScaler, accumulation, EMA) that are not built
+/// yet: loading them must fail with `Error::Unsupported`, naming the feature.
+const NOT_YET: &[&str] = &[
+    "mp_accumulate_clip",
+    "mp_bf16_combined",
+    "mp_ema",
+    "mp_grad_scaler",
+    "x_mp_bf16_pure_ema",
+    "x_mp_bf16_state_f32_accum_ema",
+    "x_mp_f16_master_scaler_accum",
+    "x_mp_f16_pure_clip_accum",
+    "x_mp_f16_pure_scaler",
+    "x_mp_f32_scaler_accum_ema_clip",
+];
+
 fn check_all(backend: Backend<'_>, label: &str) {
     let mut checked = 0;
+    let mut refused = Vec::new();
     for path in traces() {
-        let trace = Trace::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let trace = match Trace::load(&path) {
+            Err(wgpu_adamw::Error::Unsupported(why)) => {
+                eprintln!("{label} {}: not yet: {why}", path.display());
+                refused.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+                continue;
+            }
+            t => t.unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        };
         let out = replay(&trace, backend, None).unwrap();
         let cmp = compare(&trace, &out);
         for (kind, w) in cmp.rows() {
@@ -35,6 +58,7 @@ fn check_all(backend: Backend<'_>, label: &str) {
         checked += 1;
     }
     assert!(checked >= 5);
+    assert_eq!(refused, NOT_YET, "the traces refused as not yet supported");
 }
 
 #[test]
@@ -63,7 +87,7 @@ fn first_moment_is_bit_exact_on_both_backends() {
         let Ok(trace) = Trace::load(&path) else {
             continue;
         };
-        if trace.beta1.is_some() {
+        if trace.beta1.is_some() || !trace.config.precision.is_f32() {
             continue;
         }
         for backend in [Backend::Cpu, Backend::Gpu(&ctx)] {
@@ -89,6 +113,9 @@ fn resumed_replay_is_bit_identical() {
         "plateau",
         "onecycle_momentum",
         "sequential_warmup_cosine",
+        "mp_bf16_pure",
+        "mp_f16_master",
+        "x_mp_f16_state_f32_amsgrad",
     ] {
         let path = format!(
             "{}/tests/data/{name}.safetensors",
@@ -114,6 +141,7 @@ fn resumed_replay_is_bit_identical() {
                 assert_eq!(straight.max_exp_avg_sq, resumed.max_exp_avg_sq);
                 assert_eq!(straight.lr, resumed.lr, "{name} {backend:?} k={k}");
                 assert_eq!(straight.beta1, resumed.beta1);
+                assert_eq!(straight.model, resumed.model, "{name} {backend:?} k={k}");
             }
         }
     }
@@ -146,8 +174,8 @@ fn a_replay_with_missing_values_fails() {
     }
 }
 
-/// adamw-trace/2 files load when they only use /1 features; their 16-bit and training-loop
-/// features (another issue) are refused by name, not misread.
+/// adamw-trace/2 files load when they only use /1 features and dtypes; their training-loop
+/// features (not built yet) are refused by name, not misread.
 #[test]
 fn trace_v2_features_are_refused_cleanly() {
     use std::collections::HashMap;
@@ -183,13 +211,7 @@ fn trace_v2_features_are_refused_cleanly() {
     };
     let path = std::path::Path::new("v2.safetensors");
     assert!(Trace::from_bytes(&file(""), path).is_ok());
-    for key in [
-        "dtype",
-        "master_weights",
-        "grad_scaler",
-        "accumulate",
-        "ema",
-    ] {
+    for key in ["grad_scaler", "accumulate", "ema"] {
         let e = Trace::from_bytes(&file(&format!(r#","{key}":{{}}"#)), path).unwrap_err();
         assert!(
             matches!(&e, wgpu_adamw::Error::Unsupported(m) if m.contains(key)),
