@@ -76,3 +76,252 @@ fn gpu_matches_the_16bit_traces_and_the_cpu_bit_for_bit() {
         );
     }
 }
+
+/// A buffer of 16-bit patterns (padded to whole words).
+fn buffer16(ctx: &wgpu_adamw::GpuContext, halves: &[u16]) -> wgpu::Buffer {
+    let mut padded = halves.to_vec();
+    if padded.len() % 2 == 1 {
+        padded.push(0);
+    }
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("16-bit test buffer"),
+        size: (padded.len() as u64 * 2).max(4),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    ctx.queue
+        .write_buffer(&buf, 0, bytemuck::cast_slice(&padded));
+    buf
+}
+
+fn read16(ctx: &wgpu_adamw::GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<u16> {
+    let words = wgpu_adamw::read_buffer(&ctx.device, &ctx.queue, buf, 0, buf.size()).unwrap();
+    let halves: &[u16] = bytemuck::cast_slice(&words);
+    halves[..n].to_vec()
+}
+
+/// 16-bit tensors that share 32-bit words: an unregistered element, tensor A (group 0, odd
+/// offset, odd length), tensor B (group 1, a different lr and weight decay, long enough for
+/// several chunks, odd length), an unregistered element, tensor C (group 0, one element),
+/// and an unregistered tail. Every word at a boundary holds two owners, updated by
+/// different workgroups of one dispatch. After several steps the unregistered elements
+/// keep their bits and the tensors equal the CPU twin's (which updates them as separate
+/// slices) bit for bit; in bf16 and f16, pure 16-bit and with master weights, on the GPU
+/// and on the CPU.
+#[test]
+fn tensors_sharing_words_never_touch_their_neighbours() {
+    use wgpu_adamw::{
+        AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, GpuAdamW, GroupConfig,
+        ParamGroup, Precision, TensorBinding,
+    };
+    let ctx = common::gpu();
+    let mut rng = common::Rng(7);
+    // (offset, len) of A, B, C in one buffer of TOTAL elements.
+    let (a, b, c) = ((1usize, 7usize), (8usize, 4099usize), (4108usize, 1usize));
+    const TOTAL: usize = 4111;
+    let registered = |i: usize| {
+        (a.0..a.0 + a.1).contains(&i)
+            || (b.0..b.0 + b.1).contains(&i)
+            || (c.0..c.0 + c.1).contains(&i)
+    };
+    for dtype in [Dtype::Bf16, Dtype::F16] {
+        for precision in [Precision::pure(dtype), Precision::master(dtype)] {
+            let config = AdamWConfig::default()
+                .with_lr(1e-2)
+                .with_weight_decay(0.1)
+                .with_precision(precision);
+            let groups = [
+                GroupConfig::default(),
+                GroupConfig {
+                    lr: Some(3e-2),
+                    weight_decay: Some(0.0),
+                },
+            ];
+            let init: Vec<u16> = (0..TOTAL).map(|_| dtype.narrow(rng.normal())).collect();
+            let pbuf = buffer16(&ctx, &init);
+            let gbuf = buffer16(&ctx, &vec![0; TOTAL]);
+            let binding = |(off, len): (usize, usize)| TensorBinding {
+                param: pbuf.clone(),
+                param_offset: 2 * off as u64,
+                grad: gbuf.clone(),
+                grad_offset: 2 * off as u64,
+                len: len as u64,
+            };
+            let gpu = GpuAdamW::new(
+                &ctx.device,
+                &ctx.queue,
+                config.clone(),
+                vec![
+                    ParamGroup {
+                        config: groups[0],
+                        tensors: vec![binding(a), binding(c)],
+                    },
+                    ParamGroup {
+                        config: groups[1],
+                        tensors: vec![binding(b)],
+                    },
+                ],
+            )
+            .unwrap();
+            let mut cpu = CpuAdamW::new(
+                config.clone(),
+                vec![
+                    CpuParamGroup {
+                        config: groups[0],
+                        lens: vec![a.1, c.1],
+                    },
+                    CpuParamGroup {
+                        config: groups[1],
+                        lens: vec![b.1],
+                    },
+                ],
+            )
+            .unwrap();
+            let mut host = init.clone();
+            for _ in 0..4 {
+                let grads: Vec<u16> = rng.grads(TOTAL).iter().map(|&x| dtype.narrow(x)).collect();
+                ctx.queue.write_buffer(
+                    &gbuf,
+                    0,
+                    bytemuck::cast_slice(&{
+                        let mut g = grads.clone();
+                        g.push(0);
+                        g
+                    }),
+                );
+                gpu.step().unwrap();
+                // The CPU updates the same three tensors as slices of one host buffer.
+                let (head, rest) = host.split_at_mut(b.0);
+                let (pa, _) = head[a.0..].split_at_mut(a.1);
+                let (pb, rest) = rest.split_at_mut(b.1);
+                let pc = &mut rest[c.0 - b.0 - b.1..][..c.1];
+                let g = |(off, len): (usize, usize)| Elems::Bits16(&grads[off..off + len]);
+                cpu.step_mixed(
+                    &mut [
+                        ElemsMut::Bits16(pa),
+                        ElemsMut::Bits16(pc),
+                        ElemsMut::Bits16(pb),
+                    ],
+                    &[g(a), g(c), g(b)],
+                )
+                .unwrap();
+            }
+            let got = read16(&ctx, &pbuf, TOTAL);
+            let label = format!("{precision:?}");
+            // (Updates under half a 16-bit ulp vanish, so not every element moves.)
+            let moved = (0..TOTAL)
+                .filter(|&i| registered(i) && host[i] != init[i])
+                .count();
+            assert!(
+                moved > (a.1 + b.1 + c.1) / 2,
+                "{label}: only {moved} elements moved"
+            );
+            for &(off, len) in &[a, b, c] {
+                assert!(
+                    (off..off + len).any(|i| host[i] != init[i]),
+                    "{label}: a tensor at {off} never moved"
+                );
+            }
+            for i in 0..TOTAL {
+                if !registered(i) {
+                    assert_eq!(
+                        host[i], init[i],
+                        "{label}: the CPU changed unregistered {i}"
+                    );
+                    assert_eq!(got[i], init[i], "{label}: the GPU changed unregistered {i}");
+                }
+            }
+            assert_eq!(got, host, "{label}: GPU and CPU differ");
+        }
+    }
+}
+
+/// Bad 16-bit input gets a typed error and changes nothing.
+#[test]
+fn bad_16bit_input_is_refused() {
+    use wgpu_adamw::{
+        AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, Error, GpuAdamW, ParamGroup,
+        Precision, StateDtype, TensorBinding,
+    };
+    let ctx = common::gpu();
+    let config = AdamWConfig::default().with_precision(Precision::pure(Dtype::Bf16));
+    let pbuf = buffer16(&ctx, &[0x3f80; 16]);
+    let odd_size = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 6,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let tensor = |param: &wgpu::Buffer, offset: u64, len: u64| ParamGroup {
+        tensors: vec![TensorBinding {
+            param: param.clone(),
+            param_offset: offset,
+            grad: pbuf.clone(),
+            grad_offset: 0,
+            len,
+        }],
+        ..Default::default()
+    };
+    let new = |g: ParamGroup| GpuAdamW::new(&ctx.device, &ctx.queue, config.clone(), vec![g]);
+    // A byte offset that is not a whole element.
+    let e = new(tensor(&pbuf, 3, 4)).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidTensor { reason, .. } if reason.contains("multiple of 2")),
+        "{e}"
+    );
+    // A 16-bit range past the end, and a buffer that is not whole words.
+    let e = new(tensor(&pbuf, 4, 15)).unwrap_err();
+    assert!(matches!(e, Error::InvalidTensor { .. }), "{e}");
+    let e = new(tensor(&odd_size, 0, 3)).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidTensor { reason, .. } if reason.contains("multiple of 4")),
+        "{e}"
+    );
+    // Master weights need 16-bit parameters and f32 moments.
+    for p in [
+        Precision {
+            master_weights: true,
+            ..Precision::F32
+        },
+        Precision {
+            master_weights: true,
+            ..Precision::pure(Dtype::F16)
+        },
+    ] {
+        let e = AdamWConfig::default()
+            .with_precision(p)
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidHyperparameter { .. }),
+            "{p:?}: {e}"
+        );
+    }
+    assert!(Precision {
+        state: StateDtype::F32,
+        ..Precision::master(Dtype::F16)
+    }
+    .validate()
+    .is_ok());
+    // The CPU: elements of the wrong type, or f32 slices through `step`.
+    let mut cpu = CpuAdamW::new(
+        config.clone(),
+        vec![CpuParamGroup {
+            lens: vec![2],
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    let before = cpu.state();
+    let mut p32 = [1.0f32, 2.0];
+    let e = cpu
+        .step_mixed(&mut [ElemsMut::F32(&mut p32)], &[Elems::Bits16(&[0, 0])])
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidTensor { .. }), "{e}");
+    let e = cpu.step(&mut [&mut p32], &[&[0.0, 0.0]]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert_eq!(cpu.state(), before);
+    assert_eq!(p32, [1.0, 2.0]);
+}
