@@ -29,12 +29,12 @@ struct Globals {
     steps_per_epoch: u32,
     sched_stride: u32,    // words of one group's schedule program
     sched_state_at: u32,  // ReduceLROnPlateau's state, relative to the region
-    _pad0: u32,
+    growth_interval: u32, // GradScaler (FLAG_GRAD_SCALER)
     _pad1: u32,
     flags: u32,           // FLAG_*
     n_groups: u32,
-    _pad2: f32,
-    _pad3: u32,
+    growth_factor: f32,   // GradScaler, rounded to f32
+    backoff_factor: f32,
     eps: f32,
     beta1: f32,
     beta2: f32,
@@ -75,13 +75,16 @@ const FLAG_CLIP: u32 = 8u;        // clip the global gradient norm to max_grad_n
 const FLAG_TORCH_NORM: u32 = 16u; // the norm in PyTorch's CPU summation order (see below)
 const FLAG_CYCLE_MOMENTUM: u32 = 32u; // the schedule sets beta1 (onecycle, cyclic)
 const FLAG_PLATEAU: u32 = 64u;    // the schedule is ReduceLROnPlateau (a state machine)
+const FLAG_GRAD_SCALER: u32 = 128u; // GradScaler: update the loss scale after every step
 
 // Words of the control buffer (`amp`, binding 10/11): the host or the engine writes the loss
-// scale, the plateau metric and the lr multiplier; the prologue writes found_inf, the norm
-// and the clipping coefficient.
+// scale, the plateau metric and the lr multiplier; the prologue writes found_inf, the norm,
+// the clipping coefficient and, with a GradScaler, the next scale and its growth tracker.
 const CONTROL_SCALE: u32 = 0u;
 const CONTROL_METRIC: u32 = 4u;
 const CONTROL_LR_SCALE: u32 = 5u;
+const CONTROL_GROWTH_TRACKER: u32 = 6u; // GradScaler
+const CONTROL_SCALE_USED: u32 = 7u;     // the scale the last step used
 // Words per group of the per-step scalars in `meta`: lr, 1 - lr*wd, lr / bc1, sqrt(bc2),
 // 1 - beta1, (1 - beta1) - 1, beta1, unused.
 const SCALAR_WORDS: u32 = 8u;

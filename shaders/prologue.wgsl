@@ -68,6 +68,12 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
             amp_rw[2] = bitcast<u32>(norm);
             amp_rw[3] = bitcast<u32>(coef);
+            amp_rw[CONTROL_SCALE_USED] = amp_rw[CONTROL_SCALE];
+            if ((flags & FLAG_GRAD_SCALER) != 0u) {
+                let next = grad_scaler_update(bitcast<f32>(amp_rw[CONTROL_SCALE]), amp_rw[CONTROL_GROWTH_TRACKER], red_flag[0] != 0u);
+                amp_rw[CONTROL_SCALE] = bitcast<u32>(next.x);
+                amp_rw[CONTROL_GROWTH_TRACKER] = bitcast<u32>(next.y);
+            }
         }
     }
     // A counter at 2^32 - 1 cannot advance: the step is refused (skipped, counters kept)
@@ -117,4 +123,22 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         meta_rw[STEP_INV_SCALE] = bitcast<u32>(inv);
         meta_rw[STEP_CLIP_COEF] = bitcast<u32>(coef);
     }
+}
+
+// PyTorch's `_amp_update_scale_` after a step: on non-finite gradients the scale backs off
+// and the tracker restarts; otherwise the tracker counts, and at `growth_interval` the scale
+// grows unless that overflows (then it is kept) and the tracker restarts. Returns (scale,
+// tracker bits). The products are f32 (PyTorch's are f64 rounded to f32: the same for
+// factors that are powers of two, as GradScaler's defaults).
+fn grad_scaler_update(scale: f32, tracker: u32, found_inf: bool) -> vec2<f32> {
+    if (found_inf) {
+        return vec2<f32>(opaque(scale * g.backoff_factor), bitcast<f32>(0u));
+    }
+    let n = tracker + 1u;
+    if (n == g.growth_interval) {
+        let grown = opaque(scale * g.growth_factor);
+        let finite = (bitcast<u32>(grown) & 0x7f800000u) != 0x7f800000u;
+        return vec2<f32>(select(scale, grown, finite), bitcast<f32>(0u));
+    }
+    return vec2<f32>(scale, bitcast<f32>(n));
 }

@@ -85,6 +85,66 @@ pub struct AdamWConfig {
     pub grad_norm_order: GradNormOrder,
     /// Element types of the parameters, gradients and moments; f32 master weights.
     pub precision: Precision,
+    /// PyTorch's GradScaler on the device: the loss scale and its growth tracker live in the
+    /// control buffer and are updated in the same pass as each step (needs `loss_scaling`;
+    /// set both with [`AdamWConfig::with_grad_scaler`]).
+    pub grad_scaler: Option<GradScalerConfig>,
+}
+
+/// `torch.amp.GradScaler`'s dynamic loss scale: after a step with non-finite gradients (which
+/// is skipped) the scale is multiplied by `backoff_factor`; after `growth_interval`
+/// consecutive finite steps by `growth_factor` (unless that overflows f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GradScalerConfig {
+    /// The first step's scale.
+    pub init_scale: f64,
+    /// Multiplies the scale after `growth_interval` finite steps (> 1).
+    pub growth_factor: f64,
+    /// Multiplies the scale after a step with non-finite gradients (in (0, 1)).
+    pub backoff_factor: f64,
+    /// Consecutive finite steps before the scale grows (>= 1).
+    pub growth_interval: u32,
+}
+
+impl Default for GradScalerConfig {
+    /// PyTorch's defaults: 2^16, 2, 0.5, 2000.
+    fn default() -> Self {
+        Self {
+            init_scale: 65536.0,
+            growth_factor: 2.0,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+        }
+    }
+}
+
+impl GradScalerConfig {
+    /// Checks PyTorch's ranges, in f32.
+    pub fn validate(&self) -> Result<()> {
+        let s = self.init_scale;
+        if !(s > 0.0 && s <= F32_MAX && (s as f32) > 0.0) {
+            return Err(hyper(
+                "init_scale",
+                format!("must be > 0 and finite in f32, got {s}"),
+            ));
+        }
+        if !(self.growth_factor > 1.0 && self.growth_factor <= F32_MAX) {
+            return Err(hyper(
+                "growth_factor",
+                format!("must be > 1 and finite, got {}", self.growth_factor),
+            ));
+        }
+        if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
+            return Err(hyper(
+                "backoff_factor",
+                format!("must be in (0, 1), got {}", self.backoff_factor),
+            ));
+        }
+        if self.growth_interval == 0 {
+            return Err(hyper("growth_interval", "must be >= 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AdamWConfig {
@@ -102,6 +162,7 @@ impl Default for AdamWConfig {
             loss_scaling: false,
             grad_norm_order: GradNormOrder::Compensated,
             precision: Precision::F32,
+            grad_scaler: None,
         }
     }
 }
@@ -164,6 +225,14 @@ impl AdamWConfig {
         self
     }
 
+    /// Turns on loss scaling with PyTorch's GradScaler on the device (see
+    /// [`GradScalerConfig`]); the scale starts at `init_scale`.
+    pub fn with_grad_scaler(mut self, scaler: GradScalerConfig) -> Self {
+        self.grad_scaler = Some(scaler);
+        self.loss_scaling = true;
+        self
+    }
+
     /// Sets the element types ([`Precision`]).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
@@ -214,6 +283,15 @@ impl AdamWConfig {
             ));
         }
         self.precision.validate()?;
+        if let Some(scaler) = &self.grad_scaler {
+            scaler.validate()?;
+            if !self.loss_scaling {
+                return Err(hyper(
+                    "grad_scaler",
+                    "needs loss_scaling (AdamWConfig::with_grad_scaler sets both)",
+                ));
+            }
+        }
         if self.precision.is_pure_16bit() && self.max_grad_norm.is_some() {
             // PyTorch's clip_grad_norm_ rounds each of its ops to the 16-bit type there.
             return Err(crate::Error::Unsupported(
@@ -355,4 +433,42 @@ impl GroupConfig {
         }
         Ok(())
     }
+}
+
+/// Parses a GradScaler object (`init_scale`, `growth_factor`, `backoff_factor`,
+/// `growth_interval`; missing keys take PyTorch's defaults, other keys are ignored) and
+/// checks it.
+pub fn parse_grad_scaler_json(v: &serde_json::Value) -> Result<GradScalerConfig> {
+    use crate::Error;
+    let o = v
+        .as_object()
+        .ok_or_else(|| Error::InvalidJson(format!("`grad_scaler` must be an object, got {v}")))?;
+    let d = GradScalerConfig::default();
+    let num = |k: &str, dflt: f64| -> Result<f64> {
+        match o.get(k) {
+            None => Ok(dflt),
+            Some(x) => x.as_f64().ok_or_else(|| {
+                Error::InvalidJson(format!("`grad_scaler.{k}` must be a number, got {x}"))
+            }),
+        }
+    };
+    let interval = match o.get("growth_interval") {
+        None => d.growth_interval,
+        Some(x) => x
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::InvalidJson(format!(
+                    "`grad_scaler.growth_interval` must be an integer, got {x}"
+                ))
+            })?,
+    };
+    let s = GradScalerConfig {
+        init_scale: num("init_scale", d.init_scale)?,
+        growth_factor: num("growth_factor", d.growth_factor)?,
+        backoff_factor: num("backoff_factor", d.backoff_factor)?,
+        growth_interval: interval,
+    };
+    s.validate()?;
+    Ok(s)
 }

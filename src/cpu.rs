@@ -65,6 +65,7 @@ impl CpuAdamW {
             .collect();
         let lens: Vec<usize> = groups.iter().flat_map(|g| g.lens.iter().copied()).collect();
         let chunks = cpu_chunks(&lens, CHUNK as usize);
+        let init_scale = config.grad_scaler.map_or(1.0, |s| s.init_scale as f32);
         let tensors = groups
             .iter()
             .enumerate()
@@ -88,7 +89,10 @@ impl CpuAdamW {
             last: vec![StepScalars::default(); groups.len()],
             last_step: StepGlobals::default(),
             region: region.words,
-            control: Control::default(),
+            control: Control {
+                loss_scale: init_scale,
+                ..Control::default()
+            },
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             chunks,
         })
@@ -390,7 +394,7 @@ impl CpuAdamW {
             &self.group_params,
             &mut self.counters,
             reduced,
-            &self.control,
+            &mut self.control,
         );
         self.last = last;
         self.last_step = step;
@@ -412,9 +416,19 @@ impl CpuAdamW {
         self.control.loss_scale = scale;
     }
 
-    /// The AMP loss scale.
+    /// The AMP loss scale (with a GradScaler: the next step's).
     pub fn loss_scale(&self) -> f32 {
         self.control.loss_scale
+    }
+
+    /// The loss scale the last step used (loss scaling or clipping on).
+    pub fn last_loss_scale(&self) -> f32 {
+        self.control.scale_used
+    }
+
+    /// The GradScaler's growth tracker: consecutive finite steps since the scale last changed.
+    pub fn growth_tracker(&self) -> u32 {
+        self.control.growth_tracker
     }
 
     /// Sets the metric ReduceLROnPlateau reads at the next epoch boundary (write epoch `j`'s
@@ -477,6 +491,7 @@ impl CpuAdamW {
             schedule_state: self.region[self.globals.sched_state_at as usize..].to_vec(),
             metric: self.control.metric,
             lr_scale: self.control.lr_scale,
+            growth_tracker: self.control.growth_tracker,
             tensors: self.tensors.clone(),
         }
     }
@@ -505,6 +520,8 @@ impl CpuAdamW {
             loss_scale: state.loss_scale,
             metric: state.metric,
             lr_scale: state.lr_scale,
+            growth_tracker: state.growth_tracker,
+            scale_used: self.control.scale_used,
         };
         self.region[state_at..].copy_from_slice(&state.schedule_state);
         self.groups = state.groups.clone();

@@ -4,8 +4,9 @@
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{
-    DispatchInfo, Globals, Kernel, CONTROL_LR_SCALE, CONTROL_METRIC, CONTROL_WORDS, COUNTER_ADAM,
-    COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
+    DispatchInfo, Globals, Kernel, CONTROL_GROWTH_TRACKER, CONTROL_LR_SCALE, CONTROL_METRIC,
+    CONTROL_SCALE, CONTROL_WORDS, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
+    SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
 use crate::precision::{Dtype, Precision};
@@ -336,7 +337,16 @@ impl GpuAdamW {
             queue.write_buffer(
                 &amp,
                 0,
-                bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]),
+                bytemuck::cast_slice(&[
+                    config.grad_scaler.map_or(1.0, |s| s.init_scale as f32),
+                    0.0,
+                    0.0,
+                    1.0,
+                    0.0,
+                    1.0,
+                    0.0,
+                    1.0,
+                ]),
             );
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw grad-norm partials"),
@@ -756,9 +766,23 @@ impl GpuAdamW {
             .write_buffer(&self.amp, 0, bytemuck::bytes_of(&scale));
     }
 
-    /// Reads back the loss scale.
+    /// Reads back the loss scale (with a GradScaler: the next step's).
     pub fn read_loss_scale(&self) -> Result<f32> {
         Ok(f32::from_bits(self.read_words(&self.amp, 0, 4)?[0]))
+    }
+
+    /// Reads back the loss scale the last step used and the GradScaler's growth tracker.
+    pub fn read_scaler(&self) -> Result<(f32, u32)> {
+        let w = self.read_words(&self.amp, 4 * CONTROL_GROWTH_TRACKER as u64, 8)?;
+        Ok((f32::from_bits(w[1]), w[0]))
+    }
+
+    /// Where the loss scale lives on the device: (the control buffer, byte offset of the
+    /// f32). The engine multiplies its loss by it in its own kernel (binding it read-only),
+    /// with no read-back; with a GradScaler the optimizer's step updates it for the next
+    /// step.
+    pub fn loss_scale_binding(&self) -> (&wgpu::Buffer, u64) {
+        (&self.amp, 4 * CONTROL_SCALE as u64)
     }
 
     /// Reads back `found_inf` of the last step (loss scaling or clipping on).
@@ -783,6 +807,22 @@ impl GpuAdamW {
     ) -> Result<()> {
         check_copy_range(dst, offset, 16, wgpu::BufferUsages::COPY_DST)?;
         encoder.copy_buffer_to_buffer(&self.amp, 0, dst, offset, 16);
+        Ok(())
+    }
+
+    /// Records a copy of the whole control buffer ([`CONTROL_WORDS`] words: loss scale,
+    /// found_inf, gradient norm, clipping coefficient, metric, lr multiplier, growth tracker,
+    /// the scale the step used) into `dst` at `offset`. `dst` needs `COPY_DST` and the
+    /// room; otherwise an [`Error::InvalidArgument`] and nothing is recorded.
+    pub fn encode_copy_control(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        dst: &wgpu::Buffer,
+        offset: u64,
+    ) -> Result<()> {
+        let size = 4 * CONTROL_WORDS as u64;
+        check_copy_range(dst, offset, size, wgpu::BufferUsages::COPY_DST)?;
+        encoder.copy_buffer_to_buffer(&self.amp, 0, dst, offset, size);
         Ok(())
     }
 
@@ -848,6 +888,7 @@ impl GpuAdamW {
             schedule_state,
             metric: f32::from_bits(control[CONTROL_METRIC]),
             lr_scale: f32::from_bits(control[CONTROL_LR_SCALE]),
+            growth_tracker: control[CONTROL_GROWTH_TRACKER],
             tensors: self
                 .tensors
                 .iter()
@@ -915,6 +956,11 @@ impl GpuAdamW {
             );
         }
         self.set_loss_scale(state.loss_scale);
+        self.queue.write_buffer(
+            &self.amp,
+            4 * CONTROL_GROWTH_TRACKER as u64,
+            bytemuck::bytes_of(&state.growth_tracker),
+        );
         self.set_metric(state.metric);
         self.queue.write_buffer(
             &self.amp,

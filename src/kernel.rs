@@ -39,6 +39,9 @@ pub const FLAG_TORCH_NORM: u32 = 16;
 pub const FLAG_CYCLE_MOMENTUM: u32 = 32;
 /// `Globals::flags` bit: the schedule is ReduceLROnPlateau.
 pub const FLAG_PLATEAU: u32 = 64;
+/// `Globals::flags` bit: PyTorch's GradScaler updates the loss scale on the device after
+/// every step (with [`FLAG_LOSS_SCALE`]).
+pub const FLAG_GRAD_SCALER: u32 = 128;
 /// Words per group of the per-step scalars in `meta`: lr, `1 - lr*wd`, `lr / bc1`,
 /// `sqrt(bc2)`, `1 - beta1`, `(1 - beta1) - 1`, beta1, unused.
 pub const SCALAR_WORDS: u32 = 8;
@@ -48,6 +51,11 @@ pub const CONTROL_SCALE: usize = 0;
 pub const CONTROL_METRIC: usize = 4;
 /// Control-buffer word: the lr multiplier (1 unless the engine sets it).
 pub const CONTROL_LR_SCALE: usize = 5;
+/// Control-buffer word: the GradScaler's growth tracker (u32).
+pub const CONTROL_GROWTH_TRACKER: usize = 6;
+/// Control-buffer word: the loss scale the last step used (with a GradScaler the scale word
+/// already holds the next step's).
+pub const CONTROL_SCALE_USED: usize = 7;
 /// Words of the control buffer.
 pub const CONTROL_WORDS: usize = 8;
 /// `meta` word: scheduler steps taken.
@@ -74,18 +82,18 @@ pub struct Globals {
     pub sched_stride: u32,
     /// Offset of the schedule's state (ReduceLROnPlateau) in the schedule region.
     pub sched_state_at: u32,
-    /// Padding.
-    pub _pad0: u32,
+    /// GradScaler: successful steps between growths ([`FLAG_GRAD_SCALER`]).
+    pub growth_interval: u32,
     /// Padding.
     pub _pad1: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// Number of param groups.
     pub n_groups: u32,
-    /// Padding.
-    pub _pad2: f32,
-    /// Padding.
-    pub _pad3: u32,
+    /// GradScaler: the scale's growth factor, rounded to f32.
+    pub growth_factor: f32,
+    /// GradScaler: the scale's backoff factor, rounded to f32.
+    pub backoff_factor: f32,
     /// eps.
     pub eps: f32,
     /// beta1 rounded to f32.
@@ -145,6 +153,10 @@ impl Globals {
                 ),
                 (config.schedule.cycles_momentum(), FLAG_CYCLE_MOMENTUM),
                 (config.schedule.needs_metric(), FLAG_PLATEAU),
+                (
+                    config.grad_scaler.is_some(),
+                    FLAG_GRAD_SCALER | FLAG_LOSS_SCALE,
+                ),
             ]
             .iter()
             .filter(|(on, _)| *on)
@@ -159,6 +171,9 @@ impl Globals {
             lerp_big_coeff: omb1 - 1.0,
             ln_beta1: ln(b1),
             ln_beta2: ln(b2),
+            growth_interval: config.grad_scaler.map_or(0, |s| s.growth_interval),
+            growth_factor: config.grad_scaler.map_or(0.0, |s| s.growth_factor as f32),
+            backoff_factor: config.grad_scaler.map_or(0.0, |s| s.backoff_factor as f32),
             ..Default::default()
         }
     }

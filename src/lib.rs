@@ -59,7 +59,7 @@ pub mod trace;
 #[doc(hidden)]
 pub mod twin;
 
-pub use config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
+pub use config::{AdamWConfig, GradNormOrder, GradScalerConfig, GroupConfig, Schedule};
 pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};

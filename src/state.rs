@@ -50,6 +50,8 @@ pub struct OptimizerState {
     pub metric: f32,
     /// The lr multiplier of the control buffer.
     pub lr_scale: f32,
+    /// The GradScaler's growth tracker (0 without one).
+    pub growth_tracker: u32,
     /// Per-tensor moments, in registration order.
     pub tensors: Vec<TensorState>,
 }
@@ -164,6 +166,10 @@ impl OptimizerState {
             "loss_scale": self.loss_scale,
             "metric": self.metric,
             "lr_scale": self.lr_scale,
+            "growth_tracker": self.growth_tracker,
+            "grad_scaler": self.config.grad_scaler.map(|s| json!({
+                "init_scale": s.init_scale, "growth_factor": s.growth_factor,
+                "backoff_factor": s.backoff_factor, "growth_interval": s.growth_interval})),
             "groups": self.groups.iter().map(|g| json!({"lr": opt_json(g.lr), "weight_decay": opt_json(g.weight_decay)})).collect::<Vec<_>>(),
             "tensor_groups": self.tensors.iter().map(|t| t.group).collect::<Vec<_>>(),
         });
@@ -216,6 +222,17 @@ impl OptimizerState {
                 Value::Null => Ok(default),
                 v => Ok(v.as_f64().ok_or_else(|| bad(path, format!("bad {key}")))? as f32),
             }
+        };
+        config.grad_scaler = match &cfg["grad_scaler"] {
+            Value::Null => None,
+            v => Some(crate::config::parse_grad_scaler_json(v).map_err(wrap)?),
+        };
+        let growth_tracker = match &cfg["growth_tracker"] {
+            Value::Null => 0,
+            v => v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| bad(path, "bad growth_tracker"))?,
         };
         let metric = f32_or("metric", 0.0)?;
         let lr_scale = f32_or("lr_scale", 1.0)?;
@@ -298,6 +315,7 @@ impl OptimizerState {
             schedule_state,
             metric,
             lr_scale,
+            growth_tracker,
             tensors,
         })
     }
@@ -342,8 +360,12 @@ impl OptimizerState {
         if (
             self.config.loss_scaling,
             self.config.max_grad_norm.is_some(),
-        ) != (config.loss_scaling, config.max_grad_norm.is_some())
-        {
+            self.config.grad_scaler.is_some(),
+        ) != (
+            config.loss_scaling,
+            config.max_grad_norm.is_some(),
+            config.grad_scaler.is_some(),
+        ) {
             return mismatch("loss scaling or clipping differs from this optimizer's".into());
         }
         if self.config.schedule.kind() != config.schedule.kind() {

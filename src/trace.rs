@@ -6,7 +6,7 @@ use crate::context::GpuContext;
 use crate::cpu::{CpuAdamW, CpuParamGroup};
 use crate::error::{Error, Result};
 use crate::gpu::{read_buffer, GpuAdamW, ParamGroup, TensorBinding};
-use crate::kernel::SCALAR_WORDS;
+use crate::kernel::{CONTROL_SCALE_USED, CONTROL_WORDS, SCALAR_WORDS};
 use crate::precision::{Dtype as ElemType, Elems, ElemsMut, Precision};
 use crate::state::{parse_optimizer_json, OptimizerState};
 use safetensors::tensor::Dtype;
@@ -75,8 +75,13 @@ pub struct Trace {
     pub params: Vec<TraceParam>,
     /// The lr PyTorch used at each step, per group.
     pub lr: Vec<Vec<f64>>,
-    /// AMP traces: the loss scale of each step (`grad_scale/S`).
+    /// The loss scale of each step (`grad_scale/S`): AMP traces' input; GradScaler traces'
+    /// expected output (the scale PyTorch's scaler used).
     pub grad_scale: Option<Vec<f32>>,
+    /// GradScaler traces: the scale after the last step (`final_scale`).
+    pub final_scale: Option<f32>,
+    /// GradScaler traces: the growth tracker after the last step (`final_growth_tracker`).
+    pub final_growth_tracker: Option<i32>,
     /// AMP traces: whether PyTorch skipped each step (`skipped`).
     pub skipped: Option<Vec<bool>>,
     /// Schedules that cycle momentum: `betas[0]` of each step, per group (`beta1/G`).
@@ -120,7 +125,7 @@ impl Trace {
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
         // /2's training-loop features are not built yet: refuse them by name.
-        for key in ["grad_scaler", "accumulate", "ema"] {
+        for key in ["accumulate", "ema"] {
             if !cfg[key].is_null() {
                 return Err(Error::Unsupported(format!(
                     "{}: `{key}` (adamw-trace/2) is not supported yet",
@@ -153,6 +158,14 @@ impl Trace {
         config.precision =
             Precision::from_json(cfg.get("dtype"), cfg.get("master_weights")).map_err(wrap)?;
         config.loss_scaling = st.names().iter().any(|n| n.starts_with("grad_scale/"));
+        if !cfg["grad_scaler"].is_null() {
+            if !cfg["amp"].is_null() {
+                return Err(bad(path, "`grad_scaler` and `amp` exclude each other"));
+            }
+            config = config.with_grad_scaler(
+                crate::config::parse_grad_scaler_json(&cfg["grad_scaler"]).map_err(wrap)?,
+            );
+        }
         // PyTorch's traces were recorded on the CPU: reproduce its norm's summation order.
         config.grad_norm_order = GradNormOrder::TorchCpu;
         config.validate().map_err(wrap)?;
@@ -304,8 +317,22 @@ impl Trace {
             }
             Ok(_) => return Err(bad(path, format!("`skipped` must be U8 [{steps}]"))),
         };
+        let (final_scale, final_growth_tracker) = if config.grad_scaler.is_some() {
+            let tracker = st
+                .tensor("final_growth_tracker")
+                .map_err(|_| bad(path, "missing tensor `final_growth_tracker`"))?;
+            if tracker.dtype() != Dtype::I32 || tracker.shape() != [1] {
+                return Err(bad(path, "`final_growth_tracker` must be I32 [1]"));
+            }
+            let t: Vec<i32> = bytemuck::pod_collect_to_vec(tracker.data());
+            (Some(f32s("final_scale", 1)?[0]), Some(t[0]))
+        } else {
+            (None, None)
+        };
         Ok(Self {
             path: path.to_path_buf(),
+            final_scale,
+            final_growth_tracker,
             config,
             groups,
             steps,
@@ -354,6 +381,12 @@ pub struct ReplayOutput {
     pub skipped: Vec<bool>,
     /// Master-weight traces: the engine's 16-bit parameters (widened), per trace param.
     pub model: Option<Vec<Vec<f32>>>,
+    /// The loss scale each step used.
+    pub grad_scale: Vec<f32>,
+    /// The loss scale after the last step.
+    pub final_scale: f32,
+    /// The GradScaler's growth tracker after the last step.
+    pub final_growth_tracker: u32,
 }
 
 /// Replays `trace`. With `checkpoint_at = Some((k, file))`, the state after step `k` is saved
@@ -396,6 +429,8 @@ fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
 
 fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<ReplayOutput> {
     let prec = trace.config.precision;
+    let scaler = trace.config.grad_scaler.is_some();
+    let mut grad_scale = Vec::with_capacity(trace.steps as usize);
     let mut opt = CpuAdamW::new(trace.config.clone(), cpu_groups(trace))?;
     // The engine's parameters: f32, or 16-bit patterns.
     let mut p32: Vec<Vec<f32>> = Vec::new();
@@ -437,7 +472,7 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         if s == trace.steps as usize {
             break;
         }
-        if let Some(scales) = &trace.grad_scale {
+        if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
             opt.set_loss_scale(scales[s]);
         }
         if let Some(m) = trace.metric_before(s) {
@@ -465,6 +500,7 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
             g.push(b);
         }
         skipped.push(opt.last_step().skipped);
+        grad_scale.push(opt.last_loss_scale());
     }
     let engine: Vec<Vec<f32>> = if prec.param.is_16bit() {
         p16.iter()
@@ -474,7 +510,9 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         p32
     };
     let st = opt.state();
-    Ok(output_from_state(engine, st, lr, beta1, skipped))
+    let mut out = output_from_state(engine, st, lr, beta1, skipped);
+    out.grad_scale = grad_scale;
+    Ok(out)
 }
 
 fn output_from_state(
@@ -498,6 +536,8 @@ fn output_from_state(
         (params, None)
     };
     let mut out = ReplayOutput {
+        final_scale: st.loss_scale,
+        final_growth_tracker: st.growth_tracker,
         params,
         model,
         lr,
@@ -521,6 +561,8 @@ fn replay_gpu(
     ctx: &GpuContext,
     checkpoint_at: Option<(u32, &Path)>,
 ) -> Result<ReplayOutput> {
+    const CONTROL_BYTES: u64 = 4 * CONTROL_WORDS as u64;
+    let scaler = trace.config.grad_scaler.is_some();
     let (device, queue) = (&ctx.device, &ctx.queue);
     let prec = trace.config.precision;
     let (pb, gb) = (prec.param.size(), prec.grad.size());
@@ -598,7 +640,7 @@ fn replay_gpu(
     });
     let amp_log = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("trace amp log"),
-        size: (16 * u64::from(trace.steps)).max(16),
+        size: (CONTROL_BYTES * u64::from(trace.steps)).max(16),
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
@@ -618,7 +660,7 @@ fn replay_gpu(
             prec.grad,
         );
         queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
-        if let Some(scales) = &trace.grad_scale {
+        if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
             opt.set_loss_scale(scales[s]);
         }
         if let Some(m) = trace.metric_before(s) {
@@ -627,7 +669,7 @@ fn replay_gpu(
         let mut encoder = device.create_command_encoder(&Default::default());
         opt.encode_step(&mut encoder);
         opt.encode_copy_step_scalars(&mut encoder, &lr_log, row * s as u64)?;
-        opt.encode_copy_amp(&mut encoder, &amp_log, 16 * s as u64)?;
+        opt.encode_copy_control(&mut encoder, &amp_log, CONTROL_BYTES * s as u64)?;
         queue.submit([encoder.finish()]);
         // Let wgpu free what finished submissions held (the staging copies of the gradients):
         // without it a long replay grows by one gradient upload per step.
@@ -661,10 +703,16 @@ fn replay_gpu(
     };
     let (lr, beta1) = (column(0), column(6));
     let amp = read_buffer(device, queue, &amp_log, 0, amp_log.size())?;
+    let w = CONTROL_WORDS;
     let skipped = (0..trace.steps as usize)
-        .map(|s| trace.config.loss_scaling && amp[4 * s + 1] != 0)
+        .map(|s| trace.config.loss_scaling && amp[w * s + 1] != 0)
         .collect();
-    Ok(output_from_state(params, opt.state()?, lr, beta1, skipped))
+    let grad_scale = (0..trace.steps as usize)
+        .map(|s| f32::from_bits(amp[w * s + CONTROL_SCALE_USED]))
+        .collect();
+    let mut out = output_from_state(params, opt.state()?, lr, beta1, skipped);
+    out.grad_scale = grad_scale;
+    Ok(out)
 }
 
 /// The worst error of one kind of value, as a multiple of its tolerance.
@@ -734,6 +782,9 @@ pub struct Comparison {
     pub skipped: Option<Worst>,
     /// Master-weight traces: the engine's 16-bit parameters (`final_model/`).
     pub model: Option<Worst>,
+    /// GradScaler traces: the scale of every step, the final scale and growth tracker
+    /// (exact: ratio 0 or infinite).
+    pub scaler: Option<Worst>,
 }
 
 impl Comparison {
@@ -748,6 +799,7 @@ impl Comparison {
             && self.beta1.as_ref().is_none_or(ok)
             && self.skipped.as_ref().is_none_or(ok)
             && self.model.as_ref().is_none_or(ok)
+            && self.scaler.as_ref().is_none_or(ok)
     }
 
     /// The rows `(kind, worst)` for printing.
@@ -769,6 +821,9 @@ impl Comparison {
         }
         if let Some(w) = &self.model {
             rows.push(("model", w));
+        }
+        if let Some(w) = &self.scaler {
+            rows.push(("scaler", w));
         }
         rows
     }
@@ -920,6 +975,31 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         let mut w = kind16(&got, &|p| p.final_model.as_deref(), prec.param);
         w.wrong_count("model tensors".into(), got.len(), trace.params.len());
         c.model = Some(w);
+    }
+    if trace.config.grad_scaler.is_some() {
+        // The scaler's state must equal PyTorch's exactly.
+        let mut w = Worst::default();
+        let want = trace.grad_scale.clone().unwrap_or_default();
+        w.wrong_count("grad_scale".into(), out.grad_scale.len(), want.len());
+        for (s, (&x, &t)) in out.grad_scale.iter().zip(&want).enumerate() {
+            w.add(f64::from(x), f64::from(t), 0.0, || {
+                format!("grad_scale/{}", s + 1)
+            });
+        }
+        if let Some(t) = trace.final_scale {
+            w.add(f64::from(out.final_scale), f64::from(t), 0.0, || {
+                "final_scale".into()
+            });
+        }
+        if let Some(t) = trace.final_growth_tracker {
+            w.add(
+                f64::from(out.final_growth_tracker),
+                f64::from(t),
+                0.0,
+                || "final_growth_tracker".into(),
+            );
+        }
+        c.scaler = Some(w);
     }
     if let Some(want) = &trace.skipped {
         let mut w = Worst::default();

@@ -23,6 +23,8 @@ const DTYPE_TRACES: &[&str] = &[
     "x_mp_f16_state_f32_amsgrad.safetensors",
     "x_mp_bf16_master_step.safetensors",
     "x_mp_f32_bf16grad_clip.safetensors",
+    "mp_grad_scaler.safetensors",
+    "x_mp_f16_pure_scaler.safetensors",
 ];
 
 fn check(backend: Backend<'_>, label: &str, name: &str) -> wgpu_adamw::trace::ReplayOutput {
@@ -181,16 +183,15 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
             .unwrap();
             let mut host = init.clone();
             for _ in 0..4 {
-                let grads: Vec<u16> = rng.grads(TOTAL).iter().map(|&x| dtype.narrow(x)).collect();
-                ctx.queue.write_buffer(
-                    &gbuf,
-                    0,
-                    bytemuck::cast_slice(&{
-                        let mut g = grads.clone();
-                        g.push(0);
-                        g
-                    }),
-                );
+                // TOTAL is odd: one half word of padding.
+                let mut grads: Vec<u16> = rng
+                    .grads(TOTAL + 1)
+                    .iter()
+                    .map(|&x| dtype.narrow(x))
+                    .collect();
+                ctx.queue
+                    .write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
+                grads.pop();
                 gpu.step().unwrap();
                 // The CPU updates the same three tensors as slices of one host buffer.
                 let (head, rest) = host.split_at_mut(b.0);

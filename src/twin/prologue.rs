@@ -3,7 +3,9 @@
 use super::grad_norm::{clip_coefficient, grad_multiplier};
 use super::numerics::expm1_neg;
 use super::schedule::{ln_beta, plateau_step, schedule_eval};
-use crate::kernel::{Globals, FLAG_CLIP, FLAG_CYCLE_MOMENTUM, FLAG_LOSS_SCALE, FLAG_PLATEAU};
+use crate::kernel::{
+    Globals, FLAG_CLIP, FLAG_CYCLE_MOMENTUM, FLAG_GRAD_SCALER, FLAG_LOSS_SCALE, FLAG_PLATEAU,
+};
 
 /// The optimizer's step counters, as the kernel keeps them in its `meta` buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +52,10 @@ pub struct Control {
     pub metric: f32,
     /// Multiplies every group's scheduled lr.
     pub lr_scale: f32,
+    /// The GradScaler's growth tracker.
+    pub growth_tracker: u32,
+    /// The loss scale the last step used.
+    pub scale_used: f32,
 }
 
 impl Default for Control {
@@ -58,8 +64,23 @@ impl Default for Control {
             loss_scale: 1.0,
             metric: 0.0,
             lr_scale: 1.0,
+            growth_tracker: 0,
+            scale_used: 1.0,
         }
     }
+}
+
+/// PyTorch's `_amp_update_scale_` after a step: `(scale, growth_tracker)` for the next one.
+pub fn grad_scaler_update(g: &Globals, scale: f32, tracker: u32, found_inf: bool) -> (f32, u32) {
+    if found_inf {
+        return (scale * g.backoff_factor, 0);
+    }
+    let n = tracker + 1;
+    if n == g.growth_interval {
+        let grown = scale * g.growth_factor;
+        return (if grown.is_finite() { grown } else { scale }, 0);
+    }
+    (scale, n)
 }
 
 /// Step-wide results of the prologue: AMP and clipping.
@@ -98,7 +119,15 @@ pub fn prologue(
     groups: &[(f32, f32)],
     counters: &mut Counters,
 ) -> Vec<StepScalars> {
-    prologue_amp(g, region, groups, counters, (0.0, 0), &Control::default()).0
+    prologue_amp(
+        g,
+        region,
+        groups,
+        counters,
+        (0.0, 0),
+        &mut Control::default(),
+    )
+    .0
 }
 
 /// The kernel's `prologue`: per group `(base_lr, weight_decay)`, the scalars of the next step,
@@ -112,7 +141,7 @@ pub fn prologue_amp(
     groups: &[(f32, f32)],
     counters: &mut Counters,
     reduced: (f32, u32),
-    control: &Control,
+    control: &mut Control,
 ) -> (Vec<StepScalars>, StepGlobals) {
     let mut step = StepGlobals::default();
     if g.flags & (FLAG_LOSS_SCALE | FLAG_CLIP) != 0 {
@@ -123,6 +152,15 @@ pub fn prologue_amp(
         step.grad_norm = norm;
         if g.flags & FLAG_CLIP != 0 {
             step.clip_coef = clip_coefficient(g, norm);
+        }
+        control.scale_used = control.loss_scale;
+        if g.flags & FLAG_GRAD_SCALER != 0 {
+            (control.loss_scale, control.growth_tracker) = grad_scaler_update(
+                g,
+                control.loss_scale,
+                control.growth_tracker,
+                step.found_inf,
+            );
         }
     }
     if counters.at_limit() {
