@@ -30,7 +30,7 @@ struct Globals {
     sched_stride: u32,    // words of one group's schedule program
     sched_state_at: u32,  // ReduceLROnPlateau's state, relative to the region
     growth_interval: u32, // GradScaler (FLAG_GRAD_SCALER)
-    _pad1: u32,
+    ema_weight: f32,      // 1 - the EMA's decay, computed in f64
     flags: u32,           // FLAG_*
     n_groups: u32,
     growth_factor: f32,   // GradScaler, rounded to f32

@@ -18,6 +18,8 @@ override P_DTYPE: u32 = 0u; // DTYPE_* of the parameters
 override G_DTYPE: u32 = 0u; // of the gradients
 override S_DTYPE: u32 = 0u; // of the moments
 override MASTER: bool = false; // f32 master weights in `master_w`
+override EMA: bool = false;    // a weight EMA in `ema_w`
+override E_DTYPE: u32 = 0u;    // of the EMA
 
 @group(0) @binding(16) var<storage, read_write> param_w: array<atomic<u32>>;
 @group(0) @binding(17) var<storage, read> grad_w: array<u32>;
@@ -25,6 +27,7 @@ override MASTER: bool = false; // f32 master weights in `master_w`
 @group(0) @binding(19) var<storage, read_write> v_w: array<u32>;
 @group(0) @binding(20) var<storage, read_write> vmax_w: array<u32>;
 @group(0) @binding(21) var<storage, read_write> master_w: array<u32>;
+@group(0) @binding(22) var<storage, read_write> ema_w: array<u32>;
 
 // Half `i & 1` of a word holding 16-bit elements (element i of the buffer).
 fn half_of(word: u32, i: u32) -> u32 {
@@ -60,6 +63,33 @@ fn store_moment(word: u32, i: u32, x: f32) -> u32 {
     return with_half(word, i, narrow16(x, S_DTYPE));
 }
 
+// The weight EMA of AveragedModel + get_ema_multi_avg_fn: the first update (Adam's t = 1,
+// the first step not skipped) copies the weights, later ones are torch.lerp(e, p, 1 - decay)
+// as PyTorch's CPU kernel computes it (one fma, its two branches as for the first moment).
+// `p` is the model's weight after the step: the master, or the parameter as stored.
+fn ema_next(e_old: f32, p: f32, first: bool) -> f32 {
+    if (first) {
+        return p;
+    }
+    let w = g.ema_weight;
+    let small = w < 0.5;
+    return lerp_fma(select(w - 1.0, w, small), p - e_old, select(p, e_old, small));
+}
+
+fn ema_elem(word: u32, i: u32) -> f32 {
+    if (E_DTYPE == DTYPE_F32) {
+        return bitcast<f32>(word);
+    }
+    return widen16(half_of(word, i), E_DTYPE);
+}
+
+fn store_ema(word: u32, i: u32, x: f32) -> u32 {
+    if (E_DTYPE == DTYPE_F32) {
+        return bitcast<u32>(x);
+    }
+    return with_half(word, i, narrow16(x, E_DTYPE));
+}
+
 // The word index of element i of a stream of type `dtype`.
 fn word_of(i: u32, dtype: u32) -> u32 {
     return select(i >> 1u, i, dtype == DTYPE_F32);
@@ -87,6 +117,12 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
     var x_word = 0u;
     if (amsgrad) {
         x_word = vmax_w[sw];
+    }
+    let ew = word_of(s0 + u32(jf), E_DTYPE);
+    let first = meta_ro[COUNTER_ADAM] == 1u;
+    var e_word = 0u;
+    if (EMA) {
+        e_word = ema_w[ew];
     }
     var new_p = p_word;
     var mask = 0u; // the parameter bits this unit owns
@@ -135,12 +171,31 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
         if (MASTER) {
             master_w[si] = bitcast<u32>(r.x);
         }
+        if (EMA) {
+            var p_avg = r.x;
+            if (!MASTER && P_DTYPE != DTYPE_F32) {
+                p_avg = widen16(narrow16(r.x, P_DTYPE), P_DTYPE);
+            }
+            var e_src = e_word;
+            if (E_DTYPE == DTYPE_F32 && e > 0) {
+                e_src = ema_w[si];
+            }
+            let e_new = ema_next(ema_elem(e_src, si), p_avg, first);
+            if (E_DTYPE == DTYPE_F32) {
+                ema_w[si] = bitcast<u32>(e_new);
+            } else {
+                e_word = store_ema(e_word, si, e_new);
+            }
+        }
         if (P_DTYPE == DTYPE_F32) {
             atomicStore(&param_w[pi], bitcast<u32>(r.x));
         } else {
             new_p = with_half(new_p, pi, narrow16(r.x, P_DTYPE));
             mask |= 0xffffu << (16u * (pi & 1u));
         }
+    }
+    if (EMA && E_DTYPE != DTYPE_F32) {
+        ema_w[ew] = e_word;
     }
     if (S_DTYPE != DTYPE_F32) {
         m_w[sw] = m_word;

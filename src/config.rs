@@ -89,6 +89,10 @@ pub struct AdamWConfig {
     /// control buffer and are updated in the same pass as each step (needs `loss_scaling`;
     /// set both with [`AdamWConfig::with_grad_scaler`]).
     pub grad_scaler: Option<GradScalerConfig>,
+    /// Keep an exponential moving average of the weights with this decay, updated in the
+    /// same pass as each step that is not skipped (`torch.optim.swa_utils.AveragedModel`
+    /// with `get_ema_multi_avg_fn(decay)`: the first update copies the weights).
+    pub ema_decay: Option<f64>,
 }
 
 /// `torch.amp.GradScaler`'s dynamic loss scale: after a step with non-finite gradients (which
@@ -163,6 +167,7 @@ impl Default for AdamWConfig {
             grad_norm_order: GradNormOrder::Compensated,
             precision: Precision::F32,
             grad_scaler: None,
+            ema_decay: None,
         }
     }
 }
@@ -233,6 +238,27 @@ impl AdamWConfig {
         self
     }
 
+    /// Keeps a weight EMA with `decay` (see [`AdamWConfig::ema_decay`]).
+    pub fn with_ema(mut self, decay: f64) -> Self {
+        self.ema_decay = Some(decay);
+        self
+    }
+
+    /// The EMA's element type: the parameters' with 16-bit moments, else f32.
+    pub fn ema_dtype(&self) -> crate::precision::Dtype {
+        if self.precision.is_pure_16bit() {
+            self.precision.param
+        } else {
+            crate::precision::Dtype::F32
+        }
+    }
+
+    /// The GPU updates with the mixed-precision kernel: a 16-bit stream, master weights or
+    /// an EMA.
+    pub fn needs_mixed_update(&self) -> bool {
+        self.precision.needs_mixed_update() || self.ema_decay.is_some()
+    }
+
     /// Sets the element types ([`Precision`]).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
@@ -283,6 +309,11 @@ impl AdamWConfig {
             ));
         }
         self.precision.validate()?;
+        if let Some(d) = self.ema_decay {
+            if !(0.0..=1.0).contains(&d) {
+                return Err(hyper("ema_decay", format!("must be in [0, 1], got {d}")));
+            }
+        }
         if let Some(scaler) = &self.grad_scaler {
             scaler.validate()?;
             if !self.loss_scaling {

@@ -76,6 +76,7 @@ impl CpuAdamW {
                     exp_avg_sq: vec![0.0; n],
                     max_exp_avg_sq: config.amsgrad.then(|| vec![0.0; n]),
                     master: None,
+                    ema: None,
                 })
             })
             .collect();
@@ -141,6 +142,12 @@ impl CpuAdamW {
                 "the precision is {:?}: use step_mixed",
                 self.config.precision
             )));
+        }
+        if self.config.needs_mixed_update() {
+            let mut views: Vec<ElemsMut<'_>> =
+                params.iter_mut().map(|p| ElemsMut::F32(p)).collect();
+            let grads: Vec<Elems<'_>> = grads.iter().map(|g| Elems::F32(g)).collect();
+            return self.step_mixed(&mut views, &grads);
         }
         self.check_shapes(
             params.iter().map(|p| p.len()),
@@ -249,11 +256,17 @@ impl CpuAdamW {
         check_elems(&prec, params, grads)?;
         let wide: Vec<Vec<f32>> = grads.iter().map(|g| g.widen(prec.grad)).collect();
         let wide_refs: Vec<&[f32]> = wide.iter().map(Vec::as_slice).collect();
-        if prec.master_weights {
-            for (t, p) in self.tensors.iter_mut().zip(params.iter()) {
-                if t.master.is_none() {
-                    t.master = Some((0..p.len()).map(|i| p.get(i, prec.param)).collect());
-                }
+        for (t, p) in self.tensors.iter_mut().zip(params.iter()) {
+            let widened = || {
+                (0..p.len())
+                    .map(|i| p.get(i, prec.param))
+                    .collect::<Vec<f32>>()
+            };
+            if prec.master_weights && t.master.is_none() {
+                t.master = Some(widened());
+            }
+            if self.config.ema_decay.is_some() && t.ema.is_none() {
+                t.ema = Some(t.master.clone().unwrap_or_else(widened));
             }
         }
         let Some(step) = self.begin_step(&wide_refs)? else {
@@ -261,6 +274,7 @@ impl CpuAdamW {
         };
         let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
         let state = prec.state_dtype();
+        let (ema_ty, first) = (self.config.ema_dtype(), self.counters.adam == 1);
         let g = &self.globals;
         for ((p, grad), t) in params.iter_mut().zip(&wide).zip(&mut self.tensors) {
             let s = &self.last[t.group];
@@ -292,6 +306,15 @@ impl CpuAdamW {
                 if let Some(master) = t.master.as_mut() {
                     master[i] = x;
                 }
+                if let Some(ema) = t.ema.as_mut() {
+                    // The model's weight: the master, or the parameter as stored.
+                    let w = if t.master.is_some() {
+                        x
+                    } else {
+                        prec.param.round(x)
+                    };
+                    ema[i] = ema_ty.round(twin::ema_next(g, ema[i], w, first));
+                }
                 p.set(i, x, prec.param);
             }
         }
@@ -300,7 +323,8 @@ impl CpuAdamW {
 
     /// Sets the f32 master weights of every tensor (registration order), for an optimizer
     /// with [`crate::Precision::master_weights`] whose f32 weights are not the widened 16-bit
-    /// parameters (a model initialised or loaded in f32).
+    /// parameters (a model initialised or loaded in f32). The weight EMA, if any, starts
+    /// from them too: call it before the first step.
     pub fn set_master_weights(&mut self, values: &[&[f32]]) -> Result<()> {
         if !self.config.precision.master_weights {
             return Err(Error::InvalidArgument(

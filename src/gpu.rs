@@ -87,6 +87,8 @@ struct Arenas {
     max_exp_avg_sq: Vec<wgpu::Buffer>,
     /// f32 master weights ([`Precision::master_weights`]), at the moments' offsets.
     master: Vec<wgpu::Buffer>,
+    /// The weight EMA ([`AdamWConfig::ema_decay`]), at the moments' offsets.
+    ema: Vec<wgpu::Buffer>,
 }
 
 /// AdamW with an on-device learning-rate schedule, updating the engine's buffers in place.
@@ -167,7 +169,7 @@ impl GpuAdamW {
 
         validate_bindings(&groups, &config.precision)?;
         let prec = config.precision;
-        let mixed = prec.needs_mixed_update();
+        let mixed = config.needs_mixed_update();
 
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
         let opt = checked(device, || {
@@ -210,7 +212,7 @@ impl GpuAdamW {
                 tensor_lists,
                 ..
             } = &plan;
-            let kernel = Kernel::new(device, ept, &prec);
+            let kernel = Kernel::new(device, ept, &config);
             let n_groups = groups.len() as u32;
             let total_chunks = plan.total_chunks();
             let mut globals = Globals::new(&config, n_groups);
@@ -322,6 +324,15 @@ impl GpuAdamW {
                 } else {
                     vec![f32_buffer("master weights (unused)", 4)]
                 },
+                ema: if config.ema_decay.is_some() {
+                    let bytes = config.ema_dtype().size();
+                    arena_fill
+                        .iter()
+                        .map(|&n| f32_buffer("weight EMA", (n * bytes).div_ceil(4)))
+                        .collect()
+                } else {
+                    vec![f32_buffer("weight EMA (unused)", 4)]
+                },
             };
             // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
 
@@ -363,6 +374,7 @@ impl GpuAdamW {
                 .chain(&arenas.exp_avg_sq)
                 .chain(&arenas.max_exp_avg_sq)
                 .chain(&arenas.master)
+                .chain(&arenas.ema)
                 .collect();
             for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
                 if own.contains(&&t.param) || own.contains(&&t.grad) {
@@ -440,6 +452,7 @@ impl GpuAdamW {
                 let bind_group = if mixed {
                     let info = std::mem::size_of::<DispatchInfo>() as u64;
                     let master = &arenas.master[if prec.master_weights { arena } else { 0 }];
+                    let ema = &arenas.ema[if config.ema_decay.is_some() { arena } else { 0 }];
                     make_bind_group(
                         device,
                         "wgpu-adamw update_mixed",
@@ -454,6 +467,7 @@ impl GpuAdamW {
                             (19, arenas.exp_avg_sq[arena].as_entire_binding()),
                             (20, vmax.as_entire_binding()),
                             (21, master.as_entire_binding()),
+                            (22, ema.as_entire_binding()),
                         ],
                     )
                 } else {
@@ -510,8 +524,8 @@ impl GpuAdamW {
                 max_binding_size: max_binding,
             })
         })??;
-        if opt.config.precision.master_weights {
-            opt.init_master(&groups)?;
+        if opt.config.precision.master_weights || opt.config.ema_decay.is_some() {
+            opt.init_weights(&groups)?;
         }
         Ok(opt)
     }
@@ -847,6 +861,11 @@ impl GpuAdamW {
             } else {
                 &[]
             })
+            .chain(if self.config.ema_decay.is_some() {
+                &a.ema[..]
+            } else {
+                &[]
+            })
             .collect();
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
@@ -863,6 +882,11 @@ impl GpuAdamW {
         let mut arenas: Vec<Vec<u32>> = words.collect();
         let n = a.exp_avg.len();
         let kinds = 2 + usize::from(self.config.amsgrad);
+        let ema = self
+            .config
+            .ema_decay
+            .is_some()
+            .then(|| arenas.split_off((kinds + usize::from(prec.master_weights)) * n));
         let master = prec.master_weights.then(|| arenas.split_off(kinds * n));
         let vmax = self.config.amsgrad.then(|| arenas.split_off(2 * n));
         let v = arenas.split_off(n);
@@ -898,6 +922,7 @@ impl GpuAdamW {
                     exp_avg_sq: gather(&v, t, s_ty),
                     max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t, s_ty)),
                     master: master.as_ref().map(|a| gather(a, t, Dtype::F32)),
+                    ema: ema.as_ref().map(|a| gather(a, t, self.config.ema_dtype())),
                 })
                 .collect(),
         })
@@ -931,6 +956,10 @@ impl GpuAdamW {
         }
         if self.config.precision.master_weights {
             self.write_arenas(&a.master, Dtype::F32, |i| state.tensors[i].master.as_ref());
+        }
+        if self.config.ema_decay.is_some() {
+            let ty = self.config.ema_dtype();
+            self.write_arenas(&a.ema, ty, |i| state.tensors[i].ema.as_ref());
         }
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
@@ -1003,7 +1032,8 @@ impl GpuAdamW {
 
     /// Sets the f32 master weights of every tensor (registration order), for an optimizer
     /// with [`Precision::master_weights`] whose f32 weights are not the widened 16-bit
-    /// parameters it took at creation (a model initialised or loaded in f32).
+    /// parameters it took at creation (a model initialised or loaded in f32). The weight
+    /// EMA, if any, starts from them too: call it before the first step.
     pub fn set_master_weights(&self, values: &[&[f32]]) -> Result<()> {
         if !self.config.precision.master_weights {
             return Err(Error::InvalidArgument(
@@ -1026,22 +1056,33 @@ impl GpuAdamW {
                 )));
             }
         }
+        self.write_weights(values, true, self.config.ema_decay.is_some())
+    }
+
+    /// Writes `values` (one slice per tensor, checked) as the master weights and/or the EMA.
+    fn write_weights(&self, values: &[&[f32]], master: bool, ema: bool) -> Result<()> {
         let owned: Vec<Vec<f32>> = values.iter().map(|v| v.to_vec()).collect();
-        self.write_arenas(&self.arenas.master, Dtype::F32, |i| Some(&owned[i]));
+        if master {
+            self.write_arenas(&self.arenas.master, Dtype::F32, |i| Some(&owned[i]));
+        }
+        if ema {
+            let ty = self.config.ema_dtype();
+            self.write_arenas(&self.arenas.ema, ty, |i| Some(&owned[i]));
+        }
         self.queue.submit([]);
         Ok(())
     }
 
-    /// Master weights from the engine's 16-bit parameters, widened (at creation).
-    fn init_master(&self, groups: &[ParamGroup]) -> Result<()> {
+    /// Master weights and the EMA from the engine's parameters, widened (at creation).
+    fn init_weights(&self, groups: &[ParamGroup]) -> Result<()> {
         let ty = self.config.precision.param;
         let tensors: Vec<&TensorBinding> = groups.iter().flat_map(|g| &g.tensors).collect();
         let mut values = Vec::with_capacity(tensors.len());
         for t in tensors {
             let start = t.param_offset / 4 * 4;
-            let end = (t.param_offset + 2 * t.len).div_ceil(4) * 4;
+            let end = (t.param_offset + ty.size() * t.len).div_ceil(4) * 4;
             let words = read_buffer(&self.device, &self.queue, &t.param, start, end - start)?;
-            let first = ((t.param_offset - start) / 2) as usize;
+            let first = ((t.param_offset - start) / ty.size()) as usize;
             values.push(
                 (first..first + t.len as usize)
                     .map(|i| read_elem(&words, i, ty))
@@ -1049,7 +1090,11 @@ impl GpuAdamW {
             );
         }
         let refs: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-        self.set_master_weights(&refs)
+        if self.config.precision.master_weights {
+            self.set_master_weights(&refs)
+        } else {
+            self.write_weights(&refs, false, true)
+        }
     }
 
     /// Saves the state to a checkpoint file (atomically; see [`OptimizerState::save`]).

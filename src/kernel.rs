@@ -2,7 +2,6 @@
 //! that run it. [`crate::twin`] is its CPU twin.
 
 use crate::config::{AdamWConfig, GradNormOrder};
-use crate::precision::Precision;
 use bytemuck::{Pod, Zeroable};
 
 /// The WGSL source of the fused AdamW + schedule kernel: its files, by concept, concatenated
@@ -84,8 +83,8 @@ pub struct Globals {
     pub sched_state_at: u32,
     /// GradScaler: successful steps between growths ([`FLAG_GRAD_SCALER`]).
     pub growth_interval: u32,
-    /// Padding.
-    pub _pad1: u32,
+    /// The weight EMA's `1 - decay`, computed in f64 and rounded to f32.
+    pub ema_weight: f32,
     /// `FLAG_*` bits.
     pub flags: u32,
     /// Number of param groups.
@@ -172,6 +171,7 @@ impl Globals {
             ln_beta1: ln(b1),
             ln_beta2: ln(b2),
             growth_interval: config.grad_scaler.map_or(0, |s| s.growth_interval),
+            ema_weight: config.ema_decay.map_or(0.0, |d| (1.0 - d) as f32),
             growth_factor: config.grad_scaler.map_or(0.0, |s| s.growth_factor as f32),
             backoff_factor: config.grad_scaler.map_or(0.0, |s| s.backoff_factor as f32),
             ..Default::default()
@@ -299,6 +299,7 @@ pub const BINDINGS: &[LayoutBindings] = &[
             (19, BindingKind::StorageReadWrite), // v_w
             (20, BindingKind::StorageReadWrite), // vmax_w
             (21, BindingKind::StorageReadWrite), // master_w
+            (22, BindingKind::StorageReadWrite), // ema_w
         ],
     },
     LayoutBindings {
@@ -367,8 +368,9 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 impl Kernel {
     /// Compiles the shader and builds its pipelines on `device`, with `elems_per_thread`
     /// elements per invocation of `update` and `reduce`, and the mixed-precision update for
-    /// `precision` unless it is f32 throughout.
-    pub fn new(device: &wgpu::Device, elems_per_thread: u32, precision: &Precision) -> Self {
+    /// `config`'s precision and EMA unless it needs neither.
+    pub fn new(device: &wgpu::Device, elems_per_thread: u32, config: &AdamWConfig) -> Self {
+        let precision = &config.precision;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("wgpu-adamw kernel"),
             source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
@@ -404,7 +406,7 @@ impl Kernel {
         let pipeline =
             |layout: &wgpu::BindGroupLayout, entry: &str| pipeline_with(layout, entry, &constants);
         let update_mixed_layout = layout("update_mixed");
-        let update_mixed = precision.needs_mixed_update().then(|| {
+        let update_mixed = config.needs_mixed_update().then(|| {
             let p = precision;
             let mixed = [
                 ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
@@ -412,6 +414,8 @@ impl Kernel {
                 ("G_DTYPE", f64::from(p.grad.code())),
                 ("S_DTYPE", f64::from(p.state_dtype().code())),
                 ("MASTER", f64::from(u8::from(p.master_weights))),
+                ("EMA", f64::from(u8::from(config.ema_decay.is_some()))),
+                ("E_DTYPE", f64::from(config.ema_dtype().code())),
             ];
             pipeline_with(&update_mixed_layout, "update_mixed", &mixed)
         });

@@ -30,6 +30,8 @@ pub struct TensorState {
     /// f32 master weights ([`crate::Precision::master_weights`] only). Moments of a 16-bit
     /// state are held widened (exactly) in f32.
     pub master: Option<Vec<f32>>,
+    /// The weight EMA ([`crate::AdamWConfig::ema_decay`] only; 16-bit values widened).
+    pub ema: Option<Vec<f32>>,
 }
 
 /// Everything needed to resume an optimizer bit for bit.
@@ -153,6 +155,9 @@ impl OptimizerState {
             if let Some(m) = &t.master {
                 views.push((format!("master/{i}"), view(m)?));
             }
+            if let Some(e) = &t.ema {
+                views.push((format!("ema/{i}"), view(e)?));
+            }
         }
         let config = json!({
             "optimizer": optimizer_json(&self.config),
@@ -162,6 +167,7 @@ impl OptimizerState {
             "loss_scaling": self.config.loss_scaling,
             "grad_norm_order": self.config.grad_norm_order.name(),
             "dtype": self.config.precision.dtype_json(),
+            "ema_decay": self.config.ema_decay,
             "master_weights": self.config.precision.master_weights,
             "loss_scale": self.loss_scale,
             "metric": self.metric,
@@ -223,6 +229,10 @@ impl OptimizerState {
                 v => Ok(v.as_f64().ok_or_else(|| bad(path, format!("bad {key}")))? as f32),
             }
         };
+        config.ema_decay = match &cfg["ema_decay"] {
+            Value::Null => None,
+            v => Some(v.as_f64().ok_or_else(|| bad(path, "bad ema_decay"))?),
+        };
         config.grad_scaler = match &cfg["grad_scaler"] {
             Value::Null => None,
             v => Some(crate::config::parse_grad_scaler_json(v).map_err(wrap)?),
@@ -275,7 +285,16 @@ impl OptimizerState {
                 } else {
                     None
                 };
+            let ema_name = format!("ema/{i}");
+            let ema = if config.ema_decay.is_some() && st.names().contains(&ema_name.as_str()) {
+                Some(read_f32s(&st, &ema_name, path)?)
+            } else {
+                None
+            };
             let n = exp_avg.len();
+            if ema.as_ref().is_some_and(|e| e.len() != n) {
+                return Err(bad(path, format!("tensor {i}: an EMA of another length")));
+            }
             if exp_avg_sq.len() != n
                 || max_exp_avg_sq.as_ref().is_some_and(|m| m.len() != n)
                 || master.as_ref().is_some_and(|m| m.len() != n)
@@ -291,6 +310,7 @@ impl OptimizerState {
                 exp_avg_sq,
                 max_exp_avg_sq,
                 master,
+                ema,
             });
         }
         let schedule_state = if st.names().contains(&"schedule_state") {
@@ -299,7 +319,8 @@ impl OptimizerState {
             Vec::new()
         };
         let extra = usize::from(!schedule_state.is_empty());
-        let masters = tensors.iter().filter(|t| t.master.is_some()).count();
+        let masters = tensors.iter().filter(|t| t.master.is_some()).count()
+            + tensors.iter().filter(|t| t.ema.is_some()).count();
         let per_tensor = 2 + usize::from(config.amsgrad);
         if st.len() != 1 + extra + masters + tensors.len() * per_tensor {
             return Err(bad(path, "unexpected extra tensors"));
@@ -380,6 +401,11 @@ impl OptimizerState {
                 "amsgrad is {} in the checkpoint, {} here",
                 self.config.amsgrad, config.amsgrad
             ));
+        }
+        if self.config.ema_decay.is_some() != config.ema_decay.is_some() {
+            return mismatch(
+                "a weight EMA in one of the checkpoint and this optimizer only".into(),
+            );
         }
         if self.config.precision != config.precision {
             return mismatch(format!(

@@ -58,6 +58,8 @@ pub struct TraceParam {
     pub final_max_exp_avg_sq: Option<Vec<f32>>,
     /// Master-weight traces: the final master rounded to the 16-bit type (`final_model/`).
     pub final_model: Option<Vec<f32>>,
+    /// EMA traces: the averaged weights (`final_ema/`).
+    pub final_ema: Option<Vec<f32>>,
 }
 
 /// A whole `adamw-trace/1` file.
@@ -125,7 +127,7 @@ impl Trace {
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
         // /2's training-loop features are not built yet: refuse them by name.
-        for key in ["accumulate", "ema"] {
+        for key in ["accumulate"] {
             if !cfg[key].is_null() {
                 return Err(Error::Unsupported(format!(
                     "{}: `{key}` (adamw-trace/2) is not supported yet",
@@ -158,6 +160,12 @@ impl Trace {
         config.precision =
             Precision::from_json(cfg.get("dtype"), cfg.get("master_weights")).map_err(wrap)?;
         config.loss_scaling = st.names().iter().any(|n| n.starts_with("grad_scale/"));
+        if !cfg["ema"].is_null() {
+            let decay = cfg["ema"]["decay"]
+                .as_f64()
+                .ok_or_else(|| bad(path, "`ema.decay` must be a number"))?;
+            config = config.with_ema(decay);
+        }
         if !cfg["grad_scaler"].is_null() {
             if !cfg["amp"].is_null() {
                 return Err(bad(path, "`grad_scaler` and `amp` exclude each other"));
@@ -247,6 +255,11 @@ impl Trace {
                     final_exp_avg_sq: values(&format!("final_exp_avg_sq/{name}"), n, s_ty)?,
                     final_max_exp_avg_sq: if config.amsgrad {
                         Some(values(&format!("final_max_exp_avg_sq/{name}"), n, s_ty)?)
+                    } else {
+                        None
+                    },
+                    final_ema: if config.ema_decay.is_some() {
+                        Some(values(&format!("final_ema/{name}"), n, config.ema_dtype())?)
                     } else {
                         None
                     },
@@ -381,6 +394,8 @@ pub struct ReplayOutput {
     pub skipped: Vec<bool>,
     /// Master-weight traces: the engine's 16-bit parameters (widened), per trace param.
     pub model: Option<Vec<Vec<f32>>>,
+    /// EMA traces: the averaged weights, per trace param.
+    pub ema: Option<Vec<Vec<f32>>>,
     /// The loss scale each step used.
     pub grad_scale: Vec<f32>,
     /// The loss scale after the last step.
@@ -535,7 +550,15 @@ fn output_from_state(
     } else {
         (params, None)
     };
+    let ema = st.config.ema_decay.map(|_| {
+        st.tensors
+            .iter()
+            .zip(&params)
+            .map(|(t, p)| t.ema.clone().unwrap_or_else(|| p.clone()))
+            .collect()
+    });
     let mut out = ReplayOutput {
+        ema,
         final_scale: st.loss_scale,
         final_growth_tracker: st.growth_tracker,
         params,
@@ -782,6 +805,8 @@ pub struct Comparison {
     pub skipped: Option<Worst>,
     /// Master-weight traces: the engine's 16-bit parameters (`final_model/`).
     pub model: Option<Worst>,
+    /// EMA traces: the averaged weights (`final_ema/`; the parameters' tolerance).
+    pub ema: Option<Worst>,
     /// GradScaler traces: the scale of every step, the final scale and growth tracker
     /// (exact: ratio 0 or infinite).
     pub scaler: Option<Worst>,
@@ -800,6 +825,7 @@ impl Comparison {
             && self.skipped.as_ref().is_none_or(ok)
             && self.model.as_ref().is_none_or(ok)
             && self.scaler.as_ref().is_none_or(ok)
+            && self.ema.as_ref().is_none_or(ok)
     }
 
     /// The rows `(kind, worst)` for printing.
@@ -824,6 +850,9 @@ impl Comparison {
         }
         if let Some(w) = &self.scaler {
             rows.push(("scaler", w));
+        }
+        if let Some(w) = &self.ema {
+            rows.push(("ema", w));
         }
         rows
     }
@@ -969,6 +998,23 @@ pub fn compare(trace: &Trace, out: &ReplayOutput) -> Comparison {
         if let Some(got) = &out.max_exp_avg_sq {
             c.max_exp_avg_sq = Some(kind16(got, &|p| p.final_max_exp_avg_sq.as_deref(), s_ty));
         }
+    }
+    if trace.config.ema_decay.is_some() {
+        let got = out.ema.clone().unwrap_or_default();
+        let e_ty = trace.config.ema_dtype();
+        let mut w = if e_ty.is_16bit() {
+            kind16(&got, &|p| p.final_ema.as_deref(), e_ty)
+        } else {
+            let mut w = Worst::default();
+            for (i, p) in trace.params.iter().enumerate() {
+                if let Some(want) = &p.final_ema {
+                    cmp(&mut w, &nth(&got, i), want, &p.name, PARAM_ATOL, PARAM_RTOL);
+                }
+            }
+            w
+        };
+        w.wrong_count("ema tensors".into(), got.len(), trace.params.len());
+        c.ema = Some(w);
     }
     if prec.master_weights {
         let got = out.model.clone().unwrap_or_default();

@@ -25,6 +25,8 @@ const DTYPE_TRACES: &[&str] = &[
     "x_mp_f32_bf16grad_clip.safetensors",
     "mp_grad_scaler.safetensors",
     "x_mp_f16_pure_scaler.safetensors",
+    "mp_ema.safetensors",
+    "x_mp_bf16_pure_ema.safetensors",
 ];
 
 fn check(backend: Backend<'_>, label: &str, name: &str) -> wgpu_adamw::trace::ReplayOutput {
@@ -75,6 +77,11 @@ fn gpu_matches_the_16bit_traces_and_the_cpu_bit_for_bit() {
             gpu.model.as_deref().map(bits),
             cpu.model.as_deref().map(bits),
             "{name}: model"
+        );
+        assert_eq!(
+            gpu.ema.as_deref().map(bits),
+            cpu.ema.as_deref().map(bits),
+            "{name}: ema"
         );
     }
 }

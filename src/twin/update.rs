@@ -52,3 +52,19 @@ pub fn update_element(
     *exp_avg = m;
     *exp_avg_sq = v;
 }
+
+/// The weight EMA's next value (`ema_next` in `shaders/update_mixed.wgsl`): the first update
+/// copies the weight `p`, later ones are `torch.lerp(e, p, w)` with `w = 1 - decay`, as
+/// PyTorch's CPU kernel computes it (one fma; for `w >= 0.5` from the other end).
+#[inline(always)]
+pub fn ema_next(g: &Globals, e_old: f32, p: f32, first: bool) -> f32 {
+    if first {
+        return p;
+    }
+    let w = g.ema_weight;
+    if w < 0.5 {
+        lerp_fma(w, p - e_old, e_old)
+    } else {
+        lerp_fma(w - 1.0, p - e_old, p)
+    }
+}
