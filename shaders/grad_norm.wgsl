@@ -43,12 +43,26 @@ fn finish_norm(sum_sq: f32, flags: u32, root: f32) -> f32 {
 }
 
 // torch.nn.utils.clip_grad_norm_'s coefficient: max_norm / (total_norm + 1e-6) clamped to 1;
-// 0 for an infinite norm, NaN for a NaN one.
+// 0 for an infinite norm, NaN for a NaN one. On 16-bit gradients (g.grad_round) PyTorch
+// computes it in the 16-bit type as round(round(1 / round(norm + 1e-6)) * max_norm).
 fn clip_coefficient(norm: f32) -> f32 {
     if (is_nonfinite(norm)) {
         return select(0.0, norm, (bitcast<u32>(norm) & 0x7fffffu) != 0u);
     }
+    if ((g.grad_round | dz) != DTYPE_F32) {
+        let c = round_grad(round_grad(recip(round_grad(norm + 1e-6))) * g.max_grad_norm);
+        return min(c, 1.0);
+    }
     return min(div_rn(g.max_grad_norm, norm + 1e-6), 1.0);
+}
+
+// x rounded to the type of gradient arithmetic (g.grad_round; f32: unchanged).
+fn round_grad(x: f32) -> f32 {
+    let ty = g.grad_round | dz;
+    if (ty == DTYPE_F32) {
+        return x;
+    }
+    return widen16(narrow16(x, ty), ty);
 }
 
 // 1 / s rounded to nearest (one Newton step with exact residuals), as PyTorch's
@@ -110,7 +124,8 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
-    let g0 = meta_ro[ce + 1u];
+    // Accumulated gradients are the optimizer's, at the moments' offsets.
+    let g0 = select(meta_ro[ce + 1u], meta_ro[ce + 2u], (g.flags & FLAG_ACCUMULATE) != 0u);
     var count = meta_ro[ce + 3u] & 0xffffu;
     let is_packed = count == 0u;
     if (is_packed) {
@@ -220,13 +235,14 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let lane = lid % 8u;
     let valid = t < dispatch.n_tensors;
     let inv = grad_multiplier(amp_ro[0]);
-    // Tensor table entry: grad offset in this binding, length, index in registration order.
+    // Tensor table entry: grad offset in this binding, length, index in registration order,
+    // offset of its moments (and accumulated gradients).
     var g0 = 0u;
     var len = 0u;
     var index = 0u;
     if (valid) {
         let te = g.tensors_at + 4u * (dispatch.first_tensor + t);
-        g0 = meta_ro[te];
+        g0 = select(meta_ro[te], meta_ro[te + 3u], (g.flags & FLAG_ACCUMULATE) != 0u);
         len = meta_ro[te + 1u];
         index = meta_ro[te + 2u];
     }
@@ -236,7 +252,7 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     for (var i = lane; i < body; i += 8u) {
         let raw = grad_value(g0 + i);
         flag = flag | nonfinite_flags(raw);
-        acc = add_square(acc, raw * inv);
+        acc = add_square(acc, round_grad(raw * inv));
     }
     lane_acc[lid] = acc;
     lane_flag[lid] = flag;
@@ -251,10 +267,10 @@ fn tensor_norms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         for (var i = body; i < len; i++) {
             let raw = grad_value(g0 + i);
             f = f | nonfinite_flags(raw);
-            b = add_square(b, raw * inv);
+            b = add_square(b, round_grad(raw * inv));
         }
         let at = g.tensor_norms_at + 2u * index;
-        partials_rw[at] = bitcast<u32>(sqrt_rn(b));
+        partials_rw[at] = bitcast<u32>(round_grad(sqrt_rn(b)));
         partials_rw[at + 1u] = f;
     }
 }

@@ -53,6 +53,10 @@ struct Globals {
     tensors_at: u32,      // word offset of the tensor table in `meta` (FLAG_TORCH_NORM)
     tensor_norms_at: u32, // word offset of the per-tensor norms in `partials`
     segments_at: u32,     // word offset of the segment table of packed chunks in `meta`
+    accumulate: u32,      // micro-batches per optimizer step (FLAG_ACCUMULATE)
+    grad_round: u32,      // DTYPE_* gradient ops round to (pure 16-bit clipping), else f32
+    _pad5: u32,
+    _pad6: u32,
 }
 
 struct DispatchInfo {
@@ -76,6 +80,7 @@ const FLAG_TORCH_NORM: u32 = 16u; // the norm in PyTorch's CPU summation order (
 const FLAG_CYCLE_MOMENTUM: u32 = 32u; // the schedule sets beta1 (onecycle, cyclic)
 const FLAG_PLATEAU: u32 = 64u;    // the schedule is ReduceLROnPlateau (a state machine)
 const FLAG_GRAD_SCALER: u32 = 128u; // GradScaler: update the loss scale after every step
+const FLAG_ACCUMULATE: u32 = 256u; // gradients accumulate over g.accumulate calls (accumulate.wgsl)
 
 // Words of the control buffer (`amp`, binding 10/11): the host or the engine writes the loss
 // scale, the plateau metric and the lr multiplier; the prologue writes found_inf, the norm,
@@ -97,6 +102,10 @@ const COUNTER_ADAM: u32 = 1u;
 const STEP_SKIPPED: u32 = 2u;
 const STEP_INV_SCALE: u32 = 3u;
 const STEP_CLIP_COEF: u32 = 4u;
+// meta[5]: micro-batches accumulated since the last optimizer step (FLAG_ACCUMULATE).
+const COUNTER_MICRO: u32 = 5u;
+// meta[STEP_SKIPPED] of a call that only accumulated (not an optimizer step).
+const STEP_MICRO: u32 = 2u;
 
 // meta[7] is always 0 (never written after creation): the prologue loads it into `dz`.
 const META_ZERO: u32 = 7u;

@@ -12,6 +12,10 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     let spe = g.steps_per_epoch | dz;
     let sched = meta_rw[COUNTER_SCHED];
     let adam = meta_rw[COUNTER_ADAM];
+    // With accumulation, only the k-th call is an optimizer step; the others only counted
+    // (and accumulated): nothing else changes.
+    let micro = meta_rw[COUNTER_MICRO];
+    let micro_step = (flags & FLAG_ACCUMULATE) != 0u && micro + 1u < g.accumulate;
     var skip = false;
     var inv = 1.0;
     var coef = 1.0;
@@ -43,7 +47,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
                 b = add_square(b, bitcast<f32>(partials_ro[g.tensor_norms_at + 2u * i]));
             }
             workgroup_tree(lid);
-            norm = finish_norm(b, red_flag[0], sqrt_rn(b));
+            norm = finish_norm(b, red_flag[0], round_grad(sqrt_rn(b)));
         } else {
             var acc = vec2<f32>(0.0, 0.0);
             var flag = 0u;
@@ -64,7 +68,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         if ((flags & FLAG_CLIP) != 0u) {
             coef = clip_coefficient(norm);
         }
-        if (lid == 0u) {
+        if (lid == 0u && !micro_step) {
             amp_rw[1] = select(0u, 1u, red_flag[0] != 0u);
             amp_rw[2] = bitcast<u32>(norm);
             amp_rw[3] = bitcast<u32>(coef);
@@ -78,7 +82,7 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
     }
     // A counter at 2^32 - 1 cannot advance: the step is refused (skipped, counters kept)
     // rather than wrapped, which would restart the schedule or make t = 0 (bias correction 0).
-    let at_limit = sched == 0xffffffffu || adam == 0xffffffffu;
+    let at_limit = sched == 0xffffffffu || adam == 0xffffffffu || micro_step;
     skip = skip || at_limit;
     // Step s = sched + 1 uses epoch floor((s - 1) / K); a skipped step does not advance t.
     let epoch = sched / spe;
@@ -116,7 +120,11 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
         meta_rw[at + 6u] = bitcast<u32>(beta1);
     }
     storageBarrier();
-    if (lid == 0u) {
+    if (lid == 0u && micro_step) {
+        meta_rw[COUNTER_MICRO] = micro + 1u;
+        meta_rw[STEP_SKIPPED] = STEP_MICRO;
+    } else if (lid == 0u) {
+        meta_rw[COUNTER_MICRO] = 0u;
         meta_rw[COUNTER_SCHED] = sched + select(1u, 0u, at_limit);
         meta_rw[COUNTER_ADAM] = adam + select(1u, 0u, skip);
         meta_rw[STEP_SKIPPED] = select(0u, 1u, skip);

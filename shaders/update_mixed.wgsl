@@ -90,6 +90,20 @@ fn store_ema(word: u32, i: u32, x: f32) -> u32 {
     return with_half(word, i, narrow16(x, E_DTYPE));
 }
 
+// The gradient the update sees: unscaled, then clipped, each rounded to the type of gradient
+// arithmetic (16-bit in pure 16-bit training with clipping, as PyTorch's ops on p.grad).
+fn effective_grad(raw: f32, k: StepConsts) -> f32 {
+    return round_grad(round_grad(raw * k.inv_scale) * k.clip_coef);
+}
+
+// `k` with the unscaling and clipping already applied by `effective_grad`.
+fn unit_consts(k: StepConsts) -> StepConsts {
+    var u = k;
+    u.inv_scale = 1.0;
+    u.clip_coef = 1.0;
+    return u;
+}
+
 // The word index of element i of a stream of type `dtype`.
 fn word_of(i: u32, dtype: u32) -> u32 {
     return select(i >> 1u, i, dtype == DTYPE_F32);
@@ -156,7 +170,7 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
         if (amsgrad) {
             vmax_old = moment(x_src, si);
         }
-        let r = adam_element(grad_at(g0 + u32(j)), p_old, moment(m_src, si), moment(v_src, si), vmax_old, k);
+        let r = adam_element(effective_grad(grad_at(g0 + u32(j)), k), p_old, moment(m_src, si), moment(v_src, si), vmax_old, unit_consts(k));
         if (S_DTYPE == DTYPE_F32) {
             m_w[si] = bitcast<u32>(r.y);
             v_w[si] = bitcast<u32>(r.z);
@@ -223,8 +237,9 @@ fn update_mixed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
     let ce = g.chunks_at + 4u * (dispatch.first_chunk + chunk);
     let p0 = meta_ro[ce];
-    let g0 = meta_ro[ce + 1u];
     let s0 = meta_ro[ce + 2u];
+    // Accumulated gradients are the optimizer's, at the moments' offsets.
+    let g0 = select(meta_ro[ce + 1u], s0, (g.flags & FLAG_ACCUMULATE) != 0u);
     let packed = meta_ro[ce + 3u];
     let count = packed & 0xffffu;
     let k = step_consts(packed >> 16u);

@@ -93,6 +93,13 @@ pub struct AdamWConfig {
     /// same pass as each step that is not skipped (`torch.optim.swa_utils.AveragedModel`
     /// with `get_ema_multi_avg_fn(decay)`: the first update copies the weights).
     pub ema_decay: Option<f64>,
+    /// Micro-batches per optimizer step (>= 1): the engine writes its gradient buffer once
+    /// per micro-batch and calls the step each time; the optimizer sums the gradients in
+    /// order (rounding each add to [`AdamWConfig::grad_acc_dtype`], as PyTorch's
+    /// `p.grad += g`) and updates on every `accumulate`-th call. The counter lives on the
+    /// device, so micro-batches recorded in one submit work. Unscaling, the non-finite
+    /// check and clipping apply to the sum.
+    pub accumulate: u32,
 }
 
 /// `torch.amp.GradScaler`'s dynamic loss scale: after a step with non-finite gradients (which
@@ -168,6 +175,7 @@ impl Default for AdamWConfig {
             precision: Precision::F32,
             grad_scaler: None,
             ema_decay: None,
+            accumulate: 1,
         }
     }
 }
@@ -253,10 +261,36 @@ impl AdamWConfig {
         }
     }
 
-    /// The GPU updates with the mixed-precision kernel: a 16-bit stream, master weights or
-    /// an EMA.
+    /// Accumulates `k` micro-batches per optimizer step (see [`AdamWConfig::accumulate`]).
+    pub fn with_accumulation(mut self, k: u32) -> Self {
+        self.accumulate = k;
+        self
+    }
+
+    /// The type gradients are summed in: the 16-bit gradients' own in pure 16-bit training
+    /// (PyTorch's `p.grad` is 16-bit there), else f32.
+    pub fn grad_acc_dtype(&self) -> crate::precision::Dtype {
+        if self.precision.is_pure_16bit() {
+            self.precision.grad
+        } else {
+            crate::precision::Dtype::F32
+        }
+    }
+
+    /// The type the update and the gradient norm read gradients in: the accumulator's with
+    /// accumulation, else the engine's.
+    pub fn grad_read_dtype(&self) -> crate::precision::Dtype {
+        if self.accumulate > 1 {
+            self.grad_acc_dtype()
+        } else {
+            self.precision.grad
+        }
+    }
+
+    /// The GPU updates with the mixed-precision kernel: a 16-bit stream, master weights, an
+    /// EMA or accumulation.
     pub fn needs_mixed_update(&self) -> bool {
-        self.precision.needs_mixed_update() || self.ema_decay.is_some()
+        self.precision.needs_mixed_update() || self.ema_decay.is_some() || self.accumulate > 1
     }
 
     /// Sets the element types ([`Precision`]).
@@ -309,6 +343,9 @@ impl AdamWConfig {
             ));
         }
         self.precision.validate()?;
+        if self.accumulate == 0 {
+            return Err(hyper("accumulate", "must be >= 1 micro-batch per step"));
+        }
         if let Some(d) = self.ema_decay {
             if !(0.0..=1.0).contains(&d) {
                 return Err(hyper("ema_decay", format!("must be in [0, 1], got {d}")));
@@ -323,10 +360,13 @@ impl AdamWConfig {
                 ));
             }
         }
-        if self.precision.is_pure_16bit() && self.max_grad_norm.is_some() {
-            // PyTorch's clip_grad_norm_ rounds each of its ops to the 16-bit type there.
+        if self.precision.is_pure_16bit()
+            && self.max_grad_norm.is_some()
+            && self.grad_norm_order != GradNormOrder::TorchCpu
+        {
+            // PyTorch's clip_grad_norm_ rounds each tensor's norm to the 16-bit type there.
             return Err(crate::Error::Unsupported(
-                "clipping with 16-bit moments (pure 16-bit training) is not supported yet".into(),
+                "clipping pure 16-bit gradients needs GradNormOrder::TorchCpu (per-tensor norms, each rounded to 16 bits)".into(),
             ));
         }
         self.schedule.validate()?;

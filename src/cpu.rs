@@ -77,6 +77,7 @@ impl CpuAdamW {
                     max_exp_avg_sq: config.amsgrad.then(|| vec![0.0; n]),
                     master: None,
                     ema: None,
+                    grad_acc: None,
                 })
             })
             .collect();
@@ -254,7 +255,26 @@ impl CpuAdamW {
             grads.iter().map(|g| g.len()),
         )?;
         check_elems(&prec, params, grads)?;
-        let wide: Vec<Vec<f32>> = grads.iter().map(|g| g.widen(prec.grad)).collect();
+        let mut wide: Vec<Vec<f32>> = grads.iter().map(|g| g.widen(prec.grad)).collect();
+        let k = self.config.accumulate;
+        if k > 1 {
+            // `accumulate` then the prologue's micro-batch counter, as the kernel does.
+            let (first, ty) = (self.counters.micro == 0, self.config.grad_acc_dtype());
+            for (t, g) in self.tensors.iter_mut().zip(&wide) {
+                let acc = t.grad_acc.get_or_insert_with(|| vec![0.0; g.len()]);
+                for (a, &x) in acc.iter_mut().zip(g) {
+                    *a = twin::accumulate_next(*a, x, first, ty);
+                }
+            }
+            if self.counters.micro + 1 < k {
+                self.counters.micro += 1;
+                return Ok(());
+            }
+            self.counters.micro = 0;
+            for (t, w) in self.tensors.iter().zip(wide.iter_mut()) {
+                w.clone_from(t.grad_acc.as_ref().expect("accumulated above"));
+            }
+        }
         let wide_refs: Vec<&[f32]> = wide.iter().map(Vec::as_slice).collect();
         for (t, p) in self.tensors.iter_mut().zip(params.iter()) {
             let widened = || {
@@ -280,7 +300,7 @@ impl CpuAdamW {
             let s = &self.last[t.group];
             for (i, &gr) in grad.iter().enumerate() {
                 let gr = if amp {
-                    twin::effective_grad(&step, gr)
+                    twin::effective_grad_rounded(g, &step, gr)
                 } else {
                     gr
                 };
@@ -384,7 +404,7 @@ impl CpuAdamW {
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {
                 let norms: Vec<(f32, u32)> = grads
                     .iter()
-                    .map(|g| twin::tensor_norm_torch(g, inv))
+                    .map(|g| twin::tensor_norm_torch(&self.globals, g, inv))
                     .collect();
                 twin::final_norm(&self.globals, &[], &norms)
             } else {
@@ -516,7 +536,15 @@ impl CpuAdamW {
             metric: self.control.metric,
             lr_scale: self.control.lr_scale,
             growth_tracker: self.control.growth_tracker,
-            tensors: self.tensors.clone(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| TensorState {
+                    // Mid-step only: the accumulator is meaningless at a step boundary.
+                    grad_acc: t.grad_acc.clone().filter(|_| self.counters.micro > 0),
+                    ..t.clone()
+                })
+                .collect(),
         }
     }
 

@@ -5,8 +5,8 @@ use crate::config::{AdamWConfig, GradNormOrder, GroupConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{
     DispatchInfo, Globals, Kernel, CONTROL_GROWTH_TRACKER, CONTROL_LR_SCALE, CONTROL_METRIC,
-    CONTROL_SCALE, CONTROL_WORDS, COUNTER_ADAM, COUNTER_SCHED, COUNTER_WORDS, ELEMS_PER_THREAD,
-    SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
+    CONTROL_SCALE, CONTROL_WORDS, COUNTER_ADAM, COUNTER_MICRO, COUNTER_SCHED, COUNTER_WORDS,
+    ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
 use crate::precision::{Dtype, Precision};
@@ -70,6 +70,8 @@ pub struct GpuOptions {
 struct Dispatch {
     bind_group: wgpu::BindGroup,
     reduce_bind_group: wgpu::BindGroup,
+    /// The `accumulate` bind group (with accumulation).
+    accumulate_bind_group: Option<wgpu::BindGroup>,
     /// Grid over all its chunks (`reduce`).
     grid: (u32, u32),
     /// Grids of `update` over its runs and of `update_packed` over its packed chunks.
@@ -89,6 +91,8 @@ struct Arenas {
     master: Vec<wgpu::Buffer>,
     /// The weight EMA ([`AdamWConfig::ema_decay`]), at the moments' offsets.
     ema: Vec<wgpu::Buffer>,
+    /// Accumulated gradients ([`AdamWConfig::accumulate`]), at the moments' offsets.
+    grad_acc: Vec<wgpu::Buffer>,
 }
 
 /// AdamW with an on-device learning-rate schedule, updating the engine's buffers in place.
@@ -333,6 +337,15 @@ impl GpuAdamW {
                 } else {
                     vec![f32_buffer("weight EMA (unused)", 4)]
                 },
+                grad_acc: if config.accumulate > 1 {
+                    let bytes = config.grad_acc_dtype().size();
+                    arena_fill
+                        .iter()
+                        .map(|&n| f32_buffer("accumulated gradients", (n * bytes).div_ceil(4)))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             };
             // New buffers are zeroed by wgpu: the moments start at zero, as PyTorch's.
 
@@ -375,6 +388,7 @@ impl GpuAdamW {
                 .chain(&arenas.max_exp_avg_sq)
                 .chain(&arenas.master)
                 .chain(&arenas.ema)
+                .chain(&arenas.grad_acc)
                 .collect();
             for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
                 if own.contains(&&t.param) || own.contains(&&t.grad) {
@@ -462,7 +476,13 @@ impl GpuAdamW {
                             (1, binding(&uniform, info_at(k), info)),
                             (2, meta.as_entire_binding()),
                             (16, binding(param, p_win, p_size / 4 * 4)),
-                            (17, binding(grad, g_win, g_size / 4 * 4)),
+                            (
+                                17,
+                                match arenas.grad_acc.get(arena) {
+                                    Some(acc) => acc.as_entire_binding(),
+                                    None => binding(grad, g_win, g_size / 4 * 4),
+                                },
+                            ),
                             (18, arenas.exp_avg[arena].as_entire_binding()),
                             (19, arenas.exp_avg_sq[arena].as_entire_binding()),
                             (20, vmax.as_entire_binding()),
@@ -488,6 +508,11 @@ impl GpuAdamW {
                     )
                 };
                 let mut reduce_entries = head();
+                if let Some(acc) = arenas.grad_acc.get(arena) {
+                    // The norm and the non-finite check see the accumulated gradients.
+                    reduce_entries.retain(|(b, _)| *b != 4);
+                    reduce_entries.push((4, acc.as_entire_binding()));
+                }
                 reduce_entries.extend([
                     (10, amp.as_entire_binding()),
                     (12, partials.as_entire_binding()),
@@ -498,9 +523,25 @@ impl GpuAdamW {
                     &kernel.reduce_layout,
                     reduce_entries,
                 );
+                let accumulate_bind_group = arenas.grad_acc.get(arena).map(|acc| {
+                    let info = std::mem::size_of::<DispatchInfo>() as u64;
+                    make_bind_group(
+                        device,
+                        "wgpu-adamw accumulate",
+                        &kernel.accumulate_layout,
+                        vec![
+                            (0, binding(&uniform, 0, globals_size)),
+                            (1, binding(&uniform, info_at(k), info)),
+                            (2, meta.as_entire_binding()),
+                            (17, binding(grad, g_win, g_size / 4 * 4)),
+                            (23, acc.as_entire_binding()),
+                        ],
+                    )
+                });
                 dispatches.push(Dispatch {
                     bind_group,
                     reduce_bind_group,
+                    accumulate_bind_group,
                     grid: (grid_x, grid_y),
                     run_grid,
                     packed_grid,
@@ -585,6 +626,15 @@ impl GpuAdamW {
     /// engine submits it, through the engine's error scopes or uncaptured-error handler;
     /// [`GpuAdamW::step`] records and submits inside error scopes instead.
     pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if let Some(accumulate) = &self.kernel.accumulate {
+            pass.set_pipeline(accumulate);
+            for d in &self.dispatches {
+                if let (Some(bg), Some((x, y))) = (&d.accumulate_bind_group, d.run_grid) {
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
+        }
         if self.config.loss_scaling || self.config.max_grad_norm.is_some() {
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {
                 pass.set_pipeline(&self.kernel.tensor_norms);
@@ -750,16 +800,17 @@ impl GpuAdamW {
 
     /// Reads back the step counters.
     pub fn read_counters(&self) -> Result<Counters> {
-        let w = self.read_words(&self.meta, 0, 8)?;
+        let w = self.read_words(&self.meta, 0, 4 * u64::from(COUNTER_WORDS))?;
         Ok(Counters {
             sched: w[COUNTER_SCHED],
             adam: w[COUNTER_ADAM],
+            micro: w[COUNTER_MICRO],
         })
     }
 
     /// Whether the last step was skipped (non-finite gradients under loss scaling).
     pub fn read_skipped(&self) -> Result<bool> {
-        Ok(self.read_words(&self.meta, 4 * STEP_SKIPPED as u64, 4)?[0] != 0)
+        Ok(self.read_words(&self.meta, 4 * STEP_SKIPPED as u64, 4)?[0] == 1)
     }
 
     /// The control buffer, 8 words the engine may bind or copy:
@@ -866,6 +917,7 @@ impl GpuAdamW {
             } else {
                 &[]
             })
+            .chain(&a.grad_acc)
             .collect();
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
@@ -882,6 +934,12 @@ impl GpuAdamW {
         let mut arenas: Vec<Vec<u32>> = words.collect();
         let n = a.exp_avg.len();
         let kinds = 2 + usize::from(self.config.amsgrad);
+        let grad_acc = (self.config.accumulate > 1).then(|| {
+            let at = kinds
+                + usize::from(prec.master_weights)
+                + usize::from(self.config.ema_decay.is_some());
+            arenas.split_off(at * n)
+        });
         let ema = self
             .config
             .ema_decay
@@ -907,6 +965,7 @@ impl GpuAdamW {
             counters: Counters {
                 sched: counters[COUNTER_SCHED],
                 adam: counters[COUNTER_ADAM],
+                micro: counters[COUNTER_MICRO],
             },
             loss_scale: f32::from_bits(control[0]),
             schedule_state,
@@ -923,6 +982,11 @@ impl GpuAdamW {
                     max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t, s_ty)),
                     master: master.as_ref().map(|a| gather(a, t, Dtype::F32)),
                     ema: ema.as_ref().map(|a| gather(a, t, self.config.ema_dtype())),
+                    // Mid-step only: the accumulator is meaningless at a step boundary.
+                    grad_acc: grad_acc
+                        .as_ref()
+                        .filter(|_| counters[COUNTER_MICRO] > 0)
+                        .map(|a| gather(a, t, self.config.grad_acc_dtype())),
                 })
                 .collect(),
         })
@@ -961,9 +1025,18 @@ impl GpuAdamW {
             let ty = self.config.ema_dtype();
             self.write_arenas(&a.ema, ty, |i| state.tensors[i].ema.as_ref());
         }
+        if self.config.accumulate > 1 {
+            let ty = self.config.grad_acc_dtype();
+            self.write_arenas(&a.grad_acc, ty, |i| state.tensors[i].grad_acc.as_ref());
+        }
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
             .write_buffer(&self.meta, 0, bytemuck::cast_slice(&counters));
+        self.queue.write_buffer(
+            &self.meta,
+            4 * COUNTER_MICRO as u64,
+            bytemuck::bytes_of(&state.counters.micro),
+        );
         let table: Vec<u32> = state
             .groups
             .iter()

@@ -14,6 +14,7 @@ pub const SHADER_SOURCE: &str = concat!(
     include_str!("../shaders/prologue.wgsl"),
     include_str!("../shaders/update.wgsl"),
     include_str!("../shaders/update_mixed.wgsl"),
+    include_str!("../shaders/accumulate.wgsl"),
     include_str!("../shaders/probes.wgsl"),
 );
 
@@ -41,6 +42,8 @@ pub const FLAG_PLATEAU: u32 = 64;
 /// `Globals::flags` bit: PyTorch's GradScaler updates the loss scale on the device after
 /// every step (with [`FLAG_LOSS_SCALE`]).
 pub const FLAG_GRAD_SCALER: u32 = 128;
+/// `Globals::flags` bit: gradients accumulate over `Globals::accumulate` calls.
+pub const FLAG_ACCUMULATE: u32 = 256;
 /// Words per group of the per-step scalars in `meta`: lr, `1 - lr*wd`, `lr / bc1`,
 /// `sqrt(bc2)`, `1 - beta1`, `(1 - beta1) - 1`, beta1, unused.
 pub const SCALAR_WORDS: u32 = 8;
@@ -61,8 +64,13 @@ pub const CONTROL_WORDS: usize = 8;
 pub const COUNTER_SCHED: usize = 0;
 /// `meta` word: Adam steps taken.
 pub const COUNTER_ADAM: usize = 1;
-/// `meta` word: the last step was skipped (non-finite gradients under loss scaling).
+/// `meta` word: the last step was skipped (1: non-finite gradients under loss scaling) or
+/// only accumulated ([`STEP_MICRO`]).
 pub const STEP_SKIPPED: usize = 2;
+/// `meta[STEP_SKIPPED]` of a call that only accumulated a micro-batch.
+pub const STEP_MICRO: u32 = 2;
+/// `meta` word: micro-batches accumulated since the last optimizer step.
+pub const COUNTER_MICRO: usize = 5;
 /// Words at the start of the `meta` buffer that hold the step counters.
 pub const COUNTER_WORDS: u32 = 8;
 /// Stand-in for `ln(0)` when a beta is 0 (keeps infinities out of the shader).
@@ -130,6 +138,16 @@ pub struct Globals {
     pub tensor_norms_at: u32,
     /// Word offset of the segment table of packed chunks in `meta` (see [`crate::plan`]).
     pub segments_at: u32,
+    /// Micro-batches per optimizer step ([`FLAG_ACCUMULATE`]).
+    pub accumulate: u32,
+    /// The type gradient arithmetic rounds to (`DTYPE_*`): pure 16-bit training with
+    /// clipping rounds each of `clip_grad_norm_`'s ops to the 16-bit type, as PyTorch does on
+    /// 16-bit `p.grad`; else f32 (no rounding).
+    pub grad_round: u32,
+    /// Padding.
+    pub _pad5: u32,
+    /// Padding.
+    pub _pad6: u32,
 }
 
 impl Globals {
@@ -156,6 +174,7 @@ impl Globals {
                     config.grad_scaler.is_some(),
                     FLAG_GRAD_SCALER | FLAG_LOSS_SCALE,
                 ),
+                (config.accumulate > 1, FLAG_ACCUMULATE),
             ]
             .iter()
             .filter(|(on, _)| *on)
@@ -172,6 +191,12 @@ impl Globals {
             ln_beta2: ln(b2),
             growth_interval: config.grad_scaler.map_or(0, |s| s.growth_interval),
             ema_weight: config.ema_decay.map_or(0.0, |d| (1.0 - d) as f32),
+            accumulate: config.accumulate,
+            grad_round: if config.precision.is_pure_16bit() && config.max_grad_norm.is_some() {
+                config.precision.grad.code()
+            } else {
+                0
+            },
             growth_factor: config.grad_scaler.map_or(0.0, |s| s.growth_factor as f32),
             backoff_factor: config.grad_scaler.map_or(0.0, |s| s.backoff_factor as f32),
             ..Default::default()
@@ -229,6 +254,11 @@ pub struct Kernel {
     /// The `update_mixed` entry point, for the precision the kernel was built for (`None`
     /// when it is f32 throughout).
     pub update_mixed: Option<wgpu::ComputePipeline>,
+    /// Layout of an `accumulate` bind group: globals, dispatch info, meta, the engine's
+    /// gradients and the accumulator.
+    pub accumulate_layout: wgpu::BindGroupLayout,
+    /// The `accumulate` entry point (`None` without accumulation).
+    pub accumulate: Option<wgpu::ComputePipeline>,
 }
 
 /// How a binding is bound.
@@ -300,6 +330,17 @@ pub const BINDINGS: &[LayoutBindings] = &[
             (20, BindingKind::StorageReadWrite), // vmax_w
             (21, BindingKind::StorageReadWrite), // master_w
             (22, BindingKind::StorageReadWrite), // ema_w
+        ],
+    },
+    LayoutBindings {
+        name: "accumulate",
+        entry_points: &["accumulate"],
+        bindings: &[
+            (0, BindingKind::Globals),
+            (1, BindingKind::DispatchInfo),
+            (2, BindingKind::StorageRead),       // meta_ro
+            (17, BindingKind::StorageRead),      // grad_w (the engine's)
+            (23, BindingKind::StorageReadWrite), // acc_w
         ],
     },
     LayoutBindings {
@@ -411,13 +452,21 @@ impl Kernel {
             let mixed = [
                 ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
                 ("P_DTYPE", f64::from(p.param.code())),
-                ("G_DTYPE", f64::from(p.grad.code())),
+                ("G_DTYPE", f64::from(config.grad_read_dtype().code())),
                 ("S_DTYPE", f64::from(p.state_dtype().code())),
                 ("MASTER", f64::from(u8::from(p.master_weights))),
                 ("EMA", f64::from(u8::from(config.ema_decay.is_some()))),
                 ("E_DTYPE", f64::from(config.ema_dtype().code())),
             ];
             pipeline_with(&update_mixed_layout, "update_mixed", &mixed)
+        });
+        let accumulate_layout = layout("accumulate");
+        let accumulate = (config.accumulate > 1).then(|| {
+            let acc = [
+                ("G_DTYPE", f64::from(precision.grad.code())),
+                ("A_DTYPE", f64::from(config.grad_acc_dtype().code())),
+            ];
+            pipeline_with(&accumulate_layout, "accumulate", &acc)
         });
         let reduce_layout = layout("reduce");
         let prologue = pipeline(&prologue_layout, "prologue");
@@ -426,7 +475,7 @@ impl Kernel {
         // The gradient norm reads 16-bit gradients too.
         let reduce_constants = [
             ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
-            ("G_DTYPE", f64::from(precision.grad.code())),
+            ("G_DTYPE", f64::from(config.grad_read_dtype().code())),
         ];
         let reduce = pipeline_with(&reduce_layout, "reduce", &reduce_constants);
         let tensor_norms = pipeline_with(&reduce_layout, "tensor_norms", &reduce_constants);
@@ -441,6 +490,8 @@ impl Kernel {
             tensor_norms,
             update_mixed_layout,
             update_mixed,
+            accumulate_layout,
+            accumulate,
         }
     }
 }

@@ -252,7 +252,12 @@ impl GpuPlan {
                         packed.fill as u32 | (gi as u32) << 16,
                     ]);
                     packed.fill += t.len;
-                    plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
+                    plan.tensor_lists[k].push([
+                        g0 as u32,
+                        t.len as u32,
+                        index as u32,
+                        state_offset as u32,
+                    ]);
                     plan.tensors.push(TensorInfo {
                         group: gi,
                         len: t.len,
@@ -281,7 +286,12 @@ impl GpuPlan {
                     plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
                     let k = key_of(&mut plan, (p_buf, p_win, g_buf, g_win, arena));
                     if done == 0 {
-                        plan.tensor_lists[k].push([g0 as u32, t.len as u32, index as u32, 0]);
+                        plan.tensor_lists[k].push([
+                            g0 as u32,
+                            t.len as u32,
+                            index as u32,
+                            state_offset as u32,
+                        ]);
                     } else if torch_norm {
                         return Err(Error::Unsupported(format!(
                             "tensor {index}: the torch_cpu gradient-norm order needs every tensor within one storage binding ({max_binding} bytes)"

@@ -1,8 +1,9 @@
 //! The optimizer's whole state (config, counters, moments) and its checkpoint file.
 //!
 //! A checkpoint is a safetensors file: `exp_avg/{i}`, `exp_avg_sq/{i}` and (amsgrad)
-//! `max_exp_avg_sq/{i}` per tensor `i` in registration order, `counters` (U32
-//! `[scheduler_steps, adam_steps]`), and the config as JSON in the metadata. Both backends
+//! `max_exp_avg_sq/{i}` per tensor `i` in registration order (and, where the config has
+//! them, `master/{i}`, `ema/{i}`, `grad_acc/{i}`), `counters` (U32
+//! `[scheduler_steps, adam_steps, micro_batches]`), and the config as JSON in the metadata. Both backends
 //! read and write the same format, so a run can move between them.
 
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
@@ -32,6 +33,9 @@ pub struct TensorState {
     pub master: Option<Vec<f32>>,
     /// The weight EMA ([`crate::AdamWConfig::ema_decay`] only; 16-bit values widened).
     pub ema: Option<Vec<f32>>,
+    /// The gradients accumulated so far in this optimizer step (with
+    /// [`crate::AdamWConfig::accumulate`]; 16-bit values widened).
+    pub grad_acc: Option<Vec<f32>>,
 }
 
 /// Everything needed to resume an optimizer bit for bit.
@@ -127,12 +131,12 @@ pub fn parse_optimizer_json(o: &Value) -> Result<AdamWConfig> {
 impl OptimizerState {
     /// Serializes the state into safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let counters = [self.counters.sched, self.counters.adam];
+        let counters = [self.counters.sched, self.counters.adam, self.counters.micro];
         let counter_bytes: &[u8] = bytemuck::cast_slice(&counters);
         let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
         views.push((
             "counters".into(),
-            TensorView::new(Dtype::U32, vec![2], counter_bytes)
+            TensorView::new(Dtype::U32, vec![3], counter_bytes)
                 .map_err(|e| Error::Serialize(e.to_string()))?,
         ));
         if !self.schedule_state.is_empty() {
@@ -158,6 +162,9 @@ impl OptimizerState {
             if let Some(e) = &t.ema {
                 views.push((format!("ema/{i}"), view(e)?));
             }
+            if let Some(a) = &t.grad_acc {
+                views.push((format!("grad_acc/{i}"), view(a)?));
+            }
         }
         let config = json!({
             "optimizer": optimizer_json(&self.config),
@@ -168,6 +175,7 @@ impl OptimizerState {
             "grad_norm_order": self.config.grad_norm_order.name(),
             "dtype": self.config.precision.dtype_json(),
             "ema_decay": self.config.ema_decay,
+            "accumulate": self.config.accumulate,
             "master_weights": self.config.precision.master_weights,
             "loss_scale": self.loss_scale,
             "metric": self.metric,
@@ -229,6 +237,13 @@ impl OptimizerState {
                 v => Ok(v.as_f64().ok_or_else(|| bad(path, format!("bad {key}")))? as f32),
             }
         };
+        config.accumulate = match &cfg["accumulate"] {
+            Value::Null => 1,
+            v => v
+                .as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .ok_or_else(|| bad(path, "bad accumulate"))?,
+        };
         config.ema_decay = match &cfg["ema_decay"] {
             Value::Null => None,
             v => Some(v.as_f64().ok_or_else(|| bad(path, "bad ema_decay"))?),
@@ -265,8 +280,9 @@ impl OptimizerState {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad(path, "bad tensor_groups"))?;
         let counters = read_u32s(&st, "counters", path)?;
-        if counters.len() != 2 {
-            return Err(bad(path, "`counters` must hold 2 values"));
+        // [scheduler steps, Adam steps, micro-batches] (files before accumulation: 2 values).
+        if !(2..=3).contains(&counters.len()) {
+            return Err(bad(path, "`counters` must hold 3 values"));
         }
         let mut tensors = Vec::with_capacity(tensor_groups.len());
         for (i, &group) in tensor_groups.iter().enumerate() {
@@ -291,9 +307,20 @@ impl OptimizerState {
             } else {
                 None
             };
+            let acc_name = format!("grad_acc/{i}");
+            let grad_acc = if config.accumulate > 1 && st.names().contains(&acc_name.as_str()) {
+                Some(read_f32s(&st, &acc_name, path)?)
+            } else {
+                None
+            };
             let n = exp_avg.len();
-            if ema.as_ref().is_some_and(|e| e.len() != n) {
-                return Err(bad(path, format!("tensor {i}: an EMA of another length")));
+            if ema.as_ref().is_some_and(|e| e.len() != n)
+                || grad_acc.as_ref().is_some_and(|a| a.len() != n)
+            {
+                return Err(bad(
+                    path,
+                    format!("tensor {i}: an EMA or accumulator of another length"),
+                ));
             }
             if exp_avg_sq.len() != n
                 || max_exp_avg_sq.as_ref().is_some_and(|m| m.len() != n)
@@ -311,6 +338,7 @@ impl OptimizerState {
                 max_exp_avg_sq,
                 master,
                 ema,
+                grad_acc,
             });
         }
         let schedule_state = if st.names().contains(&"schedule_state") {
@@ -319,8 +347,14 @@ impl OptimizerState {
             Vec::new()
         };
         let extra = usize::from(!schedule_state.is_empty());
-        let masters = tensors.iter().filter(|t| t.master.is_some()).count()
-            + tensors.iter().filter(|t| t.ema.is_some()).count();
+        let masters = tensors
+            .iter()
+            .map(|t| {
+                usize::from(t.master.is_some())
+                    + usize::from(t.ema.is_some())
+                    + usize::from(t.grad_acc.is_some())
+            })
+            .sum::<usize>();
         let per_tensor = 2 + usize::from(config.amsgrad);
         if st.len() != 1 + extra + masters + tensors.len() * per_tensor {
             return Err(bad(path, "unexpected extra tensors"));
@@ -331,6 +365,7 @@ impl OptimizerState {
             counters: Counters {
                 sched: counters[0],
                 adam: counters[1],
+                micro: counters.get(2).copied().unwrap_or(0),
             },
             loss_scale,
             schedule_state,
@@ -400,6 +435,12 @@ impl OptimizerState {
             return mismatch(format!(
                 "amsgrad is {} in the checkpoint, {} here",
                 self.config.amsgrad, config.amsgrad
+            ));
+        }
+        if self.config.accumulate != config.accumulate {
+            return mismatch(format!(
+                "{} micro-batches per step in the checkpoint, {} here",
+                self.config.accumulate, config.accumulate
             ));
         }
         if self.config.ema_decay.is_some() != config.ema_decay.is_some() {

@@ -46,7 +46,8 @@ pub struct TraceParam {
     pub group: usize,
     /// Values before step 1.
     pub init: Vec<f32>,
-    /// Gradient of each step (index 0 is step 1).
+    /// Gradient of each micro-batch of each step: index `(s - 1) * accumulate + m` is
+    /// micro-batch `m` of step `s` (without accumulation, index 0 is step 1).
     pub grads: Vec<Vec<f32>>,
     /// PyTorch's parameter after the last step.
     pub final_param: Vec<f32>,
@@ -127,14 +128,6 @@ impl Trace {
         let cfg: Value = serde_json::from_str(meta.get("config").map_or("", String::as_str))
             .map_err(|e| bad(path, format!("metadata `config` is not JSON: {e}")))?;
         // /2's training-loop features are not built yet: refuse them by name.
-        for key in ["accumulate"] {
-            if !cfg[key].is_null() {
-                return Err(Error::Unsupported(format!(
-                    "{}: `{key}` (adamw-trace/2) is not supported yet",
-                    path.display()
-                )));
-            }
-        }
         let wrap = |e: Error| bad(path, e.to_string());
         let mut config = parse_optimizer_json(&cfg["optimizer"]).map_err(wrap)?;
         config.schedule = Schedule::from_json_value(&cfg["schedule"]).map_err(wrap)?;
@@ -160,6 +153,19 @@ impl Trace {
         config.precision =
             Precision::from_json(cfg.get("dtype"), cfg.get("master_weights")).map_err(wrap)?;
         config.loss_scaling = st.names().iter().any(|n| n.starts_with("grad_scale/"));
+        config.accumulate = match &cfg["accumulate"] {
+            Value::Null => 1,
+            v => v
+                .as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .filter(|&k| k >= 1)
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("`accumulate` must be an integer >= 1, got {v}"),
+                    )
+                })?,
+        };
         if !cfg["ema"].is_null() {
             let decay = cfg["ema"]["decay"]
                 .as_f64()
@@ -215,6 +221,7 @@ impl Trace {
         let f32s = |name: &str, n: usize| values(name, n, ElemType::F32);
         let prec = config.precision;
         let (p_ty, s_ty) = (trace_param_dtype(&prec), prec.state_dtype());
+        let k = config.accumulate;
         let mut groups = Vec::new();
         let mut params = Vec::new();
         for (gi, g) in groups_json.iter().enumerate() {
@@ -243,8 +250,16 @@ impl Trace {
                     }
                     _ => return Err(bad(path, format!("group {gi}: bad param entry {p}"))),
                 };
+                // Micro-batch m of step s at index (s - 1) * k + m.
                 let grads = (1..=steps)
-                    .map(|s| values(&format!("grad/{s}/{name}"), n, prec.grad))
+                    .flat_map(|s| (0..k).map(move |m| (s, m)))
+                    .map(|(s, m)| {
+                        let t = match k {
+                            1 => format!("grad/{s}/{name}"),
+                            _ => format!("grad/{s}/{m}/{name}"),
+                        };
+                        values(&t, n, prec.grad)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 params.push(TraceParam {
                     group: gi,
@@ -493,21 +508,24 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         if let Some(m) = trace.metric_before(s) {
             opt.set_metric(m);
         }
-        let grads: Vec<Elems<'_>> = trace
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| match g16.get(i) {
-                Some(g) => Elems::Bits16(&g[s]),
-                None => Elems::F32(&p.grads[s]),
-            })
-            .collect();
-        let mut views: Vec<ElemsMut<'_>> = if prec.param.is_16bit() {
-            p16.iter_mut().map(|p| ElemsMut::Bits16(p)).collect()
-        } else {
-            p32.iter_mut().map(|p| ElemsMut::F32(p)).collect()
-        };
-        opt.step_mixed(&mut views, &grads)?;
+        let k = trace.config.accumulate as usize;
+        for micro in s * k..(s + 1) * k {
+            let grads: Vec<Elems<'_>> = trace
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match g16.get(i) {
+                    Some(g) => Elems::Bits16(&g[micro]),
+                    None => Elems::F32(&p.grads[micro]),
+                })
+                .collect();
+            let mut views: Vec<ElemsMut<'_>> = if prec.param.is_16bit() {
+                p16.iter_mut().map(|p| ElemsMut::Bits16(p)).collect()
+            } else {
+                p32.iter_mut().map(|p| ElemsMut::F32(p)).collect()
+            };
+            opt.step_mixed(&mut views, &grads)?;
+        }
         for (g, l) in lr.iter_mut().zip(opt.lr()) {
             g.push(l);
         }
@@ -678,11 +696,29 @@ fn replay_gpu(
         if s == trace.steps as usize {
             break;
         }
-        let grads = words(
-            &mut trace.params.iter().flat_map(|p| p.grads[s].iter().copied()),
-            prec.grad,
-        );
-        queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&grads));
+        // The step's micro-batches are uploaded beside each other and copied into the
+        // gradient buffer one by one between the calls of the step, all in one submit (the
+        // micro-batch counter lives on the device).
+        let k = trace.config.accumulate as usize;
+        let mut uploads: Vec<u32> = Vec::with_capacity(k * (gbuf.size() / 4) as usize);
+        for micro in s * k..(s + 1) * k {
+            let mut w = words(
+                &mut trace
+                    .params
+                    .iter()
+                    .flat_map(|p| p.grads[micro].iter().copied()),
+                prec.grad,
+            );
+            w.resize((gbuf.size() / 4) as usize, 0);
+            uploads.extend(w);
+        }
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("trace grads of one step"),
+            size: 4 * uploads.len() as u64,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&staging, 0, bytemuck::cast_slice(&uploads));
         if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
             opt.set_loss_scale(scales[s]);
         }
@@ -690,7 +726,10 @@ fn replay_gpu(
             opt.set_metric(m);
         }
         let mut encoder = device.create_command_encoder(&Default::default());
-        opt.encode_step(&mut encoder);
+        for m in 0..k as u64 {
+            encoder.copy_buffer_to_buffer(&staging, m * gbuf.size(), &gbuf, 0, gbuf.size());
+            opt.encode_step(&mut encoder);
+        }
         opt.encode_copy_step_scalars(&mut encoder, &lr_log, row * s as u64)?;
         opt.encode_copy_control(&mut encoder, &amp_log, CONTROL_BYTES * s as u64)?;
         queue.submit([encoder.finish()]);

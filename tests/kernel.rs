@@ -89,6 +89,8 @@ fn globals_layout_matches_the_shader() {
         ("tensors_at", offset_of!(Globals, tensors_at)),
         ("tensor_norms_at", offset_of!(Globals, tensor_norms_at)),
         ("segments_at", offset_of!(Globals, segments_at)),
+        ("accumulate", offset_of!(Globals, accumulate)),
+        ("grad_round", offset_of!(Globals, grad_round)),
     ];
     let named: Vec<(String, u32)> = members
         .into_iter()

@@ -27,6 +27,12 @@ const DTYPE_TRACES: &[&str] = &[
     "x_mp_f16_pure_scaler.safetensors",
     "mp_ema.safetensors",
     "x_mp_bf16_pure_ema.safetensors",
+    "mp_accumulate_clip.safetensors",
+    "x_mp_bf16_state_f32_accum_ema.safetensors",
+    "x_mp_f16_master_scaler_accum.safetensors",
+    "x_mp_f32_scaler_accum_ema_clip.safetensors",
+    "mp_bf16_combined.safetensors",
+    "x_mp_f16_pure_clip_accum.safetensors",
 ];
 
 fn check(backend: Backend<'_>, label: &str, name: &str) -> wgpu_adamw::trace::ReplayOutput {

@@ -189,7 +189,11 @@ fn small_state(adam: u32) -> OptimizerState {
     let g: Vec<f32> = (0..5000).map(|i| (i as f32).sin()).collect();
     cpu.step(&mut [&mut p[..]], &[&g[..]]).unwrap();
     let mut s = cpu.state();
-    s.counters = Counters { sched: adam, adam };
+    s.counters = Counters {
+        sched: adam,
+        adam,
+        micro: 0,
+    };
     s
 }
 
@@ -579,10 +583,12 @@ fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
         Counters {
             sched: u32::MAX - 1,
             adam: 7,
+            micro: 0,
         },
         Counters {
             sched: 40,
             adam: u32::MAX - 1,
+            micro: 0,
         },
     ] {
         let mut pair = Pair::new(config.clone(), &lens, &mut Rng(41));
@@ -593,6 +599,7 @@ fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
         state.counters = Counters {
             sched: u32::MAX,
             adam: start.adam,
+            micro: 0,
         };
         let before = pair.opt.state().unwrap();
         assert!(matches!(
@@ -614,7 +621,8 @@ fn counters_at_their_limit_refuse_the_step_instead_of_wrapping() {
             after.counters,
             Counters {
                 sched: start.sched + 1,
-                adam: start.adam + 1
+                adam: start.adam + 1,
+                micro: 0,
             }
         );
         assert_states_close(&after, &pair.cpu.state(), "the last step");

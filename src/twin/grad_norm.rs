@@ -1,7 +1,7 @@
 //! Twin of `shaders/grad_norm.wgsl`: unscaling, non-finite flags, the global gradient norm (a
 //! compensated tree, or PyTorch's CPU order) and the clipping coefficient.
 
-use super::numerics::{fma_exact, two_prod, two_sum};
+use super::numerics::{fma_exact, narrow16, two_prod, two_sum, widen16, DTYPE_F32};
 use crate::kernel::{Globals, FLAG_LOSS_SCALE, FLAG_TORCH_NORM, WORKGROUP};
 
 /// `1 / s` rounded to nearest, as the kernel's `recip`, for `|s|` in `[2^-100, 2^100]` and every
@@ -65,7 +65,24 @@ pub fn clip_coefficient(g: &Globals, norm: f32) -> f32 {
     } else if norm.is_infinite() {
         0.0
     } else {
+        if g.grad_round != DTYPE_F32 {
+            let c = round_grad(
+                g,
+                round_grad(g, recip(round_grad(g, norm + 1e-6))) * g.max_grad_norm,
+            );
+            return c.min(1.0);
+        }
         (g.max_grad_norm / (norm + 1e-6)).min(1.0)
+    }
+}
+
+/// `x` rounded to the type of gradient arithmetic ([`Globals::grad_round`]; f32: unchanged).
+#[inline(always)]
+pub fn round_grad(g: &Globals, x: f32) -> f32 {
+    if g.grad_round == DTYPE_F32 {
+        x
+    } else {
+        widen16(narrow16(x, g.grad_round), g.grad_round)
     }
 }
 
@@ -128,20 +145,20 @@ fn add_square(acc: f32, x: f32) -> f32 {
 /// (8 interleaved lanes, lanes added left to right, then the tail), and whether any raw
 /// gradient is non-finite ([`nonfinite_flags`]). Rust's `sqrt` is correctly rounded, as the
 /// kernel's `sqrt_rn`.
-pub fn tensor_norm_torch(grads: &[f32], inv: f32) -> (f32, u32) {
-    let (sum_sq, flags) = torch_sum_sq(grads, inv);
-    (sum_sq.sqrt(), flags)
+pub fn tensor_norm_torch(g: &Globals, grads: &[f32], inv: f32) -> (f32, u32) {
+    let (sum_sq, flags) = torch_sum_sq(g, grads, inv);
+    (round_grad(g, sum_sq.sqrt()), flags)
 }
 
 /// The sum of squares of [`tensor_norm_torch`], before its square root.
-fn torch_sum_sq(grads: &[f32], inv: f32) -> (f32, u32) {
+fn torch_sum_sq(g: &Globals, grads: &[f32], inv: f32) -> (f32, u32) {
     let body = grads.len() - grads.len() % 8;
     let mut lanes = [0f32; 8];
     let mut flag = 0;
     for (lane, acc) in lanes.iter_mut().enumerate() {
         for &raw in grads[..body].iter().skip(lane).step_by(8) {
             flag |= nonfinite_flags(raw);
-            *acc = add_square(*acc, raw * inv);
+            *acc = add_square(*acc, round_grad(g, raw * inv));
         }
     }
     let mut b = lanes[0];
@@ -150,7 +167,7 @@ fn torch_sum_sq(grads: &[f32], inv: f32) -> (f32, u32) {
     }
     for &raw in &grads[body..] {
         flag |= nonfinite_flags(raw);
-        b = add_square(b, raw * inv);
+        b = add_square(b, round_grad(g, raw * inv));
     }
     (b, flag)
 }
@@ -167,8 +184,11 @@ pub fn final_norm(
         let norms: Vec<f32> = tensor_norms.iter().map(|t| t.0).collect();
         let flags = tensor_norms.iter().fold(0, |f, t| f | t.1);
         // The kernel sums the squares of the norms as `tensor_norm_torch` does.
-        let (sum_sq, _) = torch_sum_sq(&norms, 1.0);
-        return (finish_norm(sum_sq, flags, sum_sq.sqrt()), flags);
+        let (sum_sq, _) = torch_sum_sq(g, &norms, 1.0);
+        return (
+            finish_norm(sum_sq, flags, round_grad(g, sum_sq.sqrt())),
+            flags,
+        );
     }
     let ((hi, lo), flags) = reduce_partials(partials);
     let sum_sq = hi + lo;

@@ -7,12 +7,14 @@
 //! against it. Tests compare these functions with the kernel (`tests/numerics.rs`, through the
 //! device's `numerics_probe`) and with the f64 closed forms of [`crate::schedule`].
 
+mod accumulate;
 mod grad_norm;
 mod numerics;
 mod prologue;
 mod schedule;
 mod update;
 
+pub use accumulate::*;
 pub use grad_norm::*;
 pub use numerics::*;
 pub use prologue::*;

@@ -14,6 +14,9 @@ pub struct Counters {
     pub sched: u32,
     /// Adam steps taken: `t` of the last update.
     pub adam: u32,
+    /// Micro-batches accumulated since the last optimizer step
+    /// ([`crate::AdamWConfig::accumulate`]).
+    pub micro: u32,
 }
 
 impl Counters {

@@ -11,6 +11,14 @@ pub fn effective_grad(step: &StepGlobals, grad: f32) -> f32 {
     (grad * step.inv_scale) * step.clip_coef
 }
 
+/// [`effective_grad`] with each op rounded to the type of gradient arithmetic
+/// ([`Globals::grad_round`]), as `update_mixed`'s `effective_grad`.
+#[inline(always)]
+pub fn effective_grad_rounded(g: &Globals, step: &StepGlobals, grad: f32) -> f32 {
+    use super::grad_norm::round_grad;
+    round_grad(g, round_grad(g, grad * step.inv_scale) * step.clip_coef)
+}
+
 /// The kernel's per-element update, given the [`effective_grad`]. `max_exp_avg_sq` is only
 /// touched with amsgrad.
 #[inline(always)]
