@@ -55,7 +55,7 @@ struct Globals {
     segments_at: u32,     // word offset of the segment table of packed chunks in `meta`
     accumulate: u32,      // micro-batches per optimizer step (FLAG_ACCUMULATE)
     grad_round: u32,      // DTYPE_* gradient ops round to (pure 16-bit clipping), else f32
-    _pad5: u32,
+    sr_at: u32,           // stochastic rounding table in `meta` (update_mixed.wgsl), 0: off
     _pad6: u32,
 }
 

@@ -20,6 +20,7 @@ override S_DTYPE: u32 = 0u; // of the moments
 override MASTER: bool = false; // f32 master weights in `master_w`
 override EMA: bool = false;    // a weight EMA in `ema_w`
 override E_DTYPE: u32 = 0u;    // of the EMA
+override SR: bool = false;     // stochastic rounding of the parameters
 
 @group(0) @binding(16) var<storage, read_write> param_w: array<atomic<u32>>;
 @group(0) @binding(17) var<storage, read> grad_w: array<u32>;
@@ -104,6 +105,33 @@ fn unit_consts(k: StepConsts) -> StepConsts {
     return u;
 }
 
+// murmur3's 32-bit finalizer: a bijection with full avalanche.
+fn fmix32(x: u32) -> u32 {
+    var h = x;
+    h ^= h >> 16u;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13u;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16u;
+    return h;
+}
+
+// The random word that rounds element `index` (registration order, mod 2^32) at Adam step
+// t: a counter-based generator keyed by the seed, so any element of any step can be
+// reproduced (the CPU twin, a resumed run).
+fn sr_random(index: u32, t: u32) -> u32 {
+    let h = fmix32(fmix32(index) ^ (t * 0x9e3779b9u));
+    return fmix32(fmix32(h ^ meta_ro[g.sr_at]) ^ meta_ro[g.sr_at + 1u]);
+}
+
+// A parameter's 16-bit pattern: rounded to nearest, or stochastically (SR).
+fn param_bits(x: f32, index: u32, t: u32) -> u32 {
+    if (SR) {
+        return narrow16_stochastic(x, P_DTYPE, sr_random(index, t));
+    }
+    return narrow16(x, P_DTYPE);
+}
+
 // The word index of element i of a stream of type `dtype`.
 fn word_of(i: u32, dtype: u32) -> u32 {
     return select(i >> 1u, i, dtype == DTYPE_F32);
@@ -112,7 +140,8 @@ fn word_of(i: u32, dtype: u32) -> u32 {
 // Updates elements j = j0, j0 + 1 (of the run's `count`, relative to its first element)
 // that lie in [0, count) when `pair`, else j0 alone. With 16-bit parameters the pair's
 // parameters share one word (p0 + j0 even), and so do their 16-bit moments.
-fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: StepConsts) {
+// `e0`: the index of the run's first element in registration order (stochastic rounding).
+fn update_unit(p0: u32, g0: u32, s0: u32, e0: u32, j0: i32, pair: bool, count: u32, k: StepConsts) {
     let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
     let n = select(1, 2, pair);
     // The words this unit reads and writes, loaded once (the first valid element's).
@@ -133,7 +162,8 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
         x_word = vmax_w[sw];
     }
     let ew = word_of(s0 + u32(jf), E_DTYPE);
-    let first = meta_ro[COUNTER_ADAM] == 1u;
+    let t = meta_ro[COUNTER_ADAM];
+    let first = t == 1u;
     var e_word = 0u;
     if (EMA) {
         e_word = ema_w[ew];
@@ -185,10 +215,14 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
         if (MASTER) {
             master_w[si] = bitcast<u32>(r.x);
         }
+        var p_bits = 0u;
+        if (P_DTYPE != DTYPE_F32) {
+            p_bits = param_bits(r.x, e0 + u32(j), t);
+        }
         if (EMA) {
             var p_avg = r.x;
             if (!MASTER && P_DTYPE != DTYPE_F32) {
-                p_avg = widen16(narrow16(r.x, P_DTYPE), P_DTYPE);
+                p_avg = widen16(p_bits, P_DTYPE);
             }
             var e_src = e_word;
             if (E_DTYPE == DTYPE_F32 && e > 0) {
@@ -204,7 +238,7 @@ fn update_unit(p0: u32, g0: u32, s0: u32, j0: i32, pair: bool, count: u32, k: St
         if (P_DTYPE == DTYPE_F32) {
             atomicStore(&param_w[pi], bitcast<u32>(r.x));
         } else {
-            new_p = with_half(new_p, pi, narrow16(r.x, P_DTYPE));
+            new_p = with_half(new_p, pi, p_bits);
             mask |= 0xffffu << (16u * (pi & 1u));
         }
     }
@@ -243,9 +277,13 @@ fn update_mixed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let packed = meta_ro[ce + 3u];
     let count = packed & 0xffffu;
     let k = step_consts(packed >> 16u);
+    var e0 = 0u;
+    if (SR) {
+        e0 = meta_ro[g.sr_at + 2u + dispatch.first_chunk + chunk];
+    }
     if (P_DTYPE == DTYPE_F32) {
         for (var u = lid; u < count; u += WORKGROUP) {
-            update_unit(p0, g0, s0, i32(u), false, count, k);
+            update_unit(p0, g0, s0, e0, i32(u), false, count, k);
         }
         return;
     }
@@ -253,6 +291,6 @@ fn update_mixed(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let lead = p0 & 1u;
     let units = (count + lead + 1u) / 2u;
     for (var u = lid; u < units; u += WORKGROUP) {
-        update_unit(p0, g0, s0, i32(2u * u) - i32(lead), true, count, k);
+        update_unit(p0, g0, s0, e0, i32(2u * u) - i32(lead), true, count, k);
     }
 }

@@ -100,6 +100,12 @@ pub struct AdamWConfig {
     /// device, so micro-batches recorded in one submit work. Unscaling, the non-finite
     /// check and clipping apply to the sum.
     pub accumulate: u32,
+    /// Round the 16-bit parameters stochastically (unbiased, as torchao's bf16 optimizers)
+    /// instead of to nearest, with random bits from a counter-based generator keyed by
+    /// (this seed, Adam's step, the element's index in registration order): the GPU and the
+    /// CPU agree bit for bit and a resumed run repeats itself. Needs 16-bit parameters
+    /// without master weights. Moments and the EMA still round to nearest.
+    pub stochastic_rounding: Option<u64>,
 }
 
 /// `torch.amp.GradScaler`'s dynamic loss scale: after a step with non-finite gradients (which
@@ -176,6 +182,7 @@ impl Default for AdamWConfig {
             grad_scaler: None,
             ema_decay: None,
             accumulate: 1,
+            stochastic_rounding: None,
         }
     }
 }
@@ -261,6 +268,13 @@ impl AdamWConfig {
         }
     }
 
+    /// Rounds the 16-bit parameters stochastically with `seed` (see
+    /// [`AdamWConfig::stochastic_rounding`]).
+    pub fn with_stochastic_rounding(mut self, seed: u64) -> Self {
+        self.stochastic_rounding = Some(seed);
+        self
+    }
+
     /// Accumulates `k` micro-batches per optimizer step (see [`AdamWConfig::accumulate`]).
     pub fn with_accumulation(mut self, k: u32) -> Self {
         self.accumulate = k;
@@ -343,6 +357,14 @@ impl AdamWConfig {
             ));
         }
         self.precision.validate()?;
+        if self.stochastic_rounding.is_some()
+            && (!self.precision.param.is_16bit() || self.precision.master_weights)
+        {
+            return Err(hyper(
+                "stochastic_rounding",
+                "needs 16-bit parameters without master weights",
+            ));
+        }
         if self.accumulate == 0 {
             return Err(hyper("accumulate", "must be >= 1 micro-batch per step"));
         }

@@ -296,6 +296,8 @@ impl CpuAdamW {
         let state = prec.state_dtype();
         let (ema_ty, first) = (self.config.ema_dtype(), self.counters.adam == 1);
         let g = &self.globals;
+        let sr = self.config.stochastic_rounding;
+        let mut index = 0u32; // the element's index in registration order, mod 2^32
         for ((p, grad), t) in params.iter_mut().zip(&wide).zip(&mut self.tensors) {
             let s = &self.last[t.group];
             for (i, &gr) in grad.iter().enumerate() {
@@ -326,16 +328,24 @@ impl CpuAdamW {
                 if let Some(master) = t.master.as_mut() {
                     master[i] = x;
                 }
+                // The parameter as stored (`param_bits` in the kernel).
+                let stored = match (sr, &mut *p) {
+                    (Some(seed), ElemsMut::Bits16(bits)) => {
+                        let r = twin::sr_random(seed, index, self.counters.adam);
+                        bits[i] = twin::narrow16_stochastic(x, prec.param.code(), r) as u16;
+                        prec.param.widen(bits[i])
+                    }
+                    _ => {
+                        p.set(i, x, prec.param);
+                        p.get(i, prec.param)
+                    }
+                };
+                index = index.wrapping_add(1);
                 if let Some(ema) = t.ema.as_mut() {
                     // The model's weight: the master, or the parameter as stored.
-                    let w = if t.master.is_some() {
-                        x
-                    } else {
-                        prec.param.round(x)
-                    };
+                    let w = if t.master.is_some() { x } else { stored };
                     ema[i] = ema_ty.round(twin::ema_next(g, ema[i], w, first));
                 }
-                p.set(i, x, prec.param);
             }
         }
         Ok(())
@@ -355,8 +365,12 @@ impl CpuAdamW {
             values.iter().map(|v| v.len()),
             values.iter().map(|v| v.len()),
         )?;
+        let ema = self.config.ema_decay.is_some();
         for (t, v) in self.tensors.iter_mut().zip(values) {
             t.master = Some(v.to_vec());
+            if ema {
+                t.ema = Some(v.to_vec());
+            }
         }
         Ok(())
     }

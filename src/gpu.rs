@@ -236,7 +236,31 @@ impl GpuAdamW {
                 .map(|(i, g)| config.group_ctx(i, g))
                 .collect();
             let region = Region::new(&config.schedule, &ctxs);
-            globals.sched_at = globals.tensors_at + 4 * total_tensor_entries as u32;
+            // Stochastic rounding: the seed, then each chunk's first element's index in
+            // registration order (before the schedule region, whose state runs to the end).
+            let sr_table: Vec<u32> = match config.stochastic_rounding {
+                None => Vec::new(),
+                Some(seed) => {
+                    let mut first_index = Vec::with_capacity(plan.tensors.len());
+                    let mut total = 0u64;
+                    for t in &plan.tensors {
+                        first_index.push(total);
+                        total += t.len;
+                    }
+                    [seed as u32, (seed >> 32) as u32]
+                        .into_iter()
+                        .chain(plan.run_origins.iter().flatten().map(|&(t, off)| {
+                            // Indices are taken mod 2^32 (the generator's key).
+                            (first_index[t] + off) as u32
+                        }))
+                        .collect()
+                }
+            };
+            let sr_at = globals.tensors_at + 4 * total_tensor_entries as u32;
+            if !sr_table.is_empty() {
+                globals.sr_at = sr_at;
+            }
+            globals.sched_at = sr_at + sr_table.len() as u32;
             globals.sched_stride = region.stride;
             globals.sched_state_at = region.state_at;
             let meta_words = globals.sched_at as usize + region.words.len();
@@ -254,6 +278,7 @@ impl GpuAdamW {
                 .chain(&tables.segments)
                 .chain(&tables.maps)
                 .chain(tensor_lists.iter().flatten().flatten());
+            let tables = tables.chain(&sr_table);
             for (word, &w) in meta_init[globals.chunks_at as usize..globals.sched_at as usize]
                 .iter_mut()
                 .zip(tables)
@@ -815,12 +840,14 @@ impl GpuAdamW {
 
     /// The control buffer, 8 words the engine may bind or copy:
     /// `[loss_scale: f32, found_inf: u32, grad_norm: f32, clip_coef: f32, metric: f32,
-    /// lr_scale: f32, 0, 0]`. The engine may write the loss scale (word 0), the plateau
-    /// metric (word 4) and the lr multiplier (word 5) on the device; the rest is written by
-    /// each step. The loss scale is read by every step with loss scaling on (the buffer has
-    /// `STORAGE | COPY_DST | COPY_SRC`). Words 1-3 are written by
-    /// each step with loss scaling or clipping on: whether any gradient was non-finite, the
-    /// global L2 norm of the unscaled gradients, and the clipping coefficient applied.
+    /// lr_scale: f32, growth_tracker: u32, scale_used: f32]`. The engine may write the loss
+    /// scale (word 0), the plateau metric (word 4) and the lr multiplier (word 5) on the
+    /// device; the rest is written by each step. The loss scale is read by every step with
+    /// loss scaling on (the buffer has `STORAGE | COPY_DST | COPY_SRC`); with a GradScaler
+    /// each step replaces it with the next step's and updates the growth tracker. Words 1-3
+    /// and 7 are written by each step with loss scaling or clipping on: whether any gradient
+    /// was non-finite, the global L2 norm of the unscaled gradients, the clipping coefficient
+    /// applied and the scale the step used.
     pub fn amp_buffer(&self) -> &wgpu::Buffer {
         &self.amp
     }

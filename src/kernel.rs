@@ -144,8 +144,9 @@ pub struct Globals {
     /// clipping rounds each of `clip_grad_norm_`'s ops to the 16-bit type, as PyTorch does on
     /// 16-bit `p.grad`; else f32 (no rounding).
     pub grad_round: u32,
-    /// Padding.
-    pub _pad5: u32,
+    /// Word offset in `meta` of the stochastic rounding table (0: round to nearest): the
+    /// seed (2 words), then each chunk's first element's index in registration order.
+    pub sr_at: u32,
     /// Padding.
     pub _pad6: u32,
 }
@@ -456,6 +457,10 @@ impl Kernel {
                 ("S_DTYPE", f64::from(p.state_dtype().code())),
                 ("MASTER", f64::from(u8::from(p.master_weights))),
                 ("EMA", f64::from(u8::from(config.ema_decay.is_some()))),
+                (
+                    "SR",
+                    f64::from(u8::from(config.stochastic_rounding.is_some())),
+                ),
                 ("E_DTYPE", f64::from(config.ema_dtype().code())),
             ];
             pipeline_with(&update_mixed_layout, "update_mixed", &mixed)

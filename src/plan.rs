@@ -136,8 +136,12 @@ pub(crate) struct GpuPlan {
     pub keys: Vec<DispatchKey>,
     pub chunk_lists: Vec<Vec<ChunkEntry>>,
     pub packed: Vec<PackedChunk>,
-    /// Per key, its tensors that lie wholly in it: `[grad offset, len, tensor index, 0]`.
+    /// Per key, its tensors that lie wholly in it: `[grad offset, len, tensor index, state
+    /// offset]`.
     pub tensor_lists: Vec<Vec<[u32; 4]>>,
+    /// Per key, the (tensor index, element offset in the tensor) of each of its run chunks'
+    /// first element, in the order of its runs.
+    pub run_origins: Vec<Vec<(usize, u64)>>,
 }
 
 /// The window of a buffer that holds byte `offset`: the whole buffer when it fits in one
@@ -200,6 +204,7 @@ impl GpuPlan {
                 plan.keys.push(key);
                 plan.chunk_lists.push(Vec::new());
                 plan.tensor_lists.push(Vec::new());
+                plan.run_origins.push(Vec::new());
                 plan.keys.len() - 1
             })
         };
@@ -303,6 +308,7 @@ impl GpuPlan {
                     for start in starts.filter(|&s| s < len) {
                         let count =
                             (len - start).min(if start == 0 { first } else { chunk }) as u32;
+                        plan.run_origins[k].push((index, done + start));
                         plan.chunk_lists[k].push(ChunkEntry::Run([
                             (p0 + start) as u32,
                             (g0 + start) as u32,

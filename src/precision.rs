@@ -53,7 +53,7 @@ impl Dtype {
     }
 
     /// The kernel's code for this type (`DTYPE_*` in `shaders/numerics.wgsl`).
-    pub(crate) fn code(self) -> u32 {
+    pub fn code(self) -> u32 {
         match self {
             Dtype::F32 => crate::twin::DTYPE_F32,
             Dtype::Bf16 => crate::twin::DTYPE_BF16,

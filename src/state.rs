@@ -176,6 +176,7 @@ impl OptimizerState {
             "dtype": self.config.precision.dtype_json(),
             "ema_decay": self.config.ema_decay,
             "accumulate": self.config.accumulate,
+            "stochastic_rounding": self.config.stochastic_rounding,
             "master_weights": self.config.precision.master_weights,
             "loss_scale": self.loss_scale,
             "metric": self.metric,
@@ -243,6 +244,13 @@ impl OptimizerState {
                 .as_u64()
                 .and_then(|k| u32::try_from(k).ok())
                 .ok_or_else(|| bad(path, "bad accumulate"))?,
+        };
+        config.stochastic_rounding = match &cfg["stochastic_rounding"] {
+            Value::Null => None,
+            v => Some(
+                v.as_u64()
+                    .ok_or_else(|| bad(path, "bad stochastic_rounding"))?,
+            ),
         };
         config.ema_decay = match &cfg["ema_decay"] {
             Value::Null => None,
@@ -435,6 +443,12 @@ impl OptimizerState {
             return mismatch(format!(
                 "amsgrad is {} in the checkpoint, {} here",
                 self.config.amsgrad, config.amsgrad
+            ));
+        }
+        if self.config.stochastic_rounding != config.stochastic_rounding {
+            return mismatch(format!(
+                "stochastic rounding {:?} in the checkpoint, {:?} here",
+                self.config.stochastic_rounding, config.stochastic_rounding
             ));
         }
         if self.config.accumulate != config.accumulate {

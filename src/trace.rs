@@ -1121,3 +1121,257 @@ fn compare_series(w: &mut Worst, name: &str, want: &[Vec<f64>], got: &[Vec<f32>]
         }
     }
 }
+
+/// A tensor of a replay's output file: `(name, dtype, shape, little-endian bytes)`.
+pub type OutputTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The safetensors dtype of an element type (16-bit as `BF16`/`F16`).
+fn st_dtype(ty: ElemType) -> Dtype {
+    match ty {
+        ElemType::F32 => Dtype::F32,
+        ElemType::Bf16 => Dtype::BF16,
+        ElemType::F16 => Dtype::F16,
+    }
+}
+
+/// `values` (16-bit ones held widened to f32) as the bytes of type `ty`: f32 as they are,
+/// 16-bit narrowed to nearest even (exact for values that came from that type).
+fn elem_bytes(values: &[f32], ty: ElemType) -> Vec<u8> {
+    match ty {
+        ElemType::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => values
+            .iter()
+            .flat_map(|&x| ty.narrow(x).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// The trace format a replay of `trace` writes: `adamw-trace/2` when its config uses any /2
+/// field (16-bit types, master weights, GradScaler, accumulation, EMA), else `adamw-trace/1`.
+pub fn output_format(trace: &Trace) -> &'static str {
+    let c = &trace.config;
+    let prec = c.precision;
+    if !prec.is_f32()
+        || prec.master_weights
+        || c.grad_scaler.is_some()
+        || c.accumulate > 1
+        || c.ema_decay.is_some()
+    {
+        "adamw-trace/2"
+    } else {
+        "adamw-trace/1"
+    }
+}
+
+/// The outputs the trace format names for a replay of `trace`, under the format's names and
+/// in the trace's dtypes:
+/// - `final/NAME` in P (F32 with master weights, else the param type; 16-bit as BF16/F16),
+/// - `final_exp_avg/NAME`, `final_exp_avg_sq/NAME` and (amsgrad) `final_max_exp_avg_sq/NAME`
+///   in S,
+/// - `final_model/NAME` (master weights) in the param's 16-bit type,
+/// - `final_ema/NAME` (EMA) in E,
+/// - `lr/G` F64 `[steps]`, and `beta1/G` F64 `[steps]` where the trace has `beta1`,
+/// - `skipped` U8 `[steps]`,
+/// - with a GradScaler: `grad_scale/S` F32 `[1]` for S = 1..=steps (the scale each step
+///   used), `final_scale` F32 `[1]`, `final_growth_tracker` I32 `[1]`.
+///
+/// 16-bit values (held widened to f32 by the replay) are narrowed to nearest even, which is
+/// exact for them. An `out` whose tensor or step counts do not match the trace is refused
+/// ([`Error::ShapeMismatch`]).
+pub fn output_tensors(trace: &Trace, out: &ReplayOutput) -> Result<Vec<OutputTensor>> {
+    let config = &trace.config;
+    let prec = config.precision;
+    let steps = trace.steps as usize;
+    let n_params = trace.params.len();
+    let mismatch = |what: &str, got: usize, want: usize| {
+        Error::ShapeMismatch(format!(
+            "replay output: {what} has {got} entries, the trace {want}"
+        ))
+    };
+    // Per-parameter tensors of one kind, each checked against the parameter's length.
+    let per_param = |kind: &str, got: &[Vec<f32>]| -> Result<()> {
+        if got.len() != n_params {
+            return Err(mismatch(kind, got.len(), n_params));
+        }
+        for (p, v) in trace.params.iter().zip(got) {
+            if v.len() != p.init.len() {
+                return Err(mismatch(
+                    &format!("{kind}/{}", p.name),
+                    v.len(),
+                    p.init.len(),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let required = |kind: &str, v: Option<&Vec<Vec<f32>>>| -> Result<()> {
+        let v = v.ok_or_else(|| {
+            Error::ShapeMismatch(format!("replay output: no `{kind}` tensors"))
+        })?;
+        per_param(kind, v)
+    };
+    per_param("final", &out.params)?;
+    per_param("final_exp_avg", &out.exp_avg)?;
+    per_param("final_exp_avg_sq", &out.exp_avg_sq)?;
+    if config.amsgrad {
+        required("final_max_exp_avg_sq", out.max_exp_avg_sq.as_ref())?;
+    }
+    if prec.master_weights {
+        required("final_model", out.model.as_ref())?;
+    }
+    if config.ema_decay.is_some() {
+        required("final_ema", out.ema.as_ref())?;
+    }
+    let series = |kind: &str, got: &[Vec<f32>]| -> Result<()> {
+        if got.len() != trace.groups.len() {
+            return Err(mismatch(kind, got.len(), trace.groups.len()));
+        }
+        match got.iter().position(|g| g.len() != steps) {
+            Some(g) => Err(mismatch(&format!("{kind}/{g}"), got[g].len(), steps)),
+            None => Ok(()),
+        }
+    };
+    series("lr", &out.lr)?;
+    if trace.beta1.is_some() {
+        series("beta1", &out.beta1)?;
+    }
+    if out.skipped.len() != steps {
+        return Err(mismatch("skipped", out.skipped.len(), steps));
+    }
+    if config.grad_scaler.is_some() && out.grad_scale.len() != steps {
+        return Err(mismatch("grad_scale", out.grad_scale.len(), steps));
+    }
+
+    let (p_ty, s_ty, e_ty) = (
+        trace_param_dtype(&prec),
+        prec.state_dtype(),
+        config.ema_dtype(),
+    );
+    let mut tensors: Vec<OutputTensor> = Vec::new();
+    let mut push_kind = |kind: &str, values: &[Vec<f32>], ty: ElemType| {
+        for (p, v) in trace.params.iter().zip(values) {
+            tensors.push((
+                format!("{kind}/{}", p.name),
+                st_dtype(ty),
+                vec![v.len()],
+                elem_bytes(v, ty),
+            ));
+        }
+    };
+    push_kind("final", &out.params, p_ty);
+    push_kind("final_exp_avg", &out.exp_avg, s_ty);
+    push_kind("final_exp_avg_sq", &out.exp_avg_sq, s_ty);
+    if let Some(v) = out.max_exp_avg_sq.as_ref().filter(|_| config.amsgrad) {
+        push_kind("final_max_exp_avg_sq", v, s_ty);
+    }
+    if let Some(v) = out.model.as_ref().filter(|_| prec.master_weights) {
+        push_kind("final_model", v, prec.param);
+    }
+    if let Some(v) = out.ema.as_ref().filter(|_| config.ema_decay.is_some()) {
+        push_kind("final_ema", v, e_ty);
+    }
+    let f64_series = |kind: &str, values: &[Vec<f32>]| -> Vec<OutputTensor> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(g, v)| {
+                let bytes = v.iter().flat_map(|&x| f64::from(x).to_le_bytes()).collect();
+                (format!("{kind}/{g}"), Dtype::F64, vec![v.len()], bytes)
+            })
+            .collect()
+    };
+    tensors.extend(f64_series("lr", &out.lr));
+    if trace.beta1.is_some() {
+        tensors.extend(f64_series("beta1", &out.beta1));
+    }
+    tensors.push((
+        "skipped".into(),
+        Dtype::U8,
+        vec![steps],
+        out.skipped.iter().map(|&s| u8::from(s)).collect(),
+    ));
+    if config.grad_scaler.is_some() {
+        for (s, scale) in out.grad_scale.iter().enumerate().skip(1) {
+            tensors.push((
+                format!("grad_scale/{}", s + 1),
+                Dtype::F32,
+                vec![1],
+                scale.to_le_bytes().to_vec(),
+            ));
+        }
+        tensors.push((
+            "final_scale".into(),
+            Dtype::F32,
+            vec![1],
+            out.final_scale.to_le_bytes().to_vec(),
+        ));
+        let tracker = i32::try_from(out.final_growth_tracker).map_err(|_| {
+            Error::ShapeMismatch(format!(
+                "replay output: growth tracker {} does not fit an I32",
+                out.final_growth_tracker
+            ))
+        })?;
+        tensors.push((
+            "final_growth_tracker".into(),
+            Dtype::I32,
+            vec![1],
+            tracker.to_le_bytes().to_vec(),
+        ));
+    }
+    Ok(tensors)
+}
+
+/// Writes a replay's outputs ([`output_tensors`]) to `path` as safetensors, with metadata
+/// `format` ([`output_format`]) and `source` = `wgpu-adamw replay`. The file is written
+/// beside `path` under a temporary name of its own, then renamed over it: an interrupted run
+/// never leaves half a file.
+pub fn write_output(trace: &Trace, out: &ReplayOutput, path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+
+    let tensors = output_tensors(trace, out)?;
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Serialize(e.to_string()))?;
+    let meta = std::collections::HashMap::from([
+        ("format".to_string(), output_format(trace).to_string()),
+        ("source".to_string(), "wgpu-adamw replay".to_string()),
+    ]);
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Serialize(e.to_string()))?;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        ))
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".{}-{}.partial",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(())
+}

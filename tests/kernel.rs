@@ -91,6 +91,7 @@ fn globals_layout_matches_the_shader() {
         ("segments_at", offset_of!(Globals, segments_at)),
         ("accumulate", offset_of!(Globals, accumulate)),
         ("grad_round", offset_of!(Globals, grad_round)),
+        ("sr_at", offset_of!(Globals, sr_at)),
     ];
     let named: Vec<(String, u32)> = members
         .into_iter()

@@ -76,3 +76,23 @@ pub fn ema_next(g: &Globals, e_old: f32, p: f32, first: bool) -> f32 {
         lerp_fma(w - 1.0, p - e_old, p)
     }
 }
+
+/// murmur3's 32-bit finalizer (`fmix32` in `shaders/update_mixed.wgsl`).
+#[inline(always)]
+pub fn fmix32(x: u32) -> u32 {
+    let mut h = x;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The random word that rounds element `index` (registration order, mod 2^32) at Adam step
+/// `t` with `seed` (`sr_random` in the kernel).
+#[inline(always)]
+pub fn sr_random(seed: u64, index: u32, t: u32) -> u32 {
+    let h = fmix32(fmix32(index) ^ t.wrapping_mul(0x9e37_79b9));
+    fmix32(fmix32(h ^ seed as u32) ^ (seed >> 32) as u32)
+}
