@@ -1205,9 +1205,8 @@ pub fn output_tensors(trace: &Trace, out: &ReplayOutput) -> Result<Vec<OutputTen
         Ok(())
     };
     let required = |kind: &str, v: Option<&Vec<Vec<f32>>>| -> Result<()> {
-        let v = v.ok_or_else(|| {
-            Error::ShapeMismatch(format!("replay output: no `{kind}` tensors"))
-        })?;
+        let v =
+            v.ok_or_else(|| Error::ShapeMismatch(format!("replay output: no `{kind}` tensors")))?;
         per_param(kind, v)
     };
     per_param("final", &out.params)?;
@@ -1291,7 +1290,7 @@ pub fn output_tensors(trace: &Trace, out: &ReplayOutput) -> Result<Vec<OutputTen
         out.skipped.iter().map(|&s| u8::from(s)).collect(),
     ));
     if config.grad_scaler.is_some() {
-        for (s, scale) in out.grad_scale.iter().enumerate().skip(1) {
+        for (s, scale) in out.grad_scale.iter().enumerate() {
             tensors.push((
                 format!("grad_scale/{}", s + 1),
                 Dtype::F32,

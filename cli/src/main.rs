@@ -32,13 +32,15 @@ enum BackendArg {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Replay an adamw-trace/1 file and compare with the recorded PyTorch values.
+    /// Replay an adamw-trace/1 or /2 file and compare with the recorded PyTorch values.
     Replay {
         /// The trace (.safetensors).
         trace: PathBuf,
         #[arg(long, value_enum, default_value = "gpu")]
         backend: BackendArg,
-        /// Write the results under the trace's own names.
+        /// Write the results under the trace format's names, in the trace's dtypes (final
+        /// parameters and moments, final_model/final_ema, lr/beta1, skipped, and the
+        /// GradScaler's grad_scale/S, final_scale and final_growth_tracker).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Save the state after step K, build a fresh optimizer from that file, finish from it.
@@ -224,71 +226,30 @@ fn replay(
         "kind", "max |err|", "err/tolerance"
     );
     for (kind, w) in cmp.rows() {
-        println!("{kind:<16} {:>12.3e} {:>14.4}  {}", w.abs, w.ratio, w.at);
+        let bits16 = w.bits16.map_or(String::new(), |(ulps, frac)| {
+            format!(
+                "  (16-bit: max {ulps:.1} ulps, {:.3}% not bit-identical)",
+                frac * 100.0
+            )
+        });
+        println!(
+            "{kind:<16} {:>12.3e} {:>14.4}  {}{bits16}",
+            w.abs, w.ratio, w.at
+        );
     }
     if let Some(out) = out {
-        write_output(&trace, &output, out).with_context(|| format!("writing {}", out.display()))?;
+        trace::write_output(&trace, &output, out)
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {} ({})", out.display(), trace::output_format(&trace));
     }
+    let format = trace::output_format(&trace);
     if cmp.passed() {
-        println!("PASS: within the tolerances of adamw-trace/1");
+        println!("PASS: within the tolerances of {format}");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAIL: outside the tolerances of adamw-trace/1");
+        println!("FAIL: outside the tolerances of {format}");
         Ok(ExitCode::from(1))
     }
-}
-
-fn write_output(trace: &Trace, out: &trace::ReplayOutput, path: &Path) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut tensors: Vec<(String, Dtype, Vec<u8>, usize)> = Vec::new();
-    let f32s = |d: &[f32]| d.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    for (i, p) in trace.params.iter().enumerate() {
-        let n = p.init.len();
-        tensors.push((
-            format!("final/{}", p.name),
-            Dtype::F32,
-            f32s(&out.params[i]),
-            n,
-        ));
-        tensors.push((
-            format!("final_exp_avg/{}", p.name),
-            Dtype::F32,
-            f32s(&out.exp_avg[i]),
-            n,
-        ));
-        tensors.push((
-            format!("final_exp_avg_sq/{}", p.name),
-            Dtype::F32,
-            f32s(&out.exp_avg_sq[i]),
-            n,
-        ));
-        if let Some(v) = &out.max_exp_avg_sq {
-            tensors.push((
-                format!("final_max_exp_avg_sq/{}", p.name),
-                Dtype::F32,
-                f32s(&v[i]),
-                n,
-            ));
-        }
-    }
-    for (g, lr) in out.lr.iter().enumerate() {
-        let bytes = lr
-            .iter()
-            .flat_map(|&x| f64::from(x).to_le_bytes())
-            .collect();
-        tensors.push((format!("lr/{g}"), Dtype::F64, bytes, lr.len()));
-    }
-    let views = tensors
-        .iter()
-        .map(|(name, dtype, bytes, n)| {
-            Ok((name.clone(), TensorView::new(*dtype, vec![*n], bytes)?))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    // Written beside the target, then renamed: an interrupted run never leaves half a file.
-    let tmp = path.with_extension("partial");
-    safetensors::serialize_to_file(views, None, &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// Parses `1..10,100,4294967295` into step numbers (1 <= step <= 2^32 - 1).
