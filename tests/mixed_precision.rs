@@ -319,6 +319,62 @@ fn bad_16bit_input_is_refused() {
     }
     .validate()
     .is_ok());
+    // The training loop's settings, each named in its error; GpuAdamW::new refuses them too.
+    let scaler = wgpu_adamw::GradScalerConfig::default();
+    for (bad, field) in [
+        (AdamWConfig::default().with_accumulation(0), "accumulate"),
+        (AdamWConfig::default().with_ema(-0.1), "ema_decay"),
+        (
+            AdamWConfig::default().with_grad_scaler(wgpu_adamw::GradScalerConfig {
+                growth_factor: 1.0,
+                ..scaler
+            }),
+            "growth_factor",
+        ),
+        (
+            AdamWConfig::default().with_grad_scaler(wgpu_adamw::GradScalerConfig {
+                backoff_factor: 0.0,
+                ..scaler
+            }),
+            "backoff_factor",
+        ),
+        (
+            AdamWConfig::default().with_grad_scaler(wgpu_adamw::GradScalerConfig {
+                init_scale: f64::INFINITY,
+                ..scaler
+            }),
+            "init_scale",
+        ),
+        (
+            AdamWConfig::default().with_stochastic_rounding(1),
+            "stochastic_rounding",
+        ),
+        (
+            AdamWConfig::default()
+                .with_precision(Precision::master(Dtype::Bf16))
+                .with_stochastic_rounding(1),
+            "stochastic_rounding",
+        ),
+    ] {
+        let e = bad.validate().unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidHyperparameter { name, .. } if *name == field),
+            "{field}: {e}"
+        );
+        let g = tensor(&pbuf, 0, 4);
+        let e = GpuAdamW::new(&ctx.device, &ctx.queue, bad, vec![g]).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidHyperparameter { .. }),
+            "{field}: {e}"
+        );
+    }
+    // Pure 16-bit clipping needs the per-tensor (torch_cpu) norm order.
+    let e = config
+        .clone()
+        .with_max_grad_norm(Some(1.0))
+        .validate()
+        .unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
     // The CPU: elements of the wrong type, or f32 slices through `step`.
     let mut cpu = CpuAdamW::new(
         config.clone(),
