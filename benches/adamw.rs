@@ -1,14 +1,17 @@
 //! `cargo bench`: the bundled benchmark (see the `wgpu-adamw-bench` crate) on the default
 //! adapter. Arguments after `--`: `--quick` for the quick set, `--json FILE` for the report,
-//! `--wall`, `--no-cpu`, `--cpu-only`, `--iters N`, `--warmup N`, `--k-reps N`, and bare words
-//! that select workloads by name.
+//! `--wall`, `--no-cpu`, `--cpu-only`, `--iters N`, `--warmup N`, `--k-reps N`, `--mixed`
+//! (adds the bf16 rows: `bf16`, `bf16-f32m`, `bf16-master`), `--precision LIST` (the rows to
+//! run, comma-separated: `f32`, `bf16`, `bf16-f32m`, `bf16-master`, `f16`, `f16-f32m`,
+//! `f16-master`), and bare words that select workloads by name.
 //!
 //! ```text
 //! cargo bench -- --quick
 //! cargo bench -- --json target/bench.json
+//! cargo bench -- --quick --mixed --no-cpu flat_2^22
 //! ```
 
-use wgpu_adamw_bench::{run, BenchOptions};
+use wgpu_adamw_bench::{run, BenchOptions, BenchPrecision};
 
 fn number(flag: &str, arg: Option<String>) -> anyhow::Result<usize> {
     arg.and_then(|a| a.parse().ok())
@@ -35,12 +38,28 @@ fn main() -> anyhow::Result<()> {
             "--iters" => opts.iters = number("--iters", args.next())?,
             "--warmup" => opts.warmup = number("--warmup", args.next())?,
             "--k-reps" => opts.k_reps = number("--k-reps", args.next())?,
+            "--mixed" => {
+                for p in BenchPrecision::mixed_set() {
+                    if !opts.precisions.contains(&p) {
+                        opts.precisions.push(p);
+                    }
+                }
+            }
+            "--precision" => {
+                let list = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--precision takes a list"))?;
+                opts.precisions = list
+                    .split(',')
+                    .map(BenchPrecision::parse)
+                    .collect::<anyhow::Result<_>>()?;
+            }
             // `cargo bench` passes `--bench`.
             "--bench" => {}
             // A bare word filters workloads by name.
             s if !s.starts_with('-') => opts.filter.push(s.to_string()),
             other => anyhow::bail!(
-                "unknown argument `{other}` (known: --quick, --json FILE, --wall, --no-cpu, --cpu-only, --iters N, --warmup N, --k-reps N, workload names)"
+                "unknown argument `{other}` (known: --quick, --json FILE, --wall, --no-cpu, --cpu-only, --iters N, --warmup N, --k-reps N, --mixed, --precision LIST, workload names)"
             ),
         }
     }

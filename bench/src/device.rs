@@ -10,6 +10,8 @@ use wgpu_adamw::wgpu;
 pub const COPY_SHADER: &str = include_str!("../shaders/copy.wgsl");
 /// Source of the unfused baseline's kernels.
 pub const UNFUSED_SHADER: &str = include_str!("../shaders/unfused.wgsl");
+/// Source of the mixed-precision copy kernels (the roofline of the 16-bit rows).
+pub const COPY_MIXED_SHADER: &str = include_str!("../shaders/copy_mixed.wgsl");
 
 /// Tensors start at multiples of this many elements (256 bytes) in their arena, so that every
 /// piece can be bound at its own offset and read as vec4.
@@ -98,6 +100,25 @@ impl Layout {
         })
     }
 
+    /// The same tensors stored as 16-bit elements, in the units of 32-bit words: every
+    /// arena, offset and length halved (lengths rounded up). An [`Array`] of this layout holds
+    /// this layout's 16-bit elements two to a word, at the same element offsets.
+    pub fn halved(&self) -> Self {
+        Self {
+            arenas: self.arenas.iter().map(|&n| n / 2).collect(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| Span {
+                    arena: t.arena,
+                    offset: t.offset / 2,
+                    len: t.len.div_ceil(2),
+                })
+                .collect(),
+            max_binding_elems: self.max_binding_elems,
+        }
+    }
+
     /// Every tensor cut into pieces that each fit one binding (the unfused baseline binds
     /// tensor by tensor, as PyTorch launches its kernels).
     pub fn tensor_pieces(&self) -> Vec<Span> {
@@ -163,12 +184,22 @@ impl Array {
         Self { buffers }
     }
 
-    /// Fills every arena with `fill(arena, element index)` in pieces of 4 Mi elements.
+    /// Fills every arena with `fill(element index)` in pieces of 4 Mi elements.
     pub fn upload(
         &self,
         queue: &wgpu::Queue,
         device: &wgpu::Device,
-        mut fill: impl FnMut(u64) -> f32,
+        fill: impl FnMut(u64) -> f32,
+    ) -> Result<()> {
+        self.upload_words(queue, device, fill)
+    }
+
+    /// [`Array::upload`] for any 32-bit word type (16-bit elements packed two to a word).
+    pub fn upload_words<T: Pod>(
+        &self,
+        queue: &wgpu::Queue,
+        device: &wgpu::Device,
+        mut fill: impl FnMut(u64) -> T,
     ) -> Result<()> {
         const PIECE: u64 = 1 << 22;
         let mut global = 0u64;
@@ -177,7 +208,7 @@ impl Array {
             let mut at = 0;
             while at < n {
                 let len = (n - at).min(PIECE);
-                let data: Vec<f32> = (0..len).map(|i| fill(global + at + i)).collect();
+                let data: Vec<T> = (0..len).map(|i| fill(global + at + i)).collect();
                 queue.write_buffer(b, at * 4, bytemuck::cast_slice(&data));
                 queue.submit([]);
                 at += len;
@@ -188,6 +219,16 @@ impl Array {
                 .context("waiting for an upload")?;
         }
         Ok(())
+    }
+
+    /// `elem_bytes`-byte elements `[span.offset, span.offset + span.len)` of arena
+    /// `span.arena`.
+    fn bind_elems(&self, span: &Span, elem_bytes: u64) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffers[span.arena],
+            offset: span.offset * elem_bytes,
+            size: wgpu::BufferSize::new(span.len * elem_bytes),
+        })
     }
 
     fn bind(&self, span: &Span) -> wgpu::BindingResource<'_> {
@@ -225,25 +266,36 @@ struct Dispatch {
 }
 
 fn grid(len: u64, max_dim: u32) -> (u32, u32) {
-    let groups = len.div_ceil(4).div_ceil(VEC4_PER_WORKGROUP).max(1);
+    grid_vectors(len.div_ceil(4), max_dim)
+}
+
+/// The grid of a copy over `n` vectors (1,024 per workgroup).
+fn grid_vectors(n: u64, max_dim: u32) -> (u32, u32) {
+    let groups = n.div_ceil(VEC4_PER_WORKGROUP).max(1);
     let x = groups.min(u64::from(max_dim));
     (x as u32, groups.div_ceil(x) as u32)
 }
 
 /// One uniform buffer holding an [`Info`] per span, each at an aligned offset.
 fn infos(device: &wgpu::Device, queue: &wgpu::Queue, spans: &[Span]) -> (wgpu::Buffer, u64) {
+    let vectors: Vec<u64> = spans.iter().map(|s| s.len.div_ceil(4)).collect();
+    infos_of(device, queue, &vectors)
+}
+
+/// One uniform buffer holding an [`Info`] per dispatch over `vectors[i]` vectors.
+fn infos_of(device: &wgpu::Device, queue: &wgpu::Queue, vectors: &[u64]) -> (wgpu::Buffer, u64) {
     let limits = device.limits();
     let stride = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("bench infos"),
-        size: stride * spans.len().max(1) as u64,
+        size: stride * vectors.len().max(1) as u64,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    for (i, s) in spans.iter().enumerate() {
-        let (grid_x, _) = grid(s.len, limits.max_compute_workgroups_per_dimension);
+    for (i, &n) in vectors.iter().enumerate() {
+        let (grid_x, _) = grid_vectors(n, limits.max_compute_workgroups_per_dimension);
         let info = Info {
-            n: s.len.div_ceil(4) as u32,
+            n: n as u32,
             grid_x,
             swap: 0,
             _pad: 0,
@@ -358,6 +410,130 @@ impl CopyKernel {
             dispatches,
             _infos: info_buf,
         }
+    }
+
+    /// Records one copy into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        for d in &self.dispatches {
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+        }
+    }
+}
+
+/// The streams of a mixed-precision step, as its copy roofline moves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MixedCopyKind {
+    /// 16-bit parameters, gradients and moments: reads param, grad, exp_avg, exp_avg_sq and
+    /// writes all but grad back, 2 bytes each: 14 B/param (`copy16`).
+    Pure16,
+    /// 16-bit parameters and gradients, f32 moments: param 2 + 2, grad 2, exp_avg 4 + 4,
+    /// exp_avg_sq 4 + 4: 22 B/param (`copy_p16_s32`).
+    F32Moments,
+    /// 16-bit gradients, f32 master weights and moments, 16-bit parameters written only:
+    /// grad 2, master 4 + 4, exp_avg 4 + 4, exp_avg_sq 4 + 4, param 2: 28 B/param
+    /// (`copy_master`).
+    Master,
+}
+
+impl MixedCopyKind {
+    fn entry(self) -> &'static str {
+        match self {
+            MixedCopyKind::Pure16 => "copy16",
+            MixedCopyKind::F32Moments => "copy_p16_s32",
+            MixedCopyKind::Master => "copy_master",
+        }
+    }
+}
+
+/// The copy roofline of a mixed-precision step (`bench/shaders/copy_mixed.wgsl`): the bytes
+/// the fused step reads and writes, each stream at its own element size, and nothing else.
+/// One dispatch per binding-sized segment of the arenas.
+pub struct MixedCopy {
+    pipeline: wgpu::ComputePipeline,
+    dispatches: Vec<Dispatch>,
+    _infos: wgpu::Buffer,
+}
+
+impl MixedCopy {
+    /// Builds the copy of `kind` for a workload laid out as `layout` (in elements): `p` and
+    /// `g` hold 16-bit elements (arrays of [`Layout::halved`]); `m` and `v` hold 16-bit
+    /// elements for [`MixedCopyKind::Pure16`], else f32 (arrays of `layout`), as `master`
+    /// (needed by [`MixedCopyKind::Master`] only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        layout: &Layout,
+        kind: MixedCopyKind,
+        p: &Array,
+        g: &Array,
+        m: &Array,
+        v: &Array,
+        master: Option<&Array>,
+    ) -> Result<Self> {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("bench copy mixed"),
+            source: wgpu::ShaderSource::Wgsl(COPY_MIXED_SHADER.into()),
+        });
+        let entry = kind.entry();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let bgl = pipeline.get_bind_group_layout(0);
+        let spans = layout.arena_segments();
+        // Vectors per dispatch: vec4<u32> of eight 16-bit elements for `copy16`, else one
+        // per four elements (a vec2<u32> of 16-bit values beside a vec4 of f32 ones).
+        let per_vector = if kind == MixedCopyKind::Pure16 { 8 } else { 4 };
+        let vectors: Vec<u64> = spans.iter().map(|s| s.len.div_ceil(per_vector)).collect();
+        let (info_buf, stride) = infos_of(device, queue, &vectors);
+        let max_dim = device.limits().max_compute_workgroups_per_dimension;
+        let mut dispatches = Vec::with_capacity(spans.len());
+        for (i, s) in spans.iter().enumerate() {
+            // (binding, array, bytes per element)
+            let mut streams: Vec<(u32, &Array, u64)> = match kind {
+                MixedCopyKind::Pure16 => vec![(1, p, 2), (2, g, 2), (3, m, 2), (4, v, 2)],
+                MixedCopyKind::F32Moments | MixedCopyKind::Master => {
+                    vec![(5, p, 2), (6, g, 2), (7, m, 4), (8, v, 4)]
+                }
+            };
+            if kind == MixedCopyKind::Master {
+                let master = master.context("the master-weights copy needs master")?;
+                streams.push((9, master, 4));
+            }
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = std::iter::once(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: info_binding(&info_buf, stride, i),
+            })
+            .chain(
+                streams
+                    .iter()
+                    .map(|&(binding, a, bytes)| wgpu::BindGroupEntry {
+                        binding,
+                        resource: a.bind_elems(s, bytes),
+                    }),
+            )
+            .collect();
+            dispatches.push(Dispatch {
+                bind_group: device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("bench copy mixed"),
+                    layout: &bgl,
+                    entries: &entries,
+                }),
+                grid: grid_vectors(vectors[i], max_dim),
+            });
+        }
+        Ok(Self {
+            pipeline,
+            dispatches,
+            _infos: info_buf,
+        })
     }
 
     /// Records one copy into `pass`.

@@ -4,6 +4,10 @@
 //! single-tensor path) and the CPU reference; plus the cost of K steps in one submit and the
 //! CPU time to record one step. `cargo bench` and `wgpu-adamw bench` both run [`run`].
 //!
+//! Besides the f32 rows, [`BenchOptions::precisions`] adds mixed-precision rows (bf16
+//! parameters and gradients with bf16 moments, f32 moments or f32 master weights): the fused
+//! step against a copy moving that row's own bytes per parameter ([`BenchPrecision`]).
+//!
 //! The benchmark measures and reports; it never asserts a timing. Its workloads carry the
 //! names of the project's PyTorch benchmark script (`torch_adamw_bench.py`, kept with the shared
 //! traces outside this repository), so the two reports can be read side by side.
@@ -11,10 +15,14 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod precision;
 pub mod workloads;
 
 use anyhow::{Context as _, Result};
-use device::{Array, BaselineArrays, CopyKernel, Hyper, Timer, Timing, Unfused};
+use device::{
+    Array, BaselineArrays, CopyKernel, Hyper, MixedCopy, MixedCopyKind, Timer, Timing, Unfused,
+};
+pub use precision::BenchPrecision;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Instant;
 use wgpu_adamw::{
@@ -46,6 +54,10 @@ pub struct BenchOptions {
     pub progress: bool,
     /// Only the workloads whose names contain one of these (all when empty).
     pub filter: Vec<String>,
+    /// The rows of each workload, one per element-type configuration (default: f32 only).
+    /// Mixed-precision rows time the fused step, its copy roofline, K steps per submit and
+    /// the encoding; they skip the amsgrad workloads.
+    pub precisions: Vec<BenchPrecision>,
 }
 
 impl Default for BenchOptions {
@@ -59,6 +71,7 @@ impl Default for BenchOptions {
             force_wall: false,
             progress: true,
             filter: Vec::new(),
+            precisions: vec![BenchPrecision::F32],
         }
     }
 }
@@ -74,40 +87,45 @@ pub struct AdapterReport {
     pub device_type: String,
 }
 
-/// One workload's measurements. Times are medians in milliseconds per step.
+/// One workload's measurements at one precision. Times are medians in milliseconds per step.
 #[derive(Clone, Debug)]
 pub struct WorkloadResult {
     /// Workload name (the PyTorch script's).
     pub name: String,
+    /// The element types ([`BenchPrecision::name`]: `f32`, `bf16`, `bf16-f32m`, ...).
+    pub precision: String,
+    /// Bytes one step moves per parameter ([`BenchPrecision::bytes_per_param`]).
+    pub bytes_per_param: u64,
     /// Parameters.
     pub params: u64,
     /// Tensors.
     pub tensors: usize,
     /// Whether the step ran with amsgrad.
     pub amsgrad: bool,
-    /// Bytes one step must move: 28 per parameter, 36 with amsgrad.
+    /// Bytes one step must move: `bytes_per_param` per parameter (f32: 28, 36 with amsgrad).
     pub bytes_per_step: u64,
     /// This crate's fused step, schedule on device.
     pub fused_ms: f64,
     /// The copy kernel over the same bytes: the achievable roofline.
     pub copy_ms: f64,
-    /// One kernel per elementwise operation per tensor, lr uploaded every step.
-    pub unfused_ms: f64,
+    /// One kernel per elementwise operation per tensor, lr uploaded every step (f32 rows).
+    pub unfused_ms: Option<f64>,
     /// The CPU reference ([`CpuAdamW`]), when timed.
     pub cpu_ms: Option<f64>,
     /// Fused step on one flat tensor of the same total size (multi-tensor workloads only).
     pub flat_fused_ms: Option<f64>,
     /// The fused step with loss scaling and global-norm clipping on (the gradient reduce
-    /// pass, unscaling and clipping in the same submit), PyTorch's `clip_amp_ms` counterpart.
-    pub clip_amp_ms: f64,
+    /// pass, unscaling and clipping in the same submit), PyTorch's `clip_amp_ms` counterpart
+    /// (f32 rows).
+    pub clip_amp_ms: Option<f64>,
     /// Per step, with [`K`] steps recorded into one submit.
     pub k_submit_ms_per_step: f64,
     /// CPU microseconds to record one step.
     pub encode_us: f64,
     /// `update` dispatches per fused step.
     pub fused_dispatches: usize,
-    /// Dispatches per unfused step.
-    pub unfused_dispatches: usize,
+    /// Dispatches per unfused step (f32 rows).
+    pub unfused_dispatches: Option<usize>,
 }
 
 fn gbps(bytes: u64, ms: f64) -> f64 {
@@ -127,9 +145,9 @@ impl WorkloadResult {
     pub fn fused_vs_copy(&self) -> f64 {
         self.copy_ms / self.fused_ms
     }
-    /// `unfused_ms / fused_ms`.
-    pub fn speedup_vs_unfused(&self) -> f64 {
-        self.unfused_ms / self.fused_ms
+    /// `unfused_ms / fused_ms` (f32 rows).
+    pub fn speedup_vs_unfused(&self) -> Option<f64> {
+        self.unfused_ms.map(|u| u / self.fused_ms)
     }
     /// `flat_fused_ms / fused_ms`: throughput of this tensor set relative to one flat tensor
     /// of the same size.
@@ -153,7 +171,7 @@ pub struct Report {
     pub cpu_threads: usize,
     /// Seconds since the Unix epoch at the end of the run.
     pub unix_time: u64,
-    /// One entry per workload.
+    /// One entry per workload and precision.
     pub workloads: Vec<WorkloadResult>,
 }
 
@@ -422,20 +440,158 @@ fn run_workload(
     progress.done();
     Ok(WorkloadResult {
         name: w.name.clone(),
+        precision: BenchPrecision::F32.name(),
+        bytes_per_param: BenchPrecision::F32.bytes_per_param(w.amsgrad),
         params: w.params() as u64,
         tensors: lens.len(),
         amsgrad: w.amsgrad,
         bytes_per_step: w.bytes_per_step(),
         fused_ms,
         copy_ms,
-        unfused_ms,
+        unfused_ms: Some(unfused_ms),
         cpu_ms,
         flat_fused_ms,
-        clip_amp_ms,
+        clip_amp_ms: Some(clip_amp_ms),
         k_submit_ms_per_step,
         encode_us,
         fused_dispatches,
-        unfused_dispatches,
+        unfused_dispatches: Some(unfused_dispatches),
+    })
+}
+
+/// bf16 or f16 patterns of `value(i, seed, scale)`, two to a word (element `2w` in the low
+/// half of word `w`).
+fn packed16(dtype: wgpu_adamw::Dtype, word: u64, seed: u64, scale: f32) -> u32 {
+    let lo = dtype.narrow(device::value(2 * word, seed, scale));
+    let hi = dtype.narrow(device::value(2 * word + 1, seed, scale));
+    u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// A mixed-precision row: the fused step with 16-bit parameters and gradients in the
+/// engine's buffers (moments or master weights as `prec` says) against the copy that moves
+/// the same bytes, interleaved step by step; then K steps per submit and the encoding.
+fn run_workload_mixed(
+    ctx: &GpuContext,
+    timer: &Timer,
+    opts: &BenchOptions,
+    progress: &mut Progress,
+    w: &Workload,
+    prec: BenchPrecision,
+) -> Result<WorkloadResult> {
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let hyper = Hyper::default();
+    let kind = prec
+        .copy_kind()?
+        .context("run_workload_mixed takes a 16-bit precision")?;
+    if w.amsgrad {
+        anyhow::bail!("{}: mixed-precision rows skip amsgrad workloads", w.name);
+    }
+    let layout = device::check_fits(w, &device.limits())?;
+    let half = layout.halved();
+    let lens = w.lens();
+    let (pt, gt) = (prec.0.param, prec.0.grad);
+
+    // The engine's 16-bit parameters and gradients, at the f32 layout's element offsets.
+    let p = Array::new(device, &half, "param16");
+    let g = Array::new(device, &half, "grad16");
+    p.upload_words(queue, device, |i| packed16(pt, i, 1, 0.02))?;
+    g.upload_words(queue, device, |i| packed16(gt, i, 2, 1e-3))?;
+    let bindings: Vec<TensorBinding> = layout
+        .tensors
+        .iter()
+        .map(|t| TensorBinding {
+            param: p.buffers[t.arena].clone(),
+            param_offset: t.offset * pt.size(),
+            grad: g.buffers[t.arena].clone(),
+            grad_offset: t.offset * gt.size(),
+            len: t.len,
+        })
+        .collect();
+    let config = fused_config(false, &hyper).with_precision(prec.0);
+    let opt = GpuAdamW::with_options(
+        device,
+        queue,
+        config,
+        vec![ParamGroup {
+            tensors: bindings,
+            ..Default::default()
+        }],
+        gpu_options(),
+    )
+    .with_context(|| format!("creating the fused optimizer ({prec})"))?;
+    let mut rec_fused = |enc: &mut wgpu::CommandEncoder,
+                         ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = pass(enc, ts, "fused mixed");
+        opt.record_step(&mut pass);
+    };
+    let fused_dispatches = opt.dispatches_per_step();
+
+    // The copy roofline over the same parameter and gradient buffers and its own state.
+    let state_layout = if kind == MixedCopyKind::Pure16 {
+        &half
+    } else {
+        &layout
+    };
+    let m = Array::new(device, state_layout, "exp_avg");
+    let v = Array::new(device, state_layout, "exp_avg_sq");
+    let master = (kind == MixedCopyKind::Master).then(|| Array::new(device, &layout, "master"));
+    let copy = MixedCopy::new(
+        device,
+        queue,
+        &layout,
+        kind,
+        &p,
+        &g,
+        &m,
+        &v,
+        master.as_ref(),
+    )?;
+    let mut rec_copy = |enc: &mut wgpu::CommandEncoder,
+                        ts: Option<wgpu::ComputePassTimestampWrites<'_>>| {
+        let mut pass = pass(enc, ts, "copy mixed");
+        copy.record(&mut pass);
+    };
+    let (mut nothing, mut nothing2) = (|| {}, || {});
+    let mut variants: Vec<Variant<'_, '_>> = vec![
+        ("fused", &mut nothing, &mut rec_fused),
+        ("copy", &mut nothing2, &mut rec_copy),
+    ];
+    let ms = time_interleaved(timer, opts, progress, &mut variants)?;
+    drop(variants);
+    let (fused_ms, copy_ms) = (ms[0], ms[1]);
+
+    let mut ks = Vec::new();
+    for i in 0..opts.k_reps {
+        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
+        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
+    }
+    let k_submit_ms_per_step = median(ks);
+    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
+    drop(copy);
+    drop((m, v, master));
+    drop(opt);
+    drop((p, g));
+    timer.wait()?;
+    progress.done();
+    let bytes_per_param = prec.bytes_per_param(false);
+    Ok(WorkloadResult {
+        name: w.name.clone(),
+        precision: prec.name(),
+        bytes_per_param,
+        params: w.params() as u64,
+        tensors: lens.len(),
+        amsgrad: false,
+        bytes_per_step: w.params() as u64 * bytes_per_param,
+        fused_ms,
+        copy_ms,
+        unfused_ms: None,
+        cpu_ms: None,
+        flat_fused_ms: None,
+        clip_amp_ms: None,
+        k_submit_ms_per_step,
+        encode_us,
+        fused_dispatches,
+        unfused_dispatches: None,
     })
 }
 
@@ -514,14 +670,32 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         .into_iter()
         .filter(|w| opts.filter.is_empty() || opts.filter.iter().any(|f| w.name.contains(f)))
         .collect();
+    if opts.precisions.is_empty() {
+        opts.precisions.push(BenchPrecision::F32);
+    }
+    // Rows: every workload at every precision, but mixed precision on no amsgrad workload.
+    let rows: Vec<(&Workload, BenchPrecision)> = list
+        .iter()
+        .flat_map(|w| opts.precisions.iter().map(move |&p| (w, p)))
+        .filter(|(w, p)| p.is_f32() || !w.amsgrad)
+        .collect();
+    for p in &opts.precisions {
+        p.copy_kind()?;
+    }
     if opts.progress {
         eprintln!(
-            "wgpu-adamw bench on {} ({:?}, {:?}); timing: {}; {} workloads",
+            "wgpu-adamw bench on {} ({:?}, {:?}); timing: {}; {} workloads, precisions {}; {} rows",
             info.name,
             info.backend,
             info.device_type,
             timer.timing.as_str(),
-            list.len()
+            list.len(),
+            opts.precisions
+                .iter()
+                .map(BenchPrecision::name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            rows.len()
         );
     }
     let mut progress = Progress {
@@ -531,9 +705,13 @@ pub fn run(opts: &BenchOptions) -> Result<Report> {
         started: Instant::now(),
     };
     let mut results = Vec::new();
-    for (i, w) in list.iter().enumerate() {
-        progress.set(format!("[{}/{}] {}:", i + 1, list.len(), w.name));
-        results.push(run_workload(&ctx, &timer, &opts, &mut progress, w)?);
+    for (i, &(w, prec)) in rows.iter().enumerate() {
+        progress.set(format!("[{}/{}] {} {prec}:", i + 1, rows.len(), w.name));
+        results.push(if prec.is_f32() {
+            run_workload(&ctx, &timer, &opts, &mut progress, w)?
+        } else {
+            run_workload_mixed(&ctx, &timer, &opts, &mut progress, w, prec)?
+        });
     }
     Ok(Report {
         adapter: AdapterReport {
@@ -562,8 +740,9 @@ fn fmt_opt(x: Option<f64>, prec: usize) -> String {
 
 impl Report {
     /// The JSON report: `adapter` {name, backend, device_type}, `timing`, and per workload
-    /// `name, params, tensors, bytes_per_step, fused_ms, copy_ms, unfused_ms, cpu_ms,
-    /// fused_gbps, copy_gbps, k_submit_ms_per_step, encode_us` (plus a few more fields).
+    /// and precision `name, precision, bytes_per_param, params, tensors, bytes_per_step,
+    /// fused_ms, copy_ms, unfused_ms, cpu_ms, fused_gbps, copy_gbps, k_submit_ms_per_step,
+    /// encode_us` (plus a few more fields; `null` where a row does not time them).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "adapter": {
@@ -579,20 +758,22 @@ impl Report {
             "unix_time": self.unix_time,
             "workloads": self.workloads.iter().map(|w| serde_json::json!({
                 "name": w.name,
+                "precision": w.precision,
+                "bytes_per_param": w.bytes_per_param,
                 "params": w.params,
                 "tensors": w.tensors,
                 "amsgrad": w.amsgrad,
                 "bytes_per_step": w.bytes_per_step,
                 "fused_ms": w.fused_ms,
                 "copy_ms": w.copy_ms,
-                "unfused_ms": w.unfused_ms,
+                "unfused_ms": opt_num(w.unfused_ms),
                 "cpu_ms": opt_num(w.cpu_ms),
                 "fused_gbps": w.fused_gbps(),
                 "copy_gbps": w.copy_gbps(),
                 "k_submit_ms_per_step": w.k_submit_ms_per_step,
                 "encode_us": w.encode_us,
                 "flat_fused_ms": opt_num(w.flat_fused_ms),
-                "clip_amp_ms": w.clip_amp_ms,
+                "clip_amp_ms": opt_num(w.clip_amp_ms),
                 "fused_dispatches": w.fused_dispatches,
                 "unfused_dispatches": w.unfused_dispatches,
             })).collect::<Vec<_>>(),
@@ -615,8 +796,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<18} {:>11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}",
+            "{:<18} {:<11} {:>3} {:>11} {:>4} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}",
             "workload",
+            "precision",
+            "B/p",
             "params",
             "tens",
             "fused_ms",
@@ -633,18 +816,20 @@ impl Report {
         for w in &self.workloads {
             let _ = writeln!(
                 s,
-                "{:<18} {:>11} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>10} {:>8.1} {:>8.1} {:>6.2} {:>6.2} {:>9.3} {:>8.1}",
+                "{:<18} {:<11} {:>3} {:>11} {:>4} {:>10.3} {:>10.3} {:>10} {:>10} {:>8.1} {:>8.1} {:>6.2} {:>6} {:>9.3} {:>8.1}",
                 w.name,
+                w.precision,
+                w.bytes_per_param,
                 w.params,
                 w.tensors,
                 w.fused_ms,
                 w.copy_ms,
-                w.unfused_ms,
+                fmt_opt(w.unfused_ms, 3),
                 fmt_opt(w.cpu_ms, 3),
                 w.fused_gbps(),
                 w.copy_gbps(),
                 w.fused_vs_copy(),
-                w.speedup_vs_unfused(),
+                fmt_opt(w.speedup_vs_unfused(), 2),
                 w.k_submit_ms_per_step,
                 w.encode_us
             );
@@ -658,8 +843,8 @@ impl Report {
             let r = w.fused_vs_copy();
             let _ = writeln!(
                 s,
-                "  fused >= 0.9 x copy bandwidth   {:<18} {:.2} x  {}",
-                w.name,
+                "  fused >= 0.9 x copy bandwidth   {:<30} {:.2} x  {}",
+                format!("{} {} ({} B/p)", w.name, w.precision, w.bytes_per_param),
                 r,
                 verdict(r >= 0.9)
             );
@@ -679,7 +864,9 @@ impl Report {
             }
         }
         for w in &self.workloads {
-            let r = w.speedup_vs_unfused();
+            let Some(r) = w.speedup_vs_unfused() else {
+                continue;
+            };
             let _ = writeln!(
                 s,
                 "  fused >= 2.5 x unfused          {:<18} {:.2} x  {}",
@@ -689,17 +876,24 @@ impl Report {
             );
         }
         for w in self.workloads.iter().filter(|w| w.params >= 1 << 22) {
-            let r = w.clip_amp_ms / w.fused_ms;
+            let Some(c) = w.clip_amp_ms else {
+                continue;
+            };
+            let r = c / w.fused_ms;
             let _ = writeln!(
                 s,
                 "  clip+AMP <= 1.15 x plain step   {:<18} {:.2} x  {} ({:.3} ms; compare PyTorch's clip_amp_ms)",
                 w.name,
                 r,
                 verdict(r <= 1.15),
-                w.clip_amp_ms
+                c
             );
         }
-        for w in self.workloads.iter().filter(|w| w.tensors > 1) {
+        for w in self
+            .workloads
+            .iter()
+            .filter(|w| w.tensors > 1 && w.precision == "f32")
+        {
             let _ = writeln!(
                 s,
                 "  encode_us <= 50                 {:<18} {:.1} us  {} ({} tensors)",
