@@ -399,7 +399,7 @@ fn f32_to_f16(x: f32) -> u32 {
 // h of type dtype (DTYPE_BF16 or DTYPE_F16; anything but DTYPE_F16 is read as bf16) as f32.
 fn widen16(h: u32, dtype: u32) -> f32 {
     if (dtype == DTYPE_F16) {
-        return f16_to_f32(h);
+        return f16_widen(h); // f16_packed.wgsl or f16_native.wgsl
     }
     return bf16_to_f32(h);
 }
@@ -407,7 +407,7 @@ fn widen16(h: u32, dtype: u32) -> f32 {
 // x rounded to nearest even in dtype (DTYPE_BF16 or DTYPE_F16, as widen16).
 fn narrow16(x: f32, dtype: u32) -> u32 {
     if (dtype == DTYPE_F16) {
-        return f32_to_f16(x);
+        return f16_narrow(x);
     }
     return f32_to_bf16(x);
 }

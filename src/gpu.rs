@@ -64,6 +64,23 @@ pub struct GpuOptions {
     /// Elements per invocation of the update (default [`ELEMS_PER_THREAD`], 1..=255): a
     /// workgroup of 256 invocations handles `256 * elems_per_thread` elements.
     pub elems_per_thread: Option<u32>,
+    /// How f16 elements are converted (only with an f16 [`crate::Precision`]).
+    pub f16: F16Path,
+}
+
+/// How the kernel converts f16 elements. Both paths give the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum F16Path {
+    /// Native where a probe at creation finds the device's conversions bit-identical to
+    /// the packed ones (correct rounding, subnormals, overflow), else packed.
+    #[default]
+    Auto,
+    /// Integer operations on the 16-bit patterns: correctly rounded on every adapter.
+    Packed,
+    /// The device's own f16 conversion instructions (WGSL's `pack2x16float` and
+    /// `unpack2x16float`, whose rounding WGSL leaves to the device): an
+    /// [`Error::Unsupported`] where the probe finds them inexact.
+    Native,
 }
 
 #[derive(Debug)]
@@ -118,6 +135,7 @@ pub struct GpuAdamW {
     prologue_bind_group: wgpu::BindGroup,
     dispatches: Vec<Dispatch>,
     max_binding_size: u64,
+    native_f16: bool,
 }
 
 impl GpuAdamW {
@@ -172,6 +190,26 @@ impl GpuAdamW {
         }
 
         validate_bindings(&groups, &config.precision)?;
+        let uses_f16 = [
+            config.precision.param,
+            config.precision.grad,
+            config.precision.state_dtype(),
+        ]
+        .contains(&Dtype::F16);
+        let native_f16 = uses_f16
+            && match options.f16 {
+                F16Path::Packed => false,
+                F16Path::Auto => crate::probe::native_f16_is_exact(device, queue)?,
+                F16Path::Native => {
+                    if !crate::probe::native_f16_is_exact(device, queue)? {
+                        return Err(Error::Unsupported(
+                            "native f16: the device's f16 conversions are not correctly rounded"
+                                .into(),
+                        ));
+                    }
+                    true
+                }
+            };
         let prec = config.precision;
         let mixed = config.needs_mixed_update();
 
@@ -216,7 +254,7 @@ impl GpuAdamW {
                 tensor_lists,
                 ..
             } = &plan;
-            let kernel = Kernel::new(device, ept, &config);
+            let kernel = Kernel::new(device, ept, &config, native_f16);
             let n_groups = groups.len() as u32;
             let total_chunks = plan.total_chunks();
             let mut globals = Globals::new(&config, n_groups);
@@ -588,12 +626,18 @@ impl GpuAdamW {
                 prologue_bind_group,
                 dispatches,
                 max_binding_size: max_binding,
+                native_f16,
             })
         })??;
         if opt.config.precision.master_weights || opt.config.ema_decay.is_some() {
             opt.init_weights(&groups)?;
         }
         Ok(opt)
+    }
+
+    /// Whether the kernel converts f16 with the device's own instructions ([`F16Path`]).
+    pub fn native_f16(&self) -> bool {
+        self.native_f16
     }
 
     /// The configuration.

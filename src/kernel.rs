@@ -4,19 +4,33 @@
 use crate::config::{AdamWConfig, GradNormOrder};
 use bytemuck::{Pod, Zeroable};
 
+/// The kernel's files, by concept, after the f16 conversions' file `$f16`.
+macro_rules! kernel_source {
+    ($prefix:expr, $f16:expr) => {
+        concat!(
+            $prefix,
+            include_str!("../shaders/layout.wgsl"),
+            include_str!("../shaders/numerics.wgsl"),
+            include_str!($f16),
+            include_str!("../shaders/schedule.wgsl"),
+            include_str!("../shaders/grad_norm.wgsl"),
+            include_str!("../shaders/prologue.wgsl"),
+            include_str!("../shaders/update.wgsl"),
+            include_str!("../shaders/update_mixed.wgsl"),
+            include_str!("../shaders/accumulate.wgsl"),
+            include_str!("../shaders/probes.wgsl"),
+        )
+    };
+}
+
 /// The WGSL source of the fused AdamW + schedule kernel: its files, by concept, concatenated
-/// (the twin in `src/twin/` follows the same split).
-pub const SHADER_SOURCE: &str = concat!(
-    include_str!("../shaders/layout.wgsl"),
-    include_str!("../shaders/numerics.wgsl"),
-    include_str!("../shaders/schedule.wgsl"),
-    include_str!("../shaders/grad_norm.wgsl"),
-    include_str!("../shaders/prologue.wgsl"),
-    include_str!("../shaders/update.wgsl"),
-    include_str!("../shaders/update_mixed.wgsl"),
-    include_str!("../shaders/accumulate.wgsl"),
-    include_str!("../shaders/probes.wgsl"),
-);
+/// (the twin in `src/twin/` follows the same split). Runs on every adapter.
+pub const SHADER_SOURCE: &str = kernel_source!("", "../shaders/f16_packed.wgsl");
+
+/// [`SHADER_SOURCE`] with f16 converted by the device's own conversion instructions
+/// (`pack2x16float`/`unpack2x16float`), whose rounding WGSL leaves to the device: used only
+/// where a probe finds it exact (see [`crate::GpuOptions::f16`]).
+pub const SHADER_SOURCE_NATIVE_F16: &str = kernel_source!("", "../shaders/f16_native.wgsl");
 
 /// Default elements per invocation of `update` and `reduce` (the shader's `ELEMS_PER_THREAD`
 /// override): one workgroup handles a chunk of `WORKGROUP * ELEMS_PER_THREAD` elements.
@@ -410,12 +424,25 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 impl Kernel {
     /// Compiles the shader and builds its pipelines on `device`, with `elems_per_thread`
     /// elements per invocation of `update` and `reduce`, and the mixed-precision update for
-    /// `config`'s precision and EMA unless it needs neither.
-    pub fn new(device: &wgpu::Device, elems_per_thread: u32, config: &AdamWConfig) -> Self {
+    /// `config`'s precision and EMA unless it needs neither; f16 through WGSL's `f16` type with
+    /// `native_f16` (the device needs `SHADER_F16`).
+    pub fn new(
+        device: &wgpu::Device,
+        elems_per_thread: u32,
+        config: &AdamWConfig,
+        native_f16: bool,
+    ) -> Self {
         let precision = &config.precision;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("wgpu-adamw kernel"),
-            source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
+            source: wgpu::ShaderSource::Wgsl(
+                if native_f16 {
+                    SHADER_SOURCE_NATIVE_F16
+                } else {
+                    SHADER_SOURCE
+                }
+                .into(),
+            ),
         });
         let layout = |name: &str| {
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -5,7 +5,7 @@
 use crate::config::{AdamWConfig, GroupConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{checked, read_buffer};
-use crate::kernel::{Globals, SHADER_SOURCE};
+use crate::kernel::{Globals, SHADER_SOURCE, SHADER_SOURCE_NATIVE_F16};
 use crate::schedule::program::Region;
 use crate::schedule::GroupCtx;
 use crate::twin;
@@ -137,6 +137,76 @@ pub fn numerics_gpu(
     f: Numerics,
     cases: &[[f32; 3]],
 ) -> Result<Vec<f32>> {
+    numerics_gpu_in(device, queue, SHADER_SOURCE, f, cases)
+}
+
+/// [`numerics_gpu`] in the kernel whose f16 conversions are the device's own
+/// ([`SHADER_SOURCE_NATIVE_F16`]).
+pub fn numerics_gpu_native_f16(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    f: Numerics,
+    cases: &[[f32; 3]],
+) -> Result<Vec<f32>> {
+    numerics_gpu_in(device, queue, SHADER_SOURCE_NATIVE_F16, f, cases)
+}
+
+/// Whether this device's native f16 conversions ([`SHADER_SOURCE_NATIVE_F16`]) equal the
+/// packed ones bit for bit: every f16 widened, and narrowed every f16 value, every midpoint
+/// between neighbours and the f32 values next to it, both signs, f16 subnormals and
+/// underflow, the overflow threshold and infinities.
+pub fn native_f16_is_exact(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool> {
+    let f16 = f32::from_bits(twin::DTYPE_F16);
+    let widen: Vec<[f32; 3]> = (0..=0xffffu32)
+        .map(|h| [f32::from_bits(h), f16, 0.0])
+        .collect();
+    let mut narrow: Vec<[f32; 3]> = Vec::new();
+    for h in 0..0x7c00u32 {
+        let lo = twin::f16_to_f32(h);
+        let hi = twin::f16_to_f32(h + 1);
+        let mid = ((f64::from(lo) + f64::from(hi)) / 2.0) as f32;
+        for x in [
+            lo,
+            mid,
+            f32::from_bits(mid.to_bits() - 1),
+            f32::from_bits(mid.to_bits() + 1),
+        ] {
+            narrow.push([x, f16, 0.0]);
+            narrow.push([-x, f16, 0.0]);
+        }
+    }
+    for x in [
+        1e-10f32,
+        2.9e-8,
+        3.0e-8,
+        65519.0,
+        65520.0,
+        1e6,
+        f32::MAX,
+        f32::INFINITY,
+    ] {
+        narrow.push([x, f16, 0.0]);
+        narrow.push([-x, f16, 0.0]);
+    }
+    for (f, cases) in [(Numerics::Widen16, widen), (Numerics::Narrow16, narrow)] {
+        let gpu = numerics_gpu_native_f16(device, queue, f, &cases)?;
+        let cpu = numerics_cpu(f, &cases);
+        // NaN payloads aside (f16 parameters are never NaN).
+        let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        if !gpu.iter().zip(&cpu).all(|(a, b)| same(a, b)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn numerics_gpu_in(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    source: &'static str,
+    f: Numerics,
+    cases: &[[f32; 3]],
+) -> Result<Vec<f32>> {
     let mut io = vec![f as u32];
     for c in cases {
         io.extend(c.iter().map(|x| x.to_bits()));
@@ -147,6 +217,7 @@ pub fn numerics_gpu(
         run_probe(
             device,
             queue,
+            source,
             &config,
             None,
             "numerics_probe",
@@ -200,6 +271,7 @@ fn probe(
     run_probe(
         device,
         queue,
+        SHADER_SOURCE,
         config,
         Some((g, &region.words)),
         entry,
@@ -211,9 +283,11 @@ fn probe(
 /// Runs `entry` (64 invocations per workgroup, one per case) over the words `io`, bound at
 /// binding 9 beside the uniform block of `config` (or the given one, with a schedule region
 /// bound as `meta`); returns the buffer.
+#[allow(clippy::too_many_arguments)]
 fn run_probe(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
+    source: &'static str,
     config: &AdamWConfig,
     schedule: Option<(Globals, &[u32])>,
     entry: &str,
@@ -222,7 +296,7 @@ fn run_probe(
 ) -> wgpu::Buffer {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("wgpu-adamw probe"),
-        source: wgpu::ShaderSource::Wgsl(SHADER_SOURCE.into()),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),

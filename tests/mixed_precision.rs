@@ -117,7 +117,8 @@ fn read16(ctx: &wgpu_adamw::GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<u16
     halves[..n].to_vec()
 }
 
-/// 16-bit tensors that share 32-bit words: an unregistered element, tensor A (group 0, odd
+/// 16-bit tensors that share 32-bit words (f16 through both conversion paths): an
+/// unregistered element, tensor A (group 0, odd
 /// offset, odd length), tensor B (group 1, a different lr and weight decay, long enough for
 /// several chunks, odd length), an unregistered element, tensor C (group 0, one element),
 /// and an unregistered tail. Every word at a boundary holds two owners, updated by
@@ -128,8 +129,8 @@ fn read16(ctx: &wgpu_adamw::GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<u16
 #[test]
 fn tensors_sharing_words_never_touch_their_neighbours() {
     use wgpu_adamw::{
-        AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, GpuAdamW, GroupConfig,
-        ParamGroup, Precision, TensorBinding,
+        AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, F16Path, GpuAdamW,
+        GpuOptions, GroupConfig, ParamGroup, Precision, TensorBinding,
     };
     let ctx = common::gpu();
     let mut rng = common::Rng(7);
@@ -141,7 +142,13 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
             || (b.0..b.0 + b.1).contains(&i)
             || (c.0..c.0 + c.1).contains(&i)
     };
-    for dtype in [Dtype::Bf16, Dtype::F16] {
+    // f16 both through the packed integer conversions and the device's own (lavapipe's
+    // are exact, so F16Path::Native is available there).
+    for (dtype, path) in [
+        (Dtype::Bf16, F16Path::Auto),
+        (Dtype::F16, F16Path::Packed),
+        (Dtype::F16, F16Path::Native),
+    ] {
         for precision in [Precision::pure(dtype), Precision::master(dtype)] {
             let config = AdamWConfig::default()
                 .with_lr(1e-2)
@@ -164,7 +171,7 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
                 grad_offset: 2 * off as u64,
                 len: len as u64,
             };
-            let gpu = GpuAdamW::new(
+            let gpu = GpuAdamW::with_options(
                 &ctx.device,
                 &ctx.queue,
                 config.clone(),
@@ -178,8 +185,13 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
                         tensors: vec![binding(b)],
                     },
                 ],
+                GpuOptions {
+                    f16: path,
+                    ..Default::default()
+                },
             )
             .unwrap();
+            assert_eq!(gpu.native_f16(), path == F16Path::Native, "{path:?}");
             let mut cpu = CpuAdamW::new(
                 config.clone(),
                 vec![
@@ -223,7 +235,7 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
                 .unwrap();
             }
             let got = read16(&ctx, &pbuf, TOTAL);
-            let label = format!("{precision:?}");
+            let label = format!("{precision:?} {path:?}");
             // (Updates under half a 16-bit ulp vanish, so not every element moves.)
             let moved = (0..TOTAL)
                 .filter(|&i| registered(i) && host[i] != init[i])

@@ -677,3 +677,12 @@ fn stochastic_rounding_is_unbiased() {
         assert!(err < 1e-4, "f16({x:e}): mean {mean:e}, {err:e} ulp");
     }
 }
+
+/// The native f16 variant of the kernel (the device's own conversions) converts exactly as
+/// the packed one on lavapipe (`GpuOptions::f16` picks the native path only where the same
+/// probe holds on the device at hand).
+#[test]
+fn native_f16_conversions_equal_the_packed_ones_on_lavapipe() {
+    let ctx = common::gpu();
+    assert!(wgpu_adamw::probe::native_f16_is_exact(&ctx.device, &ctx.queue).unwrap());
+}
