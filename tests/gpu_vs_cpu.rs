@@ -336,6 +336,7 @@ fn tensors_larger_than_a_binding_are_split() {
     let options = GpuOptions {
         max_binding_size: Some(64 << 10),
         elems_per_thread: Some(4),
+        ..Default::default()
     };
     for seed in 200..203 {
         run_case(seed, options, 40_000, 3, 2);

@@ -144,10 +144,19 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
     };
     // f16 both through the packed integer conversions and the device's own (lavapipe's
     // are exact, so F16Path::Native is available there).
-    for (dtype, path) in [
-        (Dtype::Bf16, F16Path::Auto),
-        (Dtype::F16, F16Path::Packed),
-        (Dtype::F16, F16Path::Native),
+    // And bindings of 2 KiB with 256-element chunks: tensor B crosses several windows of
+    // its buffers and several state arenas.
+    let small = GpuOptions {
+        max_binding_size: Some(2048),
+        elems_per_thread: Some(1),
+        ..Default::default()
+    };
+    for (dtype, path, options) in [
+        (Dtype::Bf16, F16Path::Auto, GpuOptions::default()),
+        (Dtype::F16, F16Path::Packed, GpuOptions::default()),
+        (Dtype::F16, F16Path::Native, GpuOptions::default()),
+        (Dtype::Bf16, F16Path::Auto, small),
+        (Dtype::F16, F16Path::Packed, small),
     ] {
         for precision in [Precision::pure(dtype), Precision::master(dtype)] {
             let config = AdamWConfig::default()
@@ -187,7 +196,7 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
                 ],
                 GpuOptions {
                     f16: path,
-                    ..Default::default()
+                    ..options
                 },
             )
             .unwrap();
@@ -235,7 +244,7 @@ fn tensors_sharing_words_never_touch_their_neighbours() {
                 .unwrap();
             }
             let got = read16(&ctx, &pbuf, TOTAL);
-            let label = format!("{precision:?} {path:?}");
+            let label = format!("{precision:?} {path:?} {options:?}");
             // (Updates under half a 16-bit ulp vanish, so not every element moves.)
             let moved = (0..TOTAL)
                 .filter(|&i| registered(i) && host[i] != init[i])
