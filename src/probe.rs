@@ -154,7 +154,8 @@ pub fn numerics_gpu_native_f16(
 /// Whether this device's native f16 conversions ([`SHADER_SOURCE_NATIVE_F16`]) equal the
 /// packed ones bit for bit: every f16 widened, and narrowed every f16 value, every midpoint
 /// between neighbours and the f32 values next to it, both signs, f16 subnormals and
-/// underflow, the overflow threshold and infinities.
+/// underflow, the overflow threshold and infinities. `false` also where the device cannot
+/// compile them.
 pub fn native_f16_is_exact(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool> {
     let f16 = f32::from_bits(twin::DTYPE_F16);
     let widen: Vec<[f32; 3]> = (0..=0xffffu32)
@@ -189,7 +190,11 @@ pub fn native_f16_is_exact(device: &wgpu::Device, queue: &wgpu::Queue) -> Result
         narrow.push([-x, f16, 0.0]);
     }
     for (f, cases) in [(Numerics::Widen16, widen), (Numerics::Narrow16, narrow)] {
-        let gpu = numerics_gpu_native_f16(device, queue, f, &cases)?;
+        // A device without the conversions (wgpu's DownlevelFlags::SHADER_F16_IN_F32, which
+        // WebGPU-compliant adapters have) refuses the module: packed, then.
+        let Ok(gpu) = numerics_gpu_native_f16(device, queue, f, &cases) else {
+            return Ok(false);
+        };
         let cpu = numerics_cpu(f, &cases);
         // NaN payloads aside (f16 parameters are never NaN).
         let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());

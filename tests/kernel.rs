@@ -244,3 +244,70 @@ fn binding_table_matches_every_entry_point() {
         assert_eq!(used, listed, "layout {layout}: bindings used vs listed");
     }
 }
+
+/// naga translates every entry point of both kernel variants (packed and native f16
+/// conversions) to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), overrides at their defaults.
+#[test]
+fn naga_translates_every_entry_point_to_spirv_msl_and_hlsl() {
+    use naga::back::{hlsl, msl, spv};
+    use naga::ShaderStage::Compute;
+    // pack2x16float/unpack2x16float are core WGSL; naga counts them as a capability that
+    // every WebGPU-compliant adapter has (wgpu's DownlevelFlags::SHADER_F16_IN_F32).
+    for (source, caps) in [
+        (
+            wgpu_adamw::kernel::SHADER_SOURCE,
+            naga::valid::Capabilities::empty(),
+        ),
+        (
+            wgpu_adamw::kernel::SHADER_SOURCE_NATIVE_F16,
+            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        ),
+    ] {
+        let m = naga::front::wgsl::parse_str(source).expect("the WGSL parses");
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&m)
+            .expect("the WGSL validates");
+        let names: Vec<String> = m.entry_points.iter().map(|e| e.name.clone()).collect();
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            let (m, info) = naga::back::pipeline_constants::process_overrides(
+                &m,
+                &info,
+                Some((Compute, &name)),
+                &Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
+            spv::write_vec(
+                &m,
+                &info,
+                &spv::Options::default(),
+                Some(&spv::PipelineOptions {
+                    shader_stage: Compute,
+                    entry_point: name.clone(),
+                }),
+            )
+            .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+            msl::write_string(
+                &m,
+                &info,
+                &msl::Options {
+                    lang_version: (2, 1),
+                    ..Default::default()
+                },
+                &msl::PipelineOptions {
+                    entry_point: Some((Compute, name.clone())),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name}: MSL: {e}"));
+            let mut hlsl_out = String::new();
+            let options = hlsl::Options::default();
+            let pipeline = hlsl::PipelineOptions {
+                entry_point: Some((Compute, name.clone())),
+            };
+            hlsl::Writer::new(&mut hlsl_out, &options, &pipeline)
+                .write(&m, &info, None)
+                .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+        }
+    }
+}
