@@ -1,5 +1,7 @@
-//! PyTorch traces in the `adamw-trace/1` format: reading, replaying on either backend, and
-//! comparing against the recorded values with the format's tolerances.
+//! PyTorch traces in the `adamw-trace/1` and `/2` formats (16-bit types, master weights,
+//! GradScaler, accumulation, EMA): reading, replaying on either backend, comparing against
+//! the recorded values with the format's tolerances (the 16-bit rule for 16-bit tensors),
+//! and writing a replay's outputs in the format.
 
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 use crate::context::GpuContext;

@@ -343,3 +343,64 @@ fn pure_bf16_training_loop_resumes_bit_for_bit_mid_accumulation() {
     assert_eq!(cpu.state(), gpu_state);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every stream at once fits WebGPU's default limits (8 storage buffers per stage): on a
+/// device created with `wgpu::Limits::default()`, master weights + AMSGrad + EMA +
+/// accumulation + GradScaler + clipping, and pure f16 with the same plus stochastic
+/// rounding, step without a validation error and equal the CPU twin bit for bit.
+#[test]
+fn every_stream_at_once_runs_within_webgpu_default_limits() {
+    let ctx = common::gpu();
+    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("WebGPU default limits"),
+        required_limits: wgpu::Limits::default(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let small = GpuContext {
+        instance: ctx.instance.clone(),
+        adapter: ctx.adapter.clone(),
+        device,
+        queue,
+    };
+    let scaler = GradScalerConfig {
+        init_scale: 256.0,
+        ..Default::default()
+    };
+    let base = AdamWConfig::default()
+        .with_amsgrad(true)
+        .with_grad_scaler(scaler)
+        .with_accumulation(2)
+        .with_ema(0.9)
+        .with_max_grad_norm(Some(1.0))
+        .with_grad_norm_order(wgpu_adamw::GradNormOrder::TorchCpu);
+    for (dtype, config) in [
+        (
+            Dtype::Bf16,
+            base.clone().with_precision(Precision::master(Dtype::Bf16)),
+        ),
+        (
+            Dtype::F16,
+            base.clone()
+                .with_precision(Precision::pure(Dtype::F16))
+                .with_stochastic_rounding(3),
+        ),
+    ] {
+        let mut rng = Rng(21);
+        let init: Vec<u16> = (0..TOTAL).map(|_| dtype.narrow(rng.normal())).collect();
+        let (pbuf, gbuf) = (buffer16(&small, &init), buffer16(&small, &[0; TOTAL]));
+        let gpu = gpu_optimizer(&small, &config, &pbuf, &gbuf);
+        let mut cpu = cpu_optimizer(&config);
+        let mut host = init.clone();
+        for c in 0..8 {
+            let g = grads(&mut rng, dtype, 256.0, c == 3);
+            let mut w = g.clone();
+            w.resize(TOTAL.div_ceil(2) * 2, 0);
+            small.queue.write_buffer(&gbuf, 0, bytemuck::cast_slice(&w));
+            gpu.step().unwrap();
+            cpu_call(&mut cpu, &mut host, &g);
+        }
+        assert_eq!(read16(&small, &pbuf), host, "{dtype:?}");
+        assert_eq!(gpu.state().unwrap(), cpu.state(), "{dtype:?}");
+    }
+}
