@@ -1,20 +1,23 @@
 //! Trains a small MLP on the GPU under several lr schedules and plots the learning curves.
 //!
 //! ```text
-//! cargo run --release --example learning_curve [-- --out DIR] [--steps N] [--schedule [NAME=]JSON ...]
+//! cargo run --release --example learning_curve [-- --out DIR] [--steps N] [--seeds N] [--schedule [NAME=]JSON ...]
 //! ```
 //!
 //! `--schedule` (repeatable) replaces the default set with any schedules the crate supports,
 //! e.g. `--schedule 'slow={"kind":"exponential","gamma":0.995}'`.
 //!
-//! Writes `DIR/learning_curve.svg` and `DIR/learning_curve.csv` (default `demo-out/`) and
-//! prints the final loss and accuracy of each schedule. See the `wgpu-adamw-demo` crate.
+//! Each schedule is trained from `--seeds` seeds (default 5). Writes
+//! `DIR/learning_curve.svg` (mean and min–max band of the seeds) and `DIR/learning_curve.csv`
+//! (every seed) (default `demo-out/`) and prints the final training loss and held-out
+//! accuracy of each schedule. See the `wgpu-adamw-demo` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgpu_adamw_demo::DemoOptions;
 
-const USAGE: &str = "usage: learning_curve [--out DIR] [--steps N] [--schedule [NAME=]JSON ...]";
+const USAGE: &str =
+    "usage: learning_curve [--out DIR] [--steps N] [--seeds N] [--schedule [NAME=]JSON ...]";
 
 fn parse() -> Result<DemoOptions, String> {
     let mut opts = DemoOptions::default();
@@ -30,6 +33,14 @@ fn parse() -> Result<DemoOptions, String> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or(format!("--steps needs a positive integer, got `{v}`"))?;
+            }
+            "--seeds" => {
+                let v = value("--seeds")?;
+                opts.seeds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or(format!("--seeds needs a positive integer, got `{v}`"))?;
             }
             "--schedule" => {
                 let v = value("--schedule")?;

@@ -5,7 +5,7 @@ use crate::data::Dataset;
 use crate::model::Mlp;
 use wgpu_adamw::{AdamWConfig, CpuAdamW, CpuParamGroup, GroupConfig};
 
-/// The result of one forward and backward pass over the whole data set.
+/// The result of one forward and backward pass over a data set (or a minibatch).
 #[derive(Clone, Debug)]
 pub struct Pass {
     /// Mean softmax cross-entropy.
@@ -121,7 +121,7 @@ pub fn param_groups(mlp: &Mlp) -> Vec<CpuParamGroup> {
     ]
 }
 
-/// Full-batch training on the CPU with [`CpuAdamW`]: the CPU twin of
+/// Training on the CPU with [`CpuAdamW`], on whatever (mini)batch each step is given: the CPU twin of
 /// [`crate::gpu::GpuMlp`].
 #[derive(Debug)]
 pub struct CpuTrainer {

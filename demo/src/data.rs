@@ -83,3 +83,64 @@ pub fn spirals(per_class: usize, classes: usize, turns: f64, noise: f64, seed: u
     }
     Dataset { x, y, classes }
 }
+
+/// [`spirals`] with a fraction `label_noise` of the labels replaced by a uniformly drawn
+/// other class (noise the model cannot fit: it keeps the minibatch gradients noisy to the
+/// end, which is what annealing removes).
+pub fn noisy_spirals(
+    per_class: usize,
+    classes: usize,
+    turns: f64,
+    noise: f64,
+    label_noise: f64,
+    seed: u64,
+) -> Dataset {
+    let mut d = spirals(per_class, classes, turns, noise, seed);
+    let mut rng = Rng::new(seed ^ 0x1abe_1abe);
+    for y in &mut d.y {
+        if rng.uniform() < label_noise {
+            let shift = 1 + (rng.next_u64() % (classes as u64 - 1).max(1)) as u32;
+            *y = (*y + shift) % classes as u32;
+        }
+    }
+    d
+}
+
+impl Dataset {
+    /// The samples at `indices`, in that order.
+    pub fn select(&self, indices: &[u32]) -> Dataset {
+        let mut x = Vec::with_capacity(2 * indices.len());
+        let mut y = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let i = i as usize;
+            x.extend_from_slice(&self.x[2 * i..2 * i + 2]);
+            y.push(self.y[i]);
+        }
+        Dataset {
+            x,
+            y,
+            classes: self.classes,
+        }
+    }
+}
+
+/// The sample indices of `steps` minibatches of `batch` samples from a set of `n`: each
+/// epoch a fresh shuffle (Fisher-Yates, from `seed`), cut into `n / batch` batches (the
+/// remainder of a shuffle is left out). Step `s` (0-based) uses
+/// `indices[s * batch..(s + 1) * batch]`.
+pub fn batch_indices(n: usize, batch: usize, steps: usize, seed: u64) -> Vec<u32> {
+    assert!(batch >= 1 && batch <= n, "batch {batch} of {n} samples");
+    let mut rng = Rng::new(seed);
+    let per_epoch = n / batch;
+    let mut out = Vec::with_capacity(steps * batch);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    while out.len() < steps * batch {
+        for i in (1..n).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            perm.swap(i, j);
+        }
+        let take = (per_epoch * batch).min(steps * batch - out.len());
+        out.extend_from_slice(&perm[..take]);
+    }
+    out
+}

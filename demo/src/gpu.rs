@@ -12,12 +12,6 @@ const FORWARD: &str = include_str!("../shaders/forward.wgsl");
 const LOSS: &str = include_str!("../shaders/loss.wgsl");
 const BACKWARD: &str = include_str!("../shaders/backward.wgsl");
 
-/// Bytes of one log record written by [`GpuMlp::encode_log`]: `[loss, accuracy, 0, 0]` of
-/// the last forward pass, then the optimizer's last step scalars (8 f32 per group, the lr
-/// first: see `GpuAdamW::encode_copy_step_scalars`) of each of the two param groups
-/// (weights, biases).
-pub const LOG_RECORD_BYTES: u64 = 16 + 2 * 32;
-
 /// Bytes of one record of [`GpuMlp::encode_lr`]: the step scalars of the two param groups
 /// (8 f32 each, the lr first).
 pub const LR_RECORD_BYTES: u64 = 2 * 32;
@@ -124,9 +118,24 @@ impl ActLayout {
     }
 }
 
-/// A full-batch trainer of [`Mlp`] on the GPU. One training step is one compute pass of ten
-/// dispatches (3 forward, loss, loss reduction, 5 backward) plus the optimizer's pass (its
-/// prologue and one update dispatch for the whole model); nothing is read back.
+/// The dispatches of a forward (and backward) pass over `n` samples, with the buffers they
+/// own: activations (the inputs first), labels and the `[loss, accuracy]` stats.
+#[derive(Debug)]
+struct OpSet {
+    ops: Vec<Op>,
+    /// The first `n_forward` ops are the forward pass and the loss.
+    n_forward: usize,
+    acts: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    n: usize,
+}
+
+/// A minibatch trainer of [`Mlp`] on the GPU. One training step is a copy of the step's
+/// minibatch into the inputs, one compute pass of ten dispatches (3 forward, loss, loss
+/// reduction, 5 backward) and the optimizer's pass (its prologue and one update dispatch
+/// for the whole model); nothing is read back. Evaluation sets (held-out data, the whole
+/// training set) have forward passes of their own over the same parameters.
 #[derive(Debug)]
 pub struct GpuMlp {
     device: wgpu::Device,
@@ -136,11 +145,14 @@ pub struct GpuMlp {
     pub params: wgpu::Buffer,
     /// The gradient arena (same layout), overwritten by every backward pass.
     pub grads: wgpu::Buffer,
-    stats: wgpu::Buffer,
     pipelines: Pipelines,
-    train_ops: Vec<Op>,
-    n_eval_ops: usize,
+    train: OpSet,
+    evals: Vec<OpSet>,
+    /// The minibatches of a run, step after step: inputs and labels.
+    batches: Option<(wgpu::Buffer, wgpu::Buffer, u32)>,
     opt: GpuAdamW,
+    /// The optimizer's state at creation (zero moments, counters 0): restores it per run.
+    fresh: wgpu_adamw::OptimizerState,
 }
 
 fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
@@ -159,12 +171,12 @@ fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLay
 fn storage_buffer(
     device: &wgpu::Device,
     label: &str,
-    bytes: u64,
+    size: u64,
     extra: wgpu::BufferUsages,
 ) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: bytes.max(16).div_ceil(16) * 16,
+        size: size.max(16),
         usage: wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC
@@ -174,14 +186,15 @@ fn storage_buffer(
 }
 
 impl GpuMlp {
-    /// Uploads `data` and the initial parameter arena `init`, compiles the kernels and
-    /// creates the optimizer (weights in group 0 with `config`'s weight decay, biases in
-    /// group 1 without).
+    /// Builds the model on `device`: a trainer on minibatches of `batch` samples (see
+    /// [`GpuMlp::upload_batches`]) and a forward pass over each of `eval_sets`, starting
+    /// from the parameter arena `init`, updated by AdamW with `config`.
     pub fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         mlp: Mlp,
-        data: &Dataset,
+        batch: usize,
+        eval_sets: &[&Dataset],
         init: &[f32],
         config: AdamWConfig,
     ) -> anyhow::Result<Self> {
@@ -192,17 +205,15 @@ impl GpuMlp {
                 mlp.arena_len()
             );
         }
-        if data.classes != mlp.classes || data.features() != mlp.inputs {
-            bail!("the data set does not match the model's inputs and classes");
+        if batch == 0 {
+            bail!("the batch size must be >= 1");
         }
-        let n = data.len();
-        let lay = ActLayout::new(&mlp, n);
-        let limits = device.limits();
-        if u64::from(lay.total) * 4 > limits.max_storage_buffer_binding_size {
-            bail!("{n} samples do not fit one storage binding on this device");
+        for data in eval_sets {
+            if data.classes != mlp.classes || data.features() != mlp.inputs {
+                bail!("the data set does not match the model's inputs and classes");
+            }
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-
         let params = storage_buffer(
             device,
             "demo params",
@@ -216,21 +227,6 @@ impl GpuMlp {
             4 * init.len() as u64,
             wgpu::BufferUsages::empty(),
         );
-        let acts = storage_buffer(
-            device,
-            "demo activations",
-            4 * u64::from(lay.total),
-            wgpu::BufferUsages::empty(),
-        );
-        queue.write_buffer(&acts, 0, bytemuck::cast_slice(&data.x));
-        let labels = storage_buffer(
-            device,
-            "demo labels",
-            4 * n as u64,
-            wgpu::BufferUsages::empty(),
-        );
-        queue.write_buffer(&labels, 0, bytemuck::cast_slice(&data.y));
-        let stats = storage_buffer(device, "demo stats", 16, wgpu::BufferUsages::empty());
 
         use wgpu::BufferBindingType as T;
         let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -282,158 +278,22 @@ impl GpuMlp {
             grad_input: pipeline(&bwd, "linear_grad_input"),
             grad_input_tiled: pipeline(&bwd, "linear_grad_input_tiled"),
         };
-
-        // The dispatches of one step, each with its own slot of the uniform buffer.
-        let layers = mlp.layers();
-        let nb = n as u32;
-        let mut cfgs: Vec<(Kind, Cfg)> = Vec::new();
-        // The tiled kernels need both dimensions to be multiples of 4 (offsets are).
-        let tiled =
-            |l: &crate::model::Layer| l.in_dim.is_multiple_of(4) && l.out_dim.is_multiple_of(4);
-        let quads = |n: usize| n.div_ceil(4) as u32;
-        for (l, layer) in layers.iter().enumerate() {
-            let (kind, n_threads) = if tiled(layer) {
-                (Kind::ForwardTiled, quads(n) * quads(layer.out_dim))
-            } else {
-                (Kind::Forward, nb * layer.out_dim as u32)
-            };
-            cfgs.push((
-                kind,
-                Cfg {
-                    a_off: lay.act[l],
-                    dst_off: lay.act[l + 1],
-                    n_threads,
-                    relu: u32::from(layer.relu),
-                    ..layer_cfg(layer, nb)
-                },
-            ));
-        }
-        let xent = Cfg {
-            a_off: lay.act[3],
-            d_off: lay.delta[2],
-            aux_off: lay.aux,
-            n_threads: nb,
-            ..layer_cfg(&layers[2], nb)
-        };
-        cfgs.push((Kind::Xent, xent));
-        cfgs.push((
-            Kind::Reduce,
-            Cfg {
-                n_threads: 256,
-                ..xent
-            },
-        ));
-        let n_eval_ops = cfgs.len();
-        for (l, layer) in layers.iter().enumerate().rev() {
-            let (i, o) = (layer.in_dim as u32, layer.out_dim as u32);
-            let (kind, n_threads) = if tiled(layer) {
-                (
-                    Kind::GradParamsTiled,
-                    quads(layer.out_dim) * quads(layer.in_dim),
-                )
-            } else {
-                (Kind::GradParams, o * i + o)
-            };
-            cfgs.push((
-                kind,
-                Cfg {
-                    a_off: lay.act[l],
-                    d_off: lay.delta[l],
-                    n_threads,
-                    ..layer_cfg(layer, nb)
-                },
-            ));
-            if l > 0 {
-                let (kind, n_threads) = if tiled(layer) {
-                    (Kind::GradInputTiled, quads(n) * quads(layer.in_dim))
-                } else {
-                    (Kind::GradInput, nb * i)
-                };
-                cfgs.push((
-                    kind,
-                    Cfg {
-                        a_off: lay.act[l],
-                        d_off: lay.delta[l],
-                        dst_off: lay.delta[l - 1],
-                        n_threads,
-                        // The input is the previous layer's ReLU output.
-                        relu: u32::from(layers[l - 1].relu),
-                        ..layer_cfg(layer, nb)
-                    },
-                ));
-            }
-        }
-        let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(256);
-        let cfg_size = std::mem::size_of::<Cfg>() as u64;
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("demo cfg"),
-            size: ualign * cfgs.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
-        let mut train_ops = Vec::new();
-        for (k, (kind, mut cfg)) in cfgs.into_iter().enumerate() {
-            let (grid_x, grid_y) = if matches!(kind, Kind::Reduce) {
-                (1, 1)
-            } else {
-                let groups = cfg.n_threads.div_ceil(WG).max(1);
-                let x = groups.min(max_dim);
-                (x, groups.div_ceil(x))
-            };
-            if grid_x > max_dim || grid_y > max_dim {
-                bail!("{} threads exceed the dispatch grid", cfg.n_threads);
-            }
-            cfg.grid_x = grid_x;
-            let at = ualign * k as u64;
-            queue.write_buffer(&uniform, at, bytemuck::bytes_of(&cfg));
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("demo mlp op"),
-                layout: &bgl,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &uniform,
-                            offset: at,
-                            size: wgpu::BufferSize::new(cfg_size),
-                        }),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: grads.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: acts.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: labels.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: stats.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 7,
-                        resource: acts.as_entire_binding(),
-                    },
-                ],
-            });
-            train_ops.push(Op {
-                kind,
-                bind_group,
-                grid: (grid_x, grid_y),
-            });
+        let train = op_set(device, queue, &bgl, &mlp, &params, &grads, batch, true)?;
+        let mut evals = Vec::new();
+        for data in eval_sets {
+            let set = op_set(
+                device,
+                queue,
+                &bgl,
+                &mlp,
+                &params,
+                &grads,
+                data.len(),
+                false,
+            )?;
+            queue.write_buffer(&set.acts, 0, bytemuck::cast_slice(&data.x));
+            queue.write_buffer(&set.labels, 0, bytemuck::cast_slice(&data.y));
+            evals.push(set);
         }
 
         let [weights, biases] = mlp.tensors();
@@ -463,6 +323,7 @@ impl GpuMlp {
             ],
         )
         .context("creating the optimizer")?;
+        let fresh = opt.state().context("reading the optimizer's state")?;
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("device error while building the MLP: {e}");
         }
@@ -472,12 +333,66 @@ impl GpuMlp {
             mlp,
             params,
             grads,
-            stats,
             pipelines,
-            train_ops,
-            n_eval_ops,
+            train,
+            evals,
+            batches: None,
             opt,
+            fresh,
         })
+    }
+
+    /// Uploads the minibatches of a run: step `s` (0-based) trains on inputs
+    /// `x[s * batch * 2..]` and labels `y[s * batch..]` (see [`crate::data::batch_indices`]).
+    pub fn upload_batches(&mut self, x: &[f32], y: &[u32]) -> anyhow::Result<()> {
+        let b = self.train.n;
+        anyhow::ensure!(
+            y.len().is_multiple_of(b) && !y.is_empty() && x.len() == 2 * y.len(),
+            "{} labels and {} inputs are not whole batches of {b}",
+            y.len(),
+            x.len()
+        );
+        let bx = storage_buffer(
+            &self.device,
+            "demo batch inputs",
+            4 * x.len() as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        let by = storage_buffer(
+            &self.device,
+            "demo batch labels",
+            4 * y.len() as u64,
+            wgpu::BufferUsages::empty(),
+        );
+        self.queue.write_buffer(&bx, 0, bytemuck::cast_slice(x));
+        self.queue.write_buffer(&by, 0, bytemuck::cast_slice(y));
+        self.batches = Some((bx, by, (y.len() / b) as u32));
+        Ok(())
+    }
+
+    /// Restarts training from the parameter arena `init` with the optimizer as it was
+    /// created (zero moments, step 0, the schedule at its start).
+    pub fn reset(&self, init: &[f32]) -> anyhow::Result<()> {
+        anyhow::ensure!(init.len() == self.mlp.arena_len(), "parameter arena length");
+        self.queue
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(init));
+        self.opt.load_state(&self.fresh)?;
+        Ok(())
+    }
+
+    /// Records the copy of minibatch `step` (0-based, of [`GpuMlp::upload_batches`]) into the
+    /// trainer's inputs.
+    fn encode_batch(&self, encoder: &mut wgpu::CommandEncoder, step: u32) -> anyhow::Result<()> {
+        let (bx, by, steps) = self
+            .batches
+            .as_ref()
+            .context("no minibatches uploaded (GpuMlp::upload_batches)")?;
+        anyhow::ensure!(step < *steps, "step {step} of {steps} uploaded batches");
+        let b = self.train.n as u64;
+        let s = u64::from(step);
+        encoder.copy_buffer_to_buffer(bx, s * 8 * b, &self.train.acts, 0, 8 * b);
+        encoder.copy_buffer_to_buffer(by, s * 4 * b, &self.train.labels, 0, 4 * b);
+        Ok(())
     }
 
     /// The model.
@@ -488,6 +403,19 @@ impl GpuMlp {
     /// The optimizer updating [`GpuMlp::params`].
     pub fn optimizer(&self) -> &GpuAdamW {
         &self.opt
+    }
+
+    /// Samples per minibatch.
+    pub fn batch(&self) -> usize {
+        self.train.n
+    }
+
+    /// Bytes of one record of [`GpuMlp::encode_log`]: `[loss, accuracy, 0, 0]` of the last
+    /// training minibatch, the same of each evaluation set's last forward pass, then the
+    /// optimizer's last step scalars (8 f32 per group, the lr first: see
+    /// `GpuAdamW::encode_copy_step_scalars`) of the two param groups (weights, biases).
+    pub fn log_record_bytes(&self) -> u64 {
+        16 * (1 + self.evals.len() as u64) + LR_RECORD_BYTES
     }
 
     fn encode_ops(&self, encoder: &mut wgpu::CommandEncoder, ops: &[Op]) {
@@ -502,34 +430,48 @@ impl GpuMlp {
         }
     }
 
-    /// Records the forward pass and the loss (into the stats buffer) only.
-    pub fn encode_forward(&self, encoder: &mut wgpu::CommandEncoder) {
-        self.encode_ops(encoder, &self.train_ops[..self.n_eval_ops]);
+    /// Records minibatch `step`'s forward, loss and backward: fills [`GpuMlp::grads`].
+    pub fn encode_forward_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        step: u32,
+    ) -> anyhow::Result<()> {
+        self.encode_batch(encoder, step)?;
+        self.encode_ops(encoder, &self.train.ops);
+        Ok(())
     }
 
-    /// Records forward, loss and backward: fills [`GpuMlp::grads`].
-    pub fn encode_forward_backward(&self, encoder: &mut wgpu::CommandEncoder) {
-        self.encode_ops(encoder, &self.train_ops);
-    }
-
-    /// Records one training step: forward, loss, backward, then the optimizer's update.
-    pub fn encode_train_step(&self, encoder: &mut wgpu::CommandEncoder) {
-        self.encode_forward_backward(encoder);
+    /// Records training step `step` (0-based): its minibatch's forward, loss and backward,
+    /// then the optimizer's update.
+    pub fn encode_train_step(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        step: u32,
+    ) -> anyhow::Result<()> {
+        self.encode_forward_backward(encoder, step)?;
         self.opt.encode_step(encoder);
+        Ok(())
     }
 
-    /// Records a copy of the last loss, accuracy and step scalars into `dst` at `offset`
-    /// ([`LOG_RECORD_BYTES`] bytes; `dst` needs `COPY_DST`).
+    /// Records the forward pass and loss over evaluation set `set` (its stats buffer).
+    pub fn encode_eval(&self, encoder: &mut wgpu::CommandEncoder, set: usize) {
+        let ops = &self.evals[set];
+        self.encode_ops(encoder, &ops.ops[..ops.n_forward]);
+    }
+
+    /// Records a copy of the last stats and step scalars into `dst` at `offset`
+    /// ([`GpuMlp::log_record_bytes`] bytes; `dst` needs `COPY_DST`).
     pub fn encode_log(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         dst: &wgpu::Buffer,
         offset: u64,
     ) -> anyhow::Result<()> {
-        encoder.copy_buffer_to_buffer(&self.stats, 0, dst, offset, 16);
-        // 32 bytes per param group.
-        self.opt
-            .encode_copy_step_scalars(encoder, dst, offset + 16)?;
+        for (k, set) in std::iter::once(&self.train).chain(&self.evals).enumerate() {
+            encoder.copy_buffer_to_buffer(&set.stats, 0, dst, offset + 16 * k as u64, 16);
+        }
+        let at = offset + 16 * (1 + self.evals.len() as u64);
+        self.opt.encode_copy_step_scalars(encoder, dst, at)?;
         Ok(())
     }
 
@@ -553,9 +495,9 @@ impl GpuMlp {
         self.read_f32(&self.grads, 0, 4 * self.mlp.arena_len() as u64)
     }
 
-    /// Reads back `(loss, accuracy)` of the last forward pass.
+    /// Reads back `(loss, accuracy)` of the last training minibatch.
     pub fn read_stats(&self) -> anyhow::Result<(f32, f32)> {
-        let s = self.read_f32(&self.stats, 0, 8)?;
+        let s = self.read_f32(&self.train.stats, 0, 8)?;
         Ok((s[0], s[1]))
     }
 
@@ -569,19 +511,21 @@ impl GpuMlp {
         self.read_f32(log, offset, bytes)
     }
 
-    /// Evaluates the current parameters: `(loss, accuracy)` over the data set.
-    pub fn evaluate(&self) -> anyhow::Result<(f32, f32)> {
+    /// Evaluates the current parameters on evaluation set `set`: `(loss, accuracy)`.
+    pub fn evaluate(&self, set: usize) -> anyhow::Result<(f32, f32)> {
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        self.encode_forward(&mut encoder);
+        self.encode_eval(&mut encoder, set);
         self.submit(encoder);
-        self.read_stats()
+        let s = self.read_f32(&self.evals[set].stats, 0, 8)?;
+        Ok((s[0], s[1]))
     }
 
     /// Creates a buffer for `records` log records.
     pub fn create_log_buffer(&self, records: usize) -> wgpu::Buffer {
+        let bytes = self.log_record_bytes();
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("demo log"),
-            size: (LOG_RECORD_BYTES * records as u64).max(LOG_RECORD_BYTES),
+            size: (bytes * records as u64).max(bytes),
             usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
@@ -614,6 +558,201 @@ impl GpuMlp {
     pub fn encoder(&self) -> wgpu::CommandEncoder {
         self.device.create_command_encoder(&Default::default())
     }
+}
+
+/// The dispatches of a pass over `n` samples (forward and loss; with `backward` also the
+/// backward pass), with their own activations, labels and stats.
+#[allow(clippy::too_many_arguments)]
+fn op_set(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    bgl: &wgpu::BindGroupLayout,
+    mlp: &Mlp,
+    params: &wgpu::Buffer,
+    grads: &wgpu::Buffer,
+    n: usize,
+    backward: bool,
+) -> anyhow::Result<OpSet> {
+    let lay = ActLayout::new(mlp, n);
+    let limits = device.limits();
+    if u64::from(lay.total) * 4 > limits.max_storage_buffer_binding_size {
+        bail!("{n} samples do not fit one storage binding on this device");
+    }
+    let acts = storage_buffer(
+        device,
+        "demo activations",
+        4 * u64::from(lay.total),
+        wgpu::BufferUsages::empty(),
+    );
+    let labels = storage_buffer(
+        device,
+        "demo labels",
+        4 * n as u64,
+        wgpu::BufferUsages::empty(),
+    );
+    let stats = storage_buffer(device, "demo stats", 16, wgpu::BufferUsages::empty());
+    let layers = mlp.layers();
+    let nb = n as u32;
+    let mut cfgs: Vec<(Kind, Cfg)> = Vec::new();
+    // The tiled kernels need both dimensions to be multiples of 4 (offsets are).
+    let tiled = |l: &crate::model::Layer| l.in_dim.is_multiple_of(4) && l.out_dim.is_multiple_of(4);
+    let quads = |n: usize| n.div_ceil(4) as u32;
+    for (l, layer) in layers.iter().enumerate() {
+        let (kind, n_threads) = if tiled(layer) {
+            (Kind::ForwardTiled, quads(n) * quads(layer.out_dim))
+        } else {
+            (Kind::Forward, nb * layer.out_dim as u32)
+        };
+        cfgs.push((
+            kind,
+            Cfg {
+                a_off: lay.act[l],
+                dst_off: lay.act[l + 1],
+                n_threads,
+                relu: u32::from(layer.relu),
+                ..layer_cfg(layer, nb)
+            },
+        ));
+    }
+    let xent = Cfg {
+        a_off: lay.act[3],
+        d_off: lay.delta[2],
+        aux_off: lay.aux,
+        n_threads: nb,
+        ..layer_cfg(&layers[2], nb)
+    };
+    cfgs.push((Kind::Xent, xent));
+    cfgs.push((
+        Kind::Reduce,
+        Cfg {
+            n_threads: 256,
+            ..xent
+        },
+    ));
+    let n_forward = cfgs.len();
+    for (l, layer) in layers.iter().enumerate().rev().filter(|_| backward) {
+        let (i, o) = (layer.in_dim as u32, layer.out_dim as u32);
+        let (kind, n_threads) = if tiled(layer) {
+            (
+                Kind::GradParamsTiled,
+                quads(layer.out_dim) * quads(layer.in_dim),
+            )
+        } else {
+            (Kind::GradParams, o * i + o)
+        };
+        cfgs.push((
+            kind,
+            Cfg {
+                a_off: lay.act[l],
+                d_off: lay.delta[l],
+                n_threads,
+                ..layer_cfg(layer, nb)
+            },
+        ));
+        if l > 0 {
+            let (kind, n_threads) = if tiled(layer) {
+                (Kind::GradInputTiled, quads(n) * quads(layer.in_dim))
+            } else {
+                (Kind::GradInput, nb * i)
+            };
+            cfgs.push((
+                kind,
+                Cfg {
+                    a_off: lay.act[l],
+                    d_off: lay.delta[l],
+                    dst_off: lay.delta[l - 1],
+                    n_threads,
+                    // The input is the previous layer's ReLU output.
+                    relu: u32::from(layers[l - 1].relu),
+                    ..layer_cfg(layer, nb)
+                },
+            ));
+        }
+    }
+    let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(256);
+    let cfg_size = std::mem::size_of::<Cfg>() as u64;
+    let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("demo cfg"),
+        size: ualign * cfgs.len() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
+    let mut ops = Vec::new();
+    for (k, (kind, mut cfg)) in cfgs.into_iter().enumerate() {
+        let (grid_x, grid_y) = if matches!(kind, Kind::Reduce) {
+            (1, 1)
+        } else {
+            let groups = cfg.n_threads.div_ceil(WG).max(1);
+            let x = groups.min(max_dim);
+            (x, groups.div_ceil(x))
+        };
+        if grid_x > max_dim || grid_y > max_dim {
+            bail!("{} threads exceed the dispatch grid", cfg.n_threads);
+        }
+        cfg.grid_x = grid_x;
+        let at = ualign * k as u64;
+        queue.write_buffer(&uniform, at, bytemuck::bytes_of(&cfg));
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("demo mlp op"),
+            layout: bgl,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: at,
+                        size: wgpu::BufferSize::new(cfg_size),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: buffer(params),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: buffer(grads),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: buffer(&acts),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: buffer(&labels),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: buffer(&stats),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 6,
+                    resource: buffer(params),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 7,
+                    resource: buffer(&acts),
+                },
+            ],
+        });
+        ops.push(Op {
+            kind,
+            bind_group,
+            grid: (grid_x, grid_y),
+        });
+    }
+    Ok(OpSet {
+        ops,
+        n_forward,
+        acts,
+        labels,
+        stats,
+        n,
+    })
+}
+
+fn buffer(b: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    b.as_entire_binding()
 }
 
 fn layer_cfg(layer: &crate::model::Layer, batch: u32) -> Cfg {

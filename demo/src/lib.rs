@@ -1,17 +1,19 @@
 //! # wgpu-adamw-demo
 //!
 //! A learning-curve demo of [`wgpu_adamw`]: a small MLP (2 → 64 → 64 → 2, ReLU) is trained
-//! full-batch on two interleaved spirals, entirely on the GPU. Forward pass, softmax
-//! cross-entropy and backward pass are WGSL kernels (`demo/shaders/`); the parameters and
-//! gradients live in one arena buffer each, and [`wgpu_adamw::GpuAdamW`] updates them in
-//! one compute pass per step (a prologue dispatch, then the update dispatches) with the
-//! learning rate computed on the device. The loss and the lr
-//! are copied into a log buffer on the device and read back every few dozen steps.
+//! with minibatches on two interleaved spirals with 10% of the training labels flipped,
+//! entirely on the GPU. Forward pass, softmax cross-entropy and backward pass are WGSL
+//! kernels (`demo/shaders/`); the parameters and gradients live in one arena buffer each,
+//! and [`wgpu_adamw::GpuAdamW`] updates them in one compute pass per step with the learning
+//! rate computed on the device. Every minibatch of a run is uploaded once and copied into
+//! place on the device; the held-out and whole-training-set evaluations run on the device
+//! too, and the logs are read back once per few hundred steps.
 //!
-//! The same model, data and initial weights are trained under four schedules (constant,
-//! `CosineAnnealingLR`, `CosineAnnealingWarmRestarts`, warmup + cosine); [`run`] writes
-//! `learning_curve.svg` and `learning_curve.csv` and prints a table of the final loss and
-//! accuracy of each.
+//! Each schedule (constant, cosine, warm restarts, warmup + cosine, WSD, OneCycle by
+//! default, or any the user names) is trained from several seeds (initial weights and
+//! minibatch order); [`run`] writes `learning_curve.svg` (mean and min–max band per
+//! schedule: training loss, held-out accuracy, and the lr the device used at every step)
+//! and `learning_curve.csv` (every seed), and prints a table of the final values.
 //!
 //! [`cpu`] holds a plain-Rust implementation of the same forward and backward passes that
 //! the tests check the kernels against.
@@ -25,7 +27,7 @@ pub mod model;
 pub mod plot;
 
 use anyhow::Context;
-use gpu::{GpuMlp, LOG_RECORD_BYTES, LR_RECORD_BYTES};
+use gpu::{GpuMlp, LR_RECORD_BYTES};
 use model::Mlp;
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,28 +39,36 @@ use wgpu_adamw::{AdamWConfig, GpuContext, Schedule};
 pub struct DemoOptions {
     /// Output directory (created if missing).
     pub out: PathBuf,
-    /// Optimizer steps per schedule.
+    /// Optimizer steps per run.
     pub steps: u32,
-    /// Log (copy loss and lr into the log buffer) every this many steps.
+    /// Evaluate and log every this many steps (and at the first and the last).
     pub log_every: u32,
     /// Submit and read back progress every this many steps.
     pub submit_every: u32,
-    /// Points per spiral arm.
+    /// Training points per spiral arm.
     pub per_class: usize,
+    /// Held-out points per spiral arm (drawn from the same spirals, labels not flipped).
+    pub test_per_class: usize,
     /// Turns of each spiral arm.
     pub turns: f64,
     /// Standard deviation of the Gaussian noise added to the points (the arms end at
     /// radius 2).
     pub noise: f64,
+    /// Fraction of the training labels flipped to the other class.
+    pub label_noise: f64,
+    /// Samples per minibatch.
+    pub batch: usize,
     /// Widths of the two hidden layers.
     pub hidden: [usize; 2],
-    /// Base learning rate.
+    /// Peak learning rate.
     pub lr: f64,
     /// Weight decay of the weights (biases get none).
     pub weight_decay: f64,
-    /// Seed of the data set and of the initial weights.
-    pub seed: u64,
-    /// Draw a progress bar on stderr.
+    /// Seed of the data sets.
+    pub data_seed: u64,
+    /// Runs per schedule, with seeds `0..seeds` (initial weights and minibatch order).
+    pub seeds: u32,
+    /// Draw a progress line on stderr.
     pub progress: bool,
     /// Print the table of results on stdout.
     pub print_table: bool,
@@ -70,16 +80,20 @@ impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             out: PathBuf::from("demo-out"),
-            steps: 500,
-            log_every: 10,
-            submit_every: 50,
-            per_class: 192,
+            steps: 800,
+            log_every: 25,
+            submit_every: 100,
+            per_class: 512,
+            test_per_class: 512,
             turns: 2.0,
-            noise: 0.2,
+            noise: 0.1,
+            label_noise: 0.1,
+            batch: 64,
             hidden: [64, 64],
             lr: 3e-2,
             weight_decay: 1e-2,
-            seed: 0x5EED,
+            data_seed: 0x5EED,
+            seeds: 5,
             progress: true,
             print_table: true,
             schedules: Vec::new(),
@@ -97,9 +111,45 @@ impl DemoOptions {
         }
     }
 
-    /// The data set these options describe: two noisy interleaved spirals.
-    pub fn dataset(&self) -> data::Dataset {
-        data::spirals(self.per_class, 2, self.turns, self.noise, self.seed)
+    /// The training set: two noisy interleaved spirals, [`DemoOptions::label_noise`] of the
+    /// labels flipped.
+    pub fn train_set(&self) -> data::Dataset {
+        data::noisy_spirals(
+            self.per_class,
+            2,
+            self.turns,
+            self.noise,
+            self.label_noise,
+            self.data_seed,
+        )
+    }
+
+    /// The held-out set: fresh points of the same spirals, clean labels.
+    pub fn test_set(&self) -> data::Dataset {
+        data::noisy_spirals(
+            self.test_per_class,
+            2,
+            self.turns,
+            self.noise,
+            0.0,
+            self.data_seed ^ 0x7E57,
+        )
+    }
+
+    /// The initial parameter arena of run `seed`.
+    pub fn init(&self, seed: u32) -> Vec<f32> {
+        self.mlp().init_params(0xA5A5_A5A5 ^ u64::from(seed))
+    }
+
+    /// The training-set indices of run `seed`'s minibatches, step after step.
+    pub fn batch_indices(&self, seed: u32) -> Vec<u32> {
+        let n = 2 * self.per_class;
+        data::batch_indices(
+            n,
+            self.batch.min(n),
+            self.steps as usize,
+            0xB47C_0000 ^ u64::from(seed),
+        )
     }
 
     /// The optimizer configuration of one run.
@@ -183,36 +233,66 @@ pub fn schedules(steps: u32, lr: f64) -> Vec<(&'static str, Schedule)> {
     ]
 }
 
-/// One logged step.
+/// One logged step of one run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LogPoint {
     /// Optimizer step (1-based).
     pub step: u32,
     /// The lr the optimizer used at this step, read back from the device.
     pub lr: f32,
-    /// Mean training loss of the forward pass of this step (before its update).
-    pub loss: f32,
-    /// Training accuracy of that forward pass.
-    pub accuracy: f32,
+    /// Mean loss of this step's minibatch (its forward pass, before the update).
+    pub batch_loss: f32,
+    /// Mean loss over the whole training set after this step's update.
+    pub train_loss: f32,
+    /// Accuracy on the whole training set (flipped labels included) after the update.
+    pub train_accuracy: f32,
+    /// Mean loss on the held-out set after the update.
+    pub test_loss: f32,
+    /// Accuracy on the held-out set after the update.
+    pub test_accuracy: f32,
 }
 
-/// The result of training under one schedule.
+/// One run: a schedule from one seed.
+#[derive(Clone, Debug)]
+pub struct SeedRun {
+    /// The seed (initial weights and minibatch order).
+    pub seed: u32,
+    /// Logged steps.
+    pub log: Vec<LogPoint>,
+    /// The lr the device used at every step (group 0), step 1 first.
+    pub lr: Vec<f32>,
+}
+
+impl SeedRun {
+    /// The last logged point (after the last step).
+    pub fn last(&self) -> LogPoint {
+        *self.log.last().expect("a run logs its last step")
+    }
+}
+
+/// The runs of one schedule.
 #[derive(Clone, Debug)]
 pub struct ScheduleRun {
     /// Short name (`constant`, `cosine`, ..., or the user's).
     pub name: String,
     /// The schedule.
     pub schedule: Schedule,
-    /// Logged steps.
-    pub log: Vec<LogPoint>,
-    /// The lr the device used at every step (group 0), step 1 first.
-    pub lr: Vec<f32>,
-    /// Loss of the final parameters.
-    pub final_loss: f32,
-    /// Accuracy of the final parameters.
-    pub final_accuracy: f32,
-    /// Wall time of this run.
+    /// One run per seed.
+    pub seeds: Vec<SeedRun>,
+    /// Wall time of all its runs.
     pub elapsed: Duration,
+}
+
+/// `(mean, min, max)` of `f` over the seeds' last points.
+fn spread(run: &ScheduleRun, f: impl Fn(&LogPoint) -> f32) -> (f64, f64, f64) {
+    let v: Vec<f64> = run.seeds.iter().map(|s| f64::from(f(&s.last()))).collect();
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    (mean, lo, hi)
 }
 
 /// What [`run`] did.
@@ -231,20 +311,25 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// The table of final loss and accuracy per schedule.
+    /// The table of the final training loss and held-out accuracy per schedule: mean over
+    /// the seeds and, in brackets, the lowest and highest seed.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<15} {:>12} {:>10} {:>12} {:>9}\n",
-            "schedule", "final loss", "accuracy", "lowest loss", "time"
+            "{:<15} {:>26} {:>30} {:>8}\n",
+            "schedule", "final train loss [min, max]", "held-out accuracy [min, max]", "time"
         );
         for r in &self.runs {
-            let lowest = r.log.iter().map(|p| p.loss).fold(r.final_loss, f32::min);
+            let (l, l0, l1) = spread(r, |p| p.train_loss);
+            let (a, a0, a1) = spread(r, |p| p.test_accuracy);
             s.push_str(&format!(
-                "{:<15} {:>12.5} {:>9.2}% {:>12.5} {:>8.1}s\n",
+                "{:<15} {:>8.4} [{:.4}, {:.4}] {:>11.2}% [{:.2}, {:.2}] {:>7.1}s\n",
                 r.name,
-                r.final_loss,
-                100.0 * r.final_accuracy,
-                lowest,
+                l,
+                l0,
+                l1,
+                100.0 * a,
+                100.0 * a0,
+                100.0 * a1,
                 r.elapsed.as_secs_f64()
             ));
         }
@@ -258,24 +343,34 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoReport> {
     run_with_context(&ctx, opts)
 }
 
-/// Runs the demo on `ctx`: trains under each of [`schedules`], writes the SVG and CSV into
+/// Runs the demo on `ctx`: trains each schedule from each seed, writes the SVG and CSV into
 /// `opts.out`, prints the table.
 pub fn run_with_context(ctx: &GpuContext, opts: &DemoOptions) -> anyhow::Result<DemoReport> {
     anyhow::ensure!(opts.steps >= 1, "steps must be >= 1");
+    anyhow::ensure!(opts.seeds >= 1, "seeds must be >= 1");
+    anyhow::ensure!(
+        opts.batch >= 1 && opts.batch <= 2 * opts.per_class,
+        "the batch ({}) must hold 1 to {} samples",
+        opts.batch,
+        2 * opts.per_class
+    );
     let start = Instant::now();
     let mlp = opts.mlp();
-    let data = opts.dataset();
-    let init = mlp.init_params(opts.seed ^ 0xA5A5_A5A5);
+    let (train, test) = (opts.train_set(), opts.test_set());
     if opts.progress {
         eprintln!(
-            "training a {}-{}-{}-{} MLP ({} parameters) on {} points of two spirals, {} steps per schedule, on {}",
+            "training a {}-{}-{}-{} MLP ({} parameters) on {} points of two spirals ({}% of the labels flipped; {} held out), minibatches of {}, {} steps, {} seeds per schedule, on {}",
             mlp.inputs,
             mlp.hidden[0],
             mlp.hidden[1],
             mlp.classes,
             mlp.num_params(),
-            data.len(),
+            train.len(),
+            100.0 * opts.label_noise,
+            test.len(),
+            opts.batch,
             opts.steps,
+            opts.seeds,
             ctx.describe()
         );
     }
@@ -283,12 +378,11 @@ pub fn run_with_context(ctx: &GpuContext, opts: &DemoOptions) -> anyhow::Result<
     let mut runs = Vec::new();
     for (k, (name, schedule)) in scheds.iter().enumerate() {
         let label = format!("[{}/{}] {name}", k + 1, scheds.len());
-        runs.push(train_one(
+        runs.push(train_schedule(
             ctx,
             opts,
             &mlp,
-            &data,
-            &init,
+            (&train, &test),
             name,
             schedule.clone(),
             &label,
@@ -300,14 +394,17 @@ pub fn run_with_context(ctx: &GpuContext, opts: &DemoOptions) -> anyhow::Result<
     let csv = opts.out.join("learning_curve.csv");
     plot::write_csv(&csv, &runs)?;
     let caption = format!(
-        "wgpu-adamw: {}-{}-{}-{} MLP, two spirals ({} points), full-batch AdamW lr={} wd={}",
+        "wgpu-adamw: {}-{}-{}-{} MLP, two spirals ({} points, {}% labels flipped), minibatch {}, AdamW lr={} wd={}, {} seeds",
         mlp.inputs,
         mlp.hidden[0],
         mlp.hidden[1],
         mlp.classes,
-        data.len(),
+        train.len(),
+        100.0 * opts.label_noise,
+        opts.batch,
         opts.lr,
-        opts.weight_decay
+        opts.weight_decay,
+        opts.seeds
     );
     plot::write_svg(&svg, &runs, &caption)?;
     let report = DemoReport {
@@ -337,93 +434,110 @@ pub fn logged_steps(steps: u32, every: u32) -> Vec<u32> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_one(
+/// Trains one schedule from every seed: one model on the device, reset between seeds.
+fn train_schedule(
     ctx: &GpuContext,
     opts: &DemoOptions,
     mlp: &Mlp,
-    data: &data::Dataset,
-    init: &[f32],
+    (train, test): (&data::Dataset, &data::Dataset),
     name: &str,
     schedule: Schedule,
     label: &str,
 ) -> anyhow::Result<ScheduleRun> {
     let start = Instant::now();
-    let model = GpuMlp::new(
+    let batch = opts.batch.min(train.len());
+    let mut model = GpuMlp::new(
         &ctx.device,
         &ctx.queue,
         *mlp,
-        data,
-        init,
+        batch,
+        &[test, train],
+        &opts.init(0),
         opts.adamw(schedule.clone()),
     )?;
     let logged = logged_steps(opts.steps, opts.log_every);
+    let record = model.log_record_bytes();
+    let words = record as usize / 4;
     let log = model.create_log_buffer(logged.len());
     let lr_log = model.create_lr_buffer(opts.steps);
-    let mut next = 0usize;
-    let mut step = 1u32;
-    while step <= opts.steps {
-        let end = step
-            .saturating_add(opts.submit_every.max(1) - 1)
-            .min(opts.steps);
-        let mut encoder = model.encoder();
-        for s in step..=end {
-            model.encode_train_step(&mut encoder);
-            model.encode_lr(&mut encoder, &lr_log, s - 1)?;
-            if logged.get(next) == Some(&s) {
-                model.encode_log(&mut encoder, &log, next as u64 * LOG_RECORD_BYTES)?;
-                next += 1;
+    let mut seeds = Vec::new();
+    for seed in 0..opts.seeds {
+        model.reset(&opts.init(seed))?;
+        let batches = train.select(&opts.batch_indices(seed));
+        model.upload_batches(&batches.x, &batches.y)?;
+        let mut next = 0usize;
+        let mut step = 1u32;
+        while step <= opts.steps {
+            let end = step
+                .saturating_add(opts.submit_every.max(1) - 1)
+                .min(opts.steps);
+            let mut encoder = model.encoder();
+            for s in step..=end {
+                model.encode_train_step(&mut encoder, s - 1)?;
+                model.encode_lr(&mut encoder, &lr_log, s - 1)?;
+                if logged.get(next) == Some(&s) {
+                    model.encode_eval(&mut encoder, 0);
+                    model.encode_eval(&mut encoder, 1);
+                    model.encode_log(&mut encoder, &log, next as u64 * record)?;
+                    next += 1;
+                }
             }
-        }
-        model.submit(encoder);
-        // The only read-back while training: the latest log record, every `submit_every` steps.
-        if next > 0 {
-            let r = model.read_log(&log, (next as u64 - 1) * LOG_RECORD_BYTES, LOG_RECORD_BYTES)?;
-            if opts.progress {
-                progress(label, end, opts.steps, r[0], r[4]);
+            model.submit(encoder);
+            // The only read-back while training: the latest log record, every
+            // `submit_every` steps.
+            if opts.progress && next > 0 {
+                let r = model.read_log(&log, (next as u64 - 1) * record, record)?;
+                progress(label, seed, opts.seeds, end, opts.steps, r[8], r[12]);
             }
+            step = end + 1;
         }
-        step = end + 1;
+        let all = model.read_log(&log, 0, logged.len() as u64 * record)?;
+        let points = logged
+            .iter()
+            .zip(all.chunks(words))
+            .map(|(&step, r)| LogPoint {
+                step,
+                lr: r[12],
+                batch_loss: r[0],
+                test_loss: r[4],
+                test_accuracy: r[5],
+                train_loss: r[8],
+                train_accuracy: r[9],
+            })
+            .collect();
+        let lr_words = model.read_log(&lr_log, 0, LR_RECORD_BYTES * u64::from(opts.steps))?;
+        let lr = lr_words
+            .chunks(LR_RECORD_BYTES as usize / 4)
+            .map(|r| r[0])
+            .collect();
+        seeds.push(SeedRun {
+            seed,
+            log: points,
+            lr,
+        });
     }
-    let words = model.read_log(&log, 0, logged.len() as u64 * LOG_RECORD_BYTES)?;
-    let points = logged
-        .iter()
-        .zip(words.chunks(LOG_RECORD_BYTES as usize / 4))
-        .map(|(&step, r)| LogPoint {
-            step,
-            lr: r[4],
-            loss: r[0],
-            accuracy: r[1],
-        })
-        .collect();
-    let lr_words = model.read_log(&lr_log, 0, LR_RECORD_BYTES * u64::from(opts.steps))?;
-    let lr = lr_words
-        .chunks(LR_RECORD_BYTES as usize / 4)
-        .map(|r| r[0])
-        .collect();
-    let (final_loss, final_accuracy) = model.evaluate()?;
     if opts.progress {
         eprintln!();
     }
     Ok(ScheduleRun {
         name: name.to_string(),
         schedule,
-        log: points,
-        lr,
-        final_loss,
-        final_accuracy,
+        seeds,
         elapsed: start.elapsed(),
     })
 }
 
-fn progress(label: &str, step: u32, steps: u32, loss: f32, lr: f32) {
-    const WIDTH: usize = 30;
-    let filled = (WIDTH as u64 * u64::from(step) / u64::from(steps.max(1))) as usize;
+fn progress(label: &str, seed: u32, seeds: u32, step: u32, steps: u32, loss: f32, lr: f32) {
+    const WIDTH: usize = 24;
+    let done = u64::from(seed) * u64::from(steps) + u64::from(step);
+    let total = u64::from(seeds) * u64::from(steps.max(1));
+    let filled = (WIDTH as u64 * done / total.max(1)) as usize;
     let bar: String = "#".repeat(filled) + &"-".repeat(WIDTH - filled);
     let mut err = std::io::stderr().lock();
     let _ = write!(
         err,
-        "\r{label:<20} [{bar}] {step:>5}/{steps}  loss {loss:.4}  lr {lr:.2e}  "
+        "\r{label:<20} [{bar}] seed {}/{seeds} step {step:>5}/{steps}  train loss {loss:.4}  lr {lr:.2e}  ",
+        seed + 1
     );
     let _ = err.flush();
 }

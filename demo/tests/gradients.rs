@@ -1,5 +1,7 @@
 //! The demo's WGSL forward/backward against the plain-Rust CPU implementation (f64), over a
-//! few optimizer steps, and the optimizer's update of the demo's arena against `CpuAdamW`.
+//! few optimizer steps on the demo's task (label-noised spirals), each on its own shuffled
+//! minibatch; the held-out and whole-training-set evaluations; and the optimizer's update
+//! of the demo's arena against `CpuAdamW`.
 //!
 //! Tolerances: the loss within 1e-5 relative; each gradient tensor within 1e-4 of the
 //! tensor's largest CPU gradient (f32 sums over ~130 samples against f64 ones); the
@@ -19,26 +21,56 @@ const PARAM_TOL: f32 = 1e-6;
 #[test]
 fn gpu_forward_backward_and_update_match_cpu() {
     let ctx = common::gpu();
-    // 65 points per arm: 130 samples, not a multiple of 4, exercises the tiles' edges;
-    // 64-unit hidden layers use the tiled kernels, the thin first and last layers the plain ones.
+    // Minibatches of 130 samples (not a multiple of 4: the tiles' edges) from 200 training
+    // points; 64-unit hidden layers use the tiled kernels, the thin first and last layers
+    // the plain ones.
     let opts = DemoOptions {
-        per_class: 65,
+        per_class: 100,
+        test_per_class: 33,
+        batch: 130,
+        steps: 5,
         ..Default::default()
     };
     let mlp = opts.mlp();
-    let data = opts.dataset();
+    let (train, test) = (opts.train_set(), opts.test_set());
     let init = mlp.init_params(7);
     let config = opts.adamw(Schedule::warmup_cosine(2, 10, 0.5));
-    let gpu = GpuMlp::new(&ctx.device, &ctx.queue, mlp, &data, &init, config.clone()).unwrap();
+    let mut gpu = GpuMlp::new(
+        &ctx.device,
+        &ctx.queue,
+        mlp,
+        opts.batch,
+        &[&test, &train],
+        &init,
+        config.clone(),
+    )
+    .unwrap();
+    let indices = opts.batch_indices(3);
+    let batches = train.select(&indices);
+    gpu.upload_batches(&batches.x, &batches.y).unwrap();
     let mut cpu_opt = CpuTrainer::new(mlp, init.clone(), config).unwrap();
 
     let (mut worst_loss, mut worst_grad, mut worst_param) = (0.0f64, 0.0f64, 0.0f32);
     for step in 1..=5 {
         let params = gpu.read_params().unwrap();
-        let reference = forward_backward(&mlp, &params, &data);
+        let b = opts.batch;
+        let minibatch = train.select(&indices[(step - 1) * b..step * b]);
+        let reference = forward_backward(&mlp, &params, &minibatch);
+        // The evaluation passes over the held-out and the whole training set.
+        for (set, data) in [&test, &train].into_iter().enumerate() {
+            let (loss, acc) = gpu.evaluate(set).unwrap();
+            let want = forward_backward(&mlp, &params, data);
+            assert!(
+                (f64::from(loss) - want.loss).abs() <= LOSS_TOL * want.loss,
+                "step {step}: eval set {set}: loss {loss} vs CPU {}",
+                want.loss
+            );
+            assert!((f64::from(acc) - want.accuracy).abs() < 1e-6);
+        }
 
         let mut encoder = gpu.encoder();
-        gpu.encode_train_step(&mut encoder);
+        gpu.encode_train_step(&mut encoder, step as u32 - 1)
+            .unwrap();
         gpu.submit(encoder);
         let (loss, accuracy) = gpu.read_stats().unwrap();
         let grads = gpu.read_grads().unwrap();

@@ -13,65 +13,79 @@ fn loss_falls_and_outputs_are_written() {
     let out = std::env::temp_dir().join(format!("wgpu-adamw-demo-test-{}", std::process::id()));
     let opts = DemoOptions {
         out: out.clone(),
-        steps: 60,
-        log_every: 5,
-        submit_every: 20,
-        per_class: 48,
+        steps: 150,
+        log_every: 10,
+        submit_every: 50,
+        per_class: 128,
+        test_per_class: 64,
+        seeds: 2,
         progress: false,
         print_table: false,
         ..Default::default()
     };
     let report = run_with_context(&ctx, &opts).unwrap();
 
-    // The first logged loss is the loss of the initial weights, computed on the CPU.
     let mlp = opts.mlp();
-    let init = mlp.init_params(opts.seed ^ 0xA5A5_A5A5);
-    let initial = forward_backward(&mlp, &init, &opts.dataset()).loss;
+    let train = opts.train_set();
     assert_eq!(report.runs.len(), 6);
     for (run, (name, schedule)) in report.runs.iter().zip(schedules(opts.steps, opts.lr)) {
         assert_eq!(run.name, name);
-        let first = run.log.first().unwrap();
-        assert_eq!(first.step, 1);
-        assert!(
-            (f64::from(first.loss) - initial).abs() <= 1e-5 * initial,
-            "{name}: first loss {} vs CPU {initial}",
-            first.loss
-        );
-        // The loss falls: well below the initial loss after 60 steps.
-        assert!(
-            f64::from(run.final_loss) < 0.8 * initial,
-            "{name}: loss {initial} -> {}",
-            run.final_loss
-        );
-        // The lr read back from the device is the schedule's, at every logged step and in
-        // the every-step lr log.
-        for p in &run.log {
-            let want = lr_at_step(&schedule, opts.lr, 1, u64::from(p.step));
+        assert_eq!(run.seeds.len(), 2);
+        for seed in &run.seeds {
+            // Step 1's minibatch loss is the initial weights' loss on that minibatch,
+            // computed on the CPU.
+            let first_batch = train.select(&opts.batch_indices(seed.seed)[..opts.batch]);
+            let initial = forward_backward(&mlp, &opts.init(seed.seed), &first_batch).loss;
+            let first = seed.log.first().unwrap();
+            assert_eq!(first.step, 1);
             assert!(
-                (f64::from(p.lr) - want).abs() <= 1e-6 * opts.lr,
-                "{name} step {}: lr {} vs {want}",
-                p.step,
-                p.lr
+                (f64::from(first.batch_loss) - initial).abs() <= 1e-5 * initial,
+                "{name} seed {}: first loss {} vs CPU {initial}",
+                seed.seed,
+                first.batch_loss
             );
-        }
-        assert_eq!(run.lr.len(), opts.steps as usize);
-        for (s, &lr) in (1u64..).zip(&run.lr) {
-            let want = lr_at_step(&schedule, opts.lr, 1, s);
+            // The loss falls under every schedule: the whole training set's loss ends well
+            // below chance (ln 2 = 0.693), and the held-out accuracy well above it.
+            let last = seed.last();
             assert!(
-                (f64::from(lr) - want).abs() <= 1e-6 * opts.lr,
-                "{name} step {s}: lr {lr} vs {want}"
+                f64::from(last.train_loss) < 0.6,
+                "{name} seed {}: final training loss {}",
+                seed.seed,
+                last.train_loss
             );
+            assert!(last.test_accuracy > 0.6, "{name}: {}", last.test_accuracy);
+            // The lr read back from the device is the schedule's, at every step.
+            assert_eq!(seed.lr.len(), opts.steps as usize);
+            for (s, &lr) in (1u64..).zip(&seed.lr) {
+                let want = lr_at_step(&schedule, opts.lr, 1, s);
+                assert!(
+                    (f64::from(lr) - want).abs() <= 1e-6 * opts.lr,
+                    "{name} step {s}: lr {lr} vs {want}"
+                );
+            }
+            for p in &seed.log {
+                assert_eq!(p.lr, seed.lr[p.step as usize - 1]);
+            }
+            let steps: Vec<u32> = seed.log.iter().map(|p| p.step).collect();
+            assert_eq!(steps, wgpu_adamw_demo::logged_steps(150, 10));
         }
-        let steps: Vec<u32> = run.log.iter().map(|p| p.step).collect();
-        assert_eq!(steps, wgpu_adamw_demo::logged_steps(60, 5));
+        // Different seeds train differently (weights and minibatch order).
+        assert_ne!(
+            run.seeds[0].log[1].train_loss,
+            run.seeds[1].log[1].train_loss
+        );
     }
 
     let csv = std::fs::read_to_string(out.join("learning_curve.csv")).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("step,schedule,lr,loss"));
-    assert_eq!(lines.count(), 6 * 13);
+    assert_eq!(
+        lines.next(),
+        Some("schedule,seed,step,lr,batch_loss,train_loss,train_accuracy,test_loss,test_accuracy")
+    );
+    assert_eq!(lines.count(), 6 * 2 * 16);
     let svg = std::fs::read_to_string(out.join("learning_curve.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("warm_restarts"));
+    assert!(report.table().contains("onecycle"));
     std::fs::remove_dir_all(&out).unwrap();
 }
 
