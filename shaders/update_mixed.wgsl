@@ -48,20 +48,21 @@ fn grad_at(i: u32) -> f32 {
     return widen16(half_of(grad_w[i >> 1u], i), G_DTYPE);
 }
 
-// A moment element from its word (`word` is the word that holds it when 16-bit).
-fn moment(word: u32, i: u32) -> f32 {
-    if (S_DTYPE == DTYPE_F32) {
+// Element i of an optimizer-owned stream of type `dtype` (a pipeline constant) from the
+// word that holds it.
+fn elem(word: u32, i: u32, dtype: u32) -> f32 {
+    if (dtype == DTYPE_F32) {
         return bitcast<f32>(word);
     }
-    return widen16(half_of(word, i), S_DTYPE);
+    return widen16(half_of(word, i), dtype);
 }
 
-// The moment `x` stored into its word.
-fn store_moment(word: u32, i: u32, x: f32) -> u32 {
-    if (S_DTYPE == DTYPE_F32) {
+// `x` stored as element i into the word that holds it (rounded to nearest even if 16-bit).
+fn store_elem(word: u32, i: u32, x: f32, dtype: u32) -> u32 {
+    if (dtype == DTYPE_F32) {
         return bitcast<u32>(x);
     }
-    return with_half(word, i, narrow16(x, S_DTYPE));
+    return with_half(word, i, narrow16(x, dtype));
 }
 
 // The weight EMA of AveragedModel + get_ema_multi_avg_fn: the first update (Adam's t = 1,
@@ -77,19 +78,6 @@ fn ema_next(e_old: f32, p: f32, first: bool) -> f32 {
     return lerp_fma(select(w - 1.0, w, small), p - e_old, select(p, e_old, small));
 }
 
-fn ema_elem(word: u32, i: u32) -> f32 {
-    if (E_DTYPE == DTYPE_F32) {
-        return bitcast<f32>(word);
-    }
-    return widen16(half_of(word, i), E_DTYPE);
-}
-
-fn store_ema(word: u32, i: u32, x: f32) -> u32 {
-    if (E_DTYPE == DTYPE_F32) {
-        return bitcast<u32>(x);
-    }
-    return with_half(word, i, narrow16(x, E_DTYPE));
-}
 
 // The gradient the update sees: unscaled, then clipped, each rounded to the type of gradient
 // arithmetic (16-bit in pure 16-bit training with clipping, as PyTorch's ops on p.grad).
@@ -198,9 +186,9 @@ fn update_unit(p0: u32, g0: u32, s0: u32, e0: u32, j0: i32, pair: bool, count: u
         }
         var vmax_old = 0.0;
         if (amsgrad) {
-            vmax_old = moment(x_src, si);
+            vmax_old = elem(x_src, si, S_DTYPE);
         }
-        let r = adam_element(effective_grad(grad_at(g0 + u32(j)), k), p_old, moment(m_src, si), moment(v_src, si), vmax_old, unit_consts(k));
+        let r = adam_element(effective_grad(grad_at(g0 + u32(j)), k), p_old, elem(m_src, si, S_DTYPE), elem(v_src, si, S_DTYPE), vmax_old, unit_consts(k));
         if (S_DTYPE == DTYPE_F32) {
             m_w[si] = bitcast<u32>(r.y);
             v_w[si] = bitcast<u32>(r.z);
@@ -208,9 +196,9 @@ fn update_unit(p0: u32, g0: u32, s0: u32, e0: u32, j0: i32, pair: bool, count: u
                 vmax_w[si] = bitcast<u32>(r.w);
             }
         } else {
-            m_word = store_moment(m_word, si, r.y);
-            v_word = store_moment(v_word, si, r.z);
-            x_word = store_moment(x_word, si, r.w);
+            m_word = store_elem(m_word, si, r.y, S_DTYPE);
+            v_word = store_elem(v_word, si, r.z, S_DTYPE);
+            x_word = store_elem(x_word, si, r.w, S_DTYPE);
         }
         if (MASTER) {
             master_w[si] = bitcast<u32>(r.x);
@@ -228,11 +216,11 @@ fn update_unit(p0: u32, g0: u32, s0: u32, e0: u32, j0: i32, pair: bool, count: u
             if (E_DTYPE == DTYPE_F32 && e > 0) {
                 e_src = ema_w[si];
             }
-            let e_new = ema_next(ema_elem(e_src, si), p_avg, first);
+            let e_new = ema_next(elem(e_src, si, E_DTYPE), p_avg, first);
             if (E_DTYPE == DTYPE_F32) {
                 ema_w[si] = bitcast<u32>(e_new);
             } else {
-                e_word = store_ema(e_word, si, e_new);
+                e_word = store_elem(e_word, si, e_new, E_DTYPE);
             }
         }
         if (P_DTYPE == DTYPE_F32) {

@@ -544,7 +544,7 @@ fn read_u32s(st: &safetensors::SafeTensors<'_>, name: &str, path: &Path) -> Resu
 
 /// Writes `bytes` to `path` through a unique temporary file in the same directory, then
 /// renames it into place (see [`OptimizerState::save`]).
-fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SAVES: AtomicU64 = AtomicU64::new(0);
@@ -553,7 +553,7 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Ok(m) if m.permissions().readonly() => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                "the checkpoint file is read-only; not replacing it",
+                "the file is read-only; not replacing it",
             ))
         }
         Ok(m) => Some(m.permissions()),

@@ -1327,10 +1327,6 @@ pub fn output_tensors(trace: &Trace, out: &ReplayOutput) -> Result<Vec<OutputTen
 /// beside `path` under a temporary name of its own, then renamed over it: an interrupted run
 /// never leaves half a file.
 pub fn write_output(trace: &Trace, out: &ReplayOutput, path: &Path) -> Result<()> {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-
     let tensors = output_tensors(trace, out)?;
     let views = tensors
         .iter()
@@ -1346,33 +1342,9 @@ pub fn write_output(trace: &Trace, out: &ReplayOutput, path: &Path) -> Result<()
     ]);
     let bytes =
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Serialize(e.to_string()))?;
-    let io = |source| Error::Io {
+    // Beside the target, then renamed over it: a reader never sees half a file.
+    crate::state::atomic_write(path, &bytes).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file path",
-        ))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".{}-{}.partial",
-        std::process::id(),
-        WRITES.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(())
+    })
 }

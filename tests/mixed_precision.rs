@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::{buffer16, read16};
 use std::path::PathBuf;
 use wgpu_adamw::trace::{compare, replay, Backend, Trace};
 
@@ -90,31 +91,6 @@ fn gpu_matches_the_16bit_traces_and_the_cpu_bit_for_bit() {
             "{name}: ema"
         );
     }
-}
-
-/// A buffer of 16-bit patterns (padded to whole words).
-fn buffer16(ctx: &wgpu_adamw::GpuContext, halves: &[u16]) -> wgpu::Buffer {
-    let mut padded = halves.to_vec();
-    if padded.len() % 2 == 1 {
-        padded.push(0);
-    }
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("16-bit test buffer"),
-        size: (padded.len() as u64 * 2).max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    ctx.queue
-        .write_buffer(&buf, 0, bytemuck::cast_slice(&padded));
-    buf
-}
-
-fn read16(ctx: &wgpu_adamw::GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<u16> {
-    let words = wgpu_adamw::read_buffer(&ctx.device, &ctx.queue, buf, 0, buf.size()).unwrap();
-    let halves: &[u16] = bytemuck::cast_slice(&words);
-    halves[..n].to_vec()
 }
 
 /// 16-bit tensors that share 32-bit words (f16 through both conversion paths): an

@@ -15,26 +15,10 @@ use wgpu_adamw::{
 const LENS: [usize; 3] = [1001, 7, 2050];
 const TOTAL: usize = 1001 + 7 + 2050;
 
-/// A buffer of 16-bit patterns, padded to whole words.
-fn buffer16(ctx: &GpuContext, halves: &[u16]) -> wgpu::Buffer {
-    let mut padded = halves.to_vec();
-    padded.resize(halves.len().div_ceil(2) * 2, 0);
-    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("16-bit test buffer"),
-        size: (padded.len() as u64 * 2).max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    ctx.queue
-        .write_buffer(&buf, 0, bytemuck::cast_slice(&padded));
-    buf
-}
+use common::buffer16;
 
 fn read16(ctx: &GpuContext, buf: &wgpu::Buffer) -> Vec<u16> {
-    let words = wgpu_adamw::read_buffer(&ctx.device, &ctx.queue, buf, 0, buf.size()).unwrap();
-    bytemuck::cast_slice::<u32, u16>(&words)[..TOTAL].to_vec()
+    common::read16(ctx, buf, TOTAL)
 }
 
 /// The three tensors packed back to back in one param and one grad buffer (odd offsets).

@@ -182,3 +182,26 @@ pub fn one_tensor_optimizer(
         }],
     )
 }
+
+/// A storage buffer holding 16-bit patterns, padded to whole 32-bit words.
+pub fn buffer16(ctx: &GpuContext, halves: &[u16]) -> wgpu::Buffer {
+    let mut padded = halves.to_vec();
+    padded.resize(halves.len().div_ceil(2) * 2, 0);
+    let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("16-bit test buffer"),
+        size: (padded.len() as u64 * 2).max(4),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    ctx.queue
+        .write_buffer(&buf, 0, bytemuck::cast_slice(&padded));
+    buf
+}
+
+/// The first `n` 16-bit patterns of a buffer (waits for the queue).
+pub fn read16(ctx: &GpuContext, buf: &wgpu::Buffer, n: usize) -> Vec<u16> {
+    let words = wgpu_adamw::read_buffer(&ctx.device, &ctx.queue, buf, 0, buf.size()).unwrap();
+    bytemuck::cast_slice::<u32, u16>(&words)[..n].to_vec()
+}
