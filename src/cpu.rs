@@ -136,7 +136,9 @@ impl CpuAdamW {
 
     /// One optimizer step: `params[i]` and `grads[i]` belong to tensor `i` in registration
     /// order (group by group). For f32 parameters and gradients; other element types go
-    /// through [`CpuAdamW::step_mixed`].
+    /// through [`CpuAdamW::step_mixed`]. The vectorised, multi-threaded loop serves the plain
+    /// f32 update; with an EMA or accumulation this runs `step_mixed`'s per-element loop
+    /// (the same results, single-threaded).
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<()> {
         if !self.config.precision.is_f32() || self.config.precision.master_weights {
             return Err(Error::InvalidArgument(format!(
