@@ -293,7 +293,7 @@ impl AdamWConfig {
 
     /// The type the update and the gradient norm read gradients in: the accumulator's with
     /// accumulation, else the engine's.
-    pub fn grad_read_dtype(&self) -> crate::precision::Dtype {
+    pub(crate) fn grad_read_dtype(&self) -> crate::precision::Dtype {
         if self.accumulate > 1 {
             self.grad_acc_dtype()
         } else {
@@ -303,7 +303,7 @@ impl AdamWConfig {
 
     /// The GPU updates with the mixed-precision kernel: a 16-bit stream, master weights, an
     /// EMA or accumulation.
-    pub fn needs_mixed_update(&self) -> bool {
+    pub(crate) fn needs_mixed_update(&self) -> bool {
         self.precision.needs_mixed_update() || self.ema_decay.is_some() || self.accumulate > 1
     }
 

@@ -16,8 +16,11 @@ use crate::twin::Counters;
 use std::collections::HashMap;
 
 /// One tensor handed to the optimizer: its parameters and gradients live in the engine's own
-/// buffers, as `len` f32 elements starting at a byte offset. Both buffers need
-/// `BufferUsages::STORAGE`; offsets must be multiples of 4.
+/// buffers, as `len` elements of the optimizer's [`Precision`] starting at a byte offset.
+/// Both buffers need `BufferUsages::STORAGE`; offsets must be multiples of the element size
+/// (4 for f32, 2 for 16-bit types), and a buffer of 16-bit elements must be a whole number of
+/// 32-bit words long. With master weights or a weight EMA the optimizer reads the
+/// parameters once at creation: their buffer then needs `BufferUsages::COPY_SRC` too.
 #[derive(Clone, Debug)]
 pub struct TensorBinding {
     /// Buffer holding the parameters.
@@ -967,29 +970,7 @@ impl GpuAdamW {
     /// by one submit, so a step submitted by another thread lands either wholly before it or
     /// wholly after it.
     pub fn state(&self) -> Result<OptimizerState> {
-        let a = &self.arenas;
-        let prec = self.config.precision;
-        let moments: Vec<&wgpu::Buffer> = a
-            .exp_avg
-            .iter()
-            .chain(&a.exp_avg_sq)
-            .chain(if self.config.amsgrad {
-                &a.max_exp_avg_sq[..]
-            } else {
-                &[]
-            })
-            .chain(if prec.master_weights {
-                &a.master[..]
-            } else {
-                &[]
-            })
-            .chain(if self.config.ema_decay.is_some() {
-                &a.ema[..]
-            } else {
-                &[]
-            })
-            .chain(&a.grad_acc)
-            .collect();
+        let streams = self.streams();
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
         let mut ranges = vec![
@@ -997,39 +978,28 @@ impl GpuAdamW {
             (&self.amp, 0, 4 * CONTROL_WORDS as u64),
             (&self.meta, state_at, self.meta.size() - state_at),
         ];
-        ranges.extend(moments.iter().map(|b| (*b, 0, b.size())));
+        for (arenas, _) in streams.iter().flatten() {
+            ranges.extend(arenas.iter().map(|b| (b, 0, b.size())));
+        }
         let mut words = read_buffers(&self.device, &self.queue, &ranges)?.into_iter();
         let counters = words.next().expect("one per range");
         let control = words.next().expect("one per range");
         let schedule_state = words.next().expect("one per range");
-        let mut arenas: Vec<Vec<u32>> = words.collect();
-        let n = a.exp_avg.len();
-        let kinds = 2 + usize::from(self.config.amsgrad);
-        let grad_acc = (self.config.accumulate > 1).then(|| {
-            let at = kinds
-                + usize::from(prec.master_weights)
-                + usize::from(self.config.ema_decay.is_some());
-            arenas.split_off(at * n)
-        });
-        let ema = self
-            .config
-            .ema_decay
-            .is_some()
-            .then(|| arenas.split_off((kinds + usize::from(prec.master_weights)) * n));
-        let master = prec.master_weights.then(|| arenas.split_off(kinds * n));
-        let vmax = self.config.amsgrad.then(|| arenas.split_off(2 * n));
-        let v = arenas.split_off(n);
-        let m = arenas;
-        let gather = |arenas: &[Vec<u32>], t: &TensorInfo, ty: Dtype| -> Vec<f32> {
+        // Each stream's arenas, in the order they were read.
+        let read: Vec<Option<(Vec<Vec<u32>>, Dtype)>> = streams
+            .iter()
+            .map(|s| s.map(|(arenas, ty)| (words.by_ref().take(arenas.len()).collect(), ty)))
+            .collect();
+        let gather = |stream: usize, t: &TensorInfo| -> Option<Vec<f32>> {
+            let (arenas, ty) = read[stream].as_ref()?;
             let mut out = Vec::with_capacity(t.len as usize);
             for p in &t.pieces {
                 let words = &arenas[p.arena];
                 let s = p.state_offset as usize;
-                out.extend((s..s + p.len as usize).map(|i| read_elem(words, i, ty)));
+                out.extend((s..s + p.len as usize).map(|i| read_elem(words, i, *ty)));
             }
-            out
+            Some(out)
         };
-        let s_ty = prec.state_dtype();
         Ok(OptimizerState {
             config: self.config.clone(),
             groups: self.groups(),
@@ -1048,19 +1018,33 @@ impl GpuAdamW {
                 .iter()
                 .map(|t| TensorState {
                     group: t.group,
-                    exp_avg: gather(&m, t, s_ty),
-                    exp_avg_sq: gather(&v, t, s_ty),
-                    max_exp_avg_sq: vmax.as_ref().map(|a| gather(a, t, s_ty)),
-                    master: master.as_ref().map(|a| gather(a, t, Dtype::F32)),
-                    ema: ema.as_ref().map(|a| gather(a, t, self.config.ema_dtype())),
+                    exp_avg: gather(STREAM_EXP_AVG, t).expect("always kept"),
+                    exp_avg_sq: gather(STREAM_EXP_AVG_SQ, t).expect("always kept"),
+                    max_exp_avg_sq: gather(STREAM_MAX_EXP_AVG_SQ, t),
+                    master: gather(STREAM_MASTER, t),
+                    ema: gather(STREAM_EMA, t),
                     // Mid-step only: the accumulator is meaningless at a step boundary.
-                    grad_acc: grad_acc
-                        .as_ref()
-                        .filter(|_| counters[COUNTER_MICRO] > 0)
-                        .map(|a| gather(a, t, self.config.grad_acc_dtype())),
+                    grad_acc: gather(STREAM_GRAD_ACC, t).filter(|_| counters[COUNTER_MICRO] > 0),
                 })
                 .collect(),
         })
+    }
+
+    /// The optimizer's own streams, indexed by `STREAM_*`: their arenas and element type,
+    /// `None` for the ones this configuration does not keep.
+    fn streams(&self) -> [Option<(&[wgpu::Buffer], Dtype)>; 6] {
+        let (a, c) = (&self.arenas, &self.config);
+        let s = c.precision.state_dtype();
+        [
+            Some((&a.exp_avg[..], s)),
+            Some((&a.exp_avg_sq[..], s)),
+            c.amsgrad.then_some((&a.max_exp_avg_sq[..], s)),
+            c.precision
+                .master_weights
+                .then_some((&a.master[..], Dtype::F32)),
+            c.ema_decay.is_some().then_some((&a.ema[..], c.ema_dtype())),
+            (c.accumulate > 1).then_some((&a.grad_acc[..], c.grad_acc_dtype())),
+        ]
     }
 
     /// Restores a state read by [`GpuAdamW::state`] or from a checkpoint, the groups' lr and
@@ -1080,25 +1064,10 @@ impl GpuAdamW {
         for (i, gc) in state.groups.iter().enumerate() {
             self.config.validate_group_at(i, gc)?;
         }
-        let s_ty = self.config.precision.state_dtype();
-        let a = &self.arenas;
-        self.write_arenas(&a.exp_avg, s_ty, |i| Some(&state.tensors[i].exp_avg));
-        self.write_arenas(&a.exp_avg_sq, s_ty, |i| Some(&state.tensors[i].exp_avg_sq));
-        if self.config.amsgrad {
-            self.write_arenas(&a.max_exp_avg_sq, s_ty, |i| {
-                state.tensors[i].max_exp_avg_sq.as_ref()
-            });
-        }
-        if self.config.precision.master_weights {
-            self.write_arenas(&a.master, Dtype::F32, |i| state.tensors[i].master.as_ref());
-        }
-        if self.config.ema_decay.is_some() {
-            let ty = self.config.ema_dtype();
-            self.write_arenas(&a.ema, ty, |i| state.tensors[i].ema.as_ref());
-        }
-        if self.config.accumulate > 1 {
-            let ty = self.config.grad_acc_dtype();
-            self.write_arenas(&a.grad_acc, ty, |i| state.tensors[i].grad_acc.as_ref());
+        for (stream, kept) in self.streams().iter().enumerate() {
+            if let Some((arenas, ty)) = kept {
+                self.write_arenas(arenas, *ty, |i| stream_values(&state.tensors[i], stream));
+            }
         }
         let counters = [state.counters.sched, state.counters.adam];
         self.queue
@@ -1151,7 +1120,7 @@ impl GpuAdamW {
         &self,
         arenas: &[wgpu::Buffer],
         ty: Dtype,
-        values: impl Fn(usize) -> Option<&'a Vec<f32>>,
+        values: impl Fn(usize) -> Option<&'a [f32]>,
     ) {
         let mut images: Vec<Option<Vec<u32>>> = vec![None; arenas.len()];
         for (i, t) in self.tensors.iter().enumerate() {
@@ -1205,13 +1174,12 @@ impl GpuAdamW {
 
     /// Writes `values` (one slice per tensor, checked) as the master weights and/or the EMA.
     fn write_weights(&self, values: &[&[f32]], master: bool, ema: bool) -> Result<()> {
-        let owned: Vec<Vec<f32>> = values.iter().map(|v| v.to_vec()).collect();
         if master {
-            self.write_arenas(&self.arenas.master, Dtype::F32, |i| Some(&owned[i]));
+            self.write_arenas(&self.arenas.master, Dtype::F32, |i| Some(values[i]));
         }
         if ema {
             let ty = self.config.ema_dtype();
-            self.write_arenas(&self.arenas.ema, ty, |i| Some(&owned[i]));
+            self.write_arenas(&self.arenas.ema, ty, |i| Some(values[i]));
         }
         self.queue.submit([]);
         Ok(())
@@ -1221,18 +1189,26 @@ impl GpuAdamW {
     fn init_weights(&self, groups: &[ParamGroup]) -> Result<()> {
         let ty = self.config.precision.param;
         let tensors: Vec<&TensorBinding> = groups.iter().flat_map(|g| &g.tensors).collect();
-        let mut values = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            let start = t.param_offset / 4 * 4;
-            let end = (t.param_offset + ty.size() * t.len).div_ceil(4) * 4;
-            let words = read_buffer(&self.device, &self.queue, &t.param, start, end - start)?;
-            let first = ((t.param_offset - start) / ty.size()) as usize;
-            values.push(
+        // Every tensor's whole words, read back in one submit.
+        let ranges: Vec<(&wgpu::Buffer, u64, u64)> = tensors
+            .iter()
+            .map(|t| {
+                let start = t.param_offset / 4 * 4;
+                let end = (t.param_offset + ty.size() * t.len).div_ceil(4) * 4;
+                (&t.param, start, end - start)
+            })
+            .collect();
+        let read = read_buffers(&self.device, &self.queue, &ranges)?;
+        let values: Vec<Vec<f32>> = tensors
+            .iter()
+            .zip(&read)
+            .map(|(t, words)| {
+                let first = ((t.param_offset % 4) / ty.size()) as usize;
                 (first..first + t.len as usize)
-                    .map(|i| read_elem(&words, i, ty))
-                    .collect::<Vec<f32>>(),
-            );
-        }
+                    .map(|i| read_elem(words, i, ty))
+                    .collect()
+            })
+            .collect();
         let refs: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
         if self.config.precision.master_weights {
             self.set_master_weights(&refs)
@@ -1433,6 +1409,26 @@ fn vec4_view<'a>(
         binding(buffer, offset, size / 16 * 16)
     } else {
         stand_in.as_entire_binding()
+    }
+}
+
+/// Indices of [`GpuAdamW::streams`].
+const STREAM_EXP_AVG: usize = 0;
+const STREAM_EXP_AVG_SQ: usize = 1;
+const STREAM_MAX_EXP_AVG_SQ: usize = 2;
+const STREAM_MASTER: usize = 3;
+const STREAM_EMA: usize = 4;
+const STREAM_GRAD_ACC: usize = 5;
+
+/// A tensor state's values of stream `stream` (`STREAM_*`).
+fn stream_values(t: &TensorState, stream: usize) -> Option<&[f32]> {
+    match stream {
+        STREAM_EXP_AVG => Some(&t.exp_avg),
+        STREAM_EXP_AVG_SQ => Some(&t.exp_avg_sq),
+        STREAM_MAX_EXP_AVG_SQ => t.max_exp_avg_sq.as_deref(),
+        STREAM_MASTER => t.master.as_deref(),
+        STREAM_EMA => t.ema.as_deref(),
+        _ => t.grad_acc.as_deref(),
     }
 }
 

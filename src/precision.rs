@@ -165,7 +165,7 @@ impl Precision {
 
     /// The GPU updates with the mixed-precision kernel (`update_mixed`): any 16-bit stream
     /// or master weights.
-    pub fn needs_mixed_update(&self) -> bool {
+    pub(crate) fn needs_mixed_update(&self) -> bool {
         !self.is_f32() || self.master_weights
     }
 

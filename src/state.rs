@@ -301,26 +301,19 @@ impl OptimizerState {
             } else {
                 None
             };
-            // A master-weight optimizer that has not stepped yet has none.
-            let master_name = format!("master/{i}");
-            let master =
-                if config.precision.master_weights && st.names().contains(&master_name.as_str()) {
-                    Some(read_f32s(&st, &master_name, path)?)
+            // Streams the config keeps but a state may lack: the master weights and EMA of an
+            // optimizer that has not stepped yet, the accumulator at a step boundary.
+            let optional = |kind: &str, kept: bool| -> Result<Option<Vec<f32>>> {
+                let name = format!("{kind}/{i}");
+                if kept && st.names().contains(&name.as_str()) {
+                    read_f32s(&st, &name, path).map(Some)
                 } else {
-                    None
-                };
-            let ema_name = format!("ema/{i}");
-            let ema = if config.ema_decay.is_some() && st.names().contains(&ema_name.as_str()) {
-                Some(read_f32s(&st, &ema_name, path)?)
-            } else {
-                None
+                    Ok(None)
+                }
             };
-            let acc_name = format!("grad_acc/{i}");
-            let grad_acc = if config.accumulate > 1 && st.names().contains(&acc_name.as_str()) {
-                Some(read_f32s(&st, &acc_name, path)?)
-            } else {
-                None
-            };
+            let master = optional("master", config.precision.master_weights)?;
+            let ema = optional("ema", config.ema_decay.is_some())?;
+            let grad_acc = optional("grad_acc", config.accumulate > 1)?;
             let n = exp_avg.len();
             if ema.as_ref().is_some_and(|e| e.len() != n)
                 || grad_acc.as_ref().is_some_and(|a| a.len() != n)

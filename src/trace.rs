@@ -687,6 +687,13 @@ fn replay_gpu(
         usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
+    // The micro-batches of one step, side by side (rewritten every step).
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("trace grads of one step"),
+        size: u64::from(trace.config.accumulate) * gbuf.size(),
+        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
     // One pass more than there are steps, so a checkpoint after the last step is taken too.
     for s in 0..=trace.steps as usize {
         if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
@@ -714,12 +721,6 @@ fn replay_gpu(
             w.resize((gbuf.size() / 4) as usize, 0);
             uploads.extend(w);
         }
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("trace grads of one step"),
-            size: 4 * uploads.len() as u64,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         queue.write_buffer(&staging, 0, bytemuck::cast_slice(&uploads));
         if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
             opt.set_loss_scale(scales[s]);

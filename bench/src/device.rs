@@ -265,6 +265,35 @@ struct Dispatch {
     grid: (u32, u32),
 }
 
+impl Dispatch {
+    /// Records this dispatch with the pipeline already set.
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+    }
+}
+
+/// The compute pipeline of `entry` in the WGSL `source`, its layout derived from the shader.
+fn derived_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+    entry: &str,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
 fn grid(len: u64, max_dim: u32) -> (u32, u32) {
     grid_vectors(len.div_ceil(4), max_dim)
 }
@@ -342,23 +371,12 @@ impl CopyKernel {
         g: &Array,
         state: &BaselineArrays,
     ) -> Self {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("bench copy"),
-            source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
-        });
         let entry = if state.vmax.is_some() {
             "copy_amsgrad"
         } else {
             "copy"
         };
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline = derived_pipeline(device, "bench copy", COPY_SHADER, entry);
         let bgl = pipeline.get_bind_group_layout(0);
         let spans = layout.arena_segments();
         let (info_buf, stride) = infos(device, queue, &spans);
@@ -416,8 +434,7 @@ impl CopyKernel {
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         for d in &self.dispatches {
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+            d.record(pass);
         }
     }
 }
@@ -473,19 +490,8 @@ impl MixedCopy {
         v: &Array,
         master: Option<&Array>,
     ) -> Result<Self> {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("bench copy mixed"),
-            source: wgpu::ShaderSource::Wgsl(COPY_MIXED_SHADER.into()),
-        });
-        let entry = kind.entry();
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let pipeline =
+            derived_pipeline(device, "bench copy mixed", COPY_MIXED_SHADER, kind.entry());
         let bgl = pipeline.get_bind_group_layout(0);
         let spans = layout.arena_segments();
         // Vectors per dispatch: vec4<u32> of eight 16-bit elements for `copy16`, else one
@@ -540,8 +546,7 @@ impl MixedCopy {
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
         for d in &self.dispatches {
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+            d.record(pass);
         }
     }
 }
@@ -791,8 +796,7 @@ impl Unfused {
         for d in &self.dispatches {
             for p in &self.pipelines {
                 pass.set_pipeline(p);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+                d.record(pass);
             }
         }
     }

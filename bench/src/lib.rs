@@ -233,6 +233,23 @@ type Variant<'a, 'b> = (&'a str, &'a mut dyn FnMut(), &'a mut device::Recorder<'
 /// Runs `warmup` untimed and `iters` timed single-step submits of every variant, interleaved
 /// step by step (so that a change in the machine's load touches every variant alike, and the
 /// ratios stay meaningful); the median of each in ms.
+/// The fused step recorded `K` times per submit: the median ms per step over
+/// `opts.k_reps` submits, and the median µs to encode a step.
+fn time_k_per_submit(
+    timer: &Timer,
+    opts: &BenchOptions,
+    progress: &Progress,
+    rec_fused: &mut device::Recorder<'_>,
+) -> Result<(f64, f64)> {
+    let mut ks = Vec::new();
+    for i in 0..opts.k_reps {
+        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
+        ks.push(timer.time(K, &mut || {}, rec_fused)? / K as f64);
+    }
+    let encode_us = median((0..7).map(|_| timer.encode_us(K, rec_fused)).collect());
+    Ok((median(ks), encode_us))
+}
+
 fn time_interleaved(
     timer: &Timer,
     opts: &BenchOptions,
@@ -416,13 +433,8 @@ fn run_workload(
     let (fused_ms, copy_ms, unfused_ms, clip_amp_ms) = (ms[0], ms[1], ms[2], ms[3]);
     let flat_fused_ms = ms.get(4).copied();
 
-    let mut ks = Vec::new();
-    for i in 0..opts.k_reps {
-        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
-        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
-    }
-    let k_submit_ms_per_step = median(ks);
-    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
+    let (k_submit_ms_per_step, encode_us) =
+        time_k_per_submit(timer, opts, progress, &mut rec_fused)?;
     drop(unfused);
     drop(copy);
     drop(state);
@@ -560,13 +572,8 @@ fn run_workload_mixed(
     drop(variants);
     let (fused_ms, copy_ms) = (ms[0], ms[1]);
 
-    let mut ks = Vec::new();
-    for i in 0..opts.k_reps {
-        progress.tick(&format!("fused x{K} per submit"), i, opts.k_reps);
-        ks.push(timer.time(K, &mut || {}, &mut rec_fused)? / K as f64);
-    }
-    let k_submit_ms_per_step = median(ks);
-    let encode_us = median((0..7).map(|_| timer.encode_us(K, &mut rec_fused)).collect());
+    let (k_submit_ms_per_step, encode_us) =
+        time_k_per_submit(timer, opts, progress, &mut rec_fused)?;
     drop(copy);
     drop((m, v, master));
     drop(opt);
