@@ -1,5 +1,8 @@
-//! A device of its own, for standalone use and the CLI. An engine passes its own
-//! `wgpu::Device` and `wgpu::Queue` to [`crate::GpuAdamW::new`] instead.
+//! A device of its own, for standalone use and the CLI, or to share with an engine: an
+//! engine that created its device passes its own `wgpu::Device` and `wgpu::Queue` to
+//! [`crate::GpuAdamW::new`] instead (the optimizer works with any feature set, and within
+//! `wgpu::Limits::default()`); one that takes a device from us asks for the features it
+//! needs ([`GpuContext::with_features`], [`GpuContext::with_adapter_features`]).
 
 use crate::error::{Error, Result};
 
@@ -31,6 +34,38 @@ impl GpuContext {
     /// contains the given text, `WGPU_BACKEND` restricts the backends) and creates a device
     /// with the adapter's real limits and, where available, timestamp queries.
     pub fn new() -> Result<Self> {
+        Self::with_features(wgpu::Features::empty())
+    }
+
+    /// [`GpuContext::new`], with `features` on the device as well: those an engine sharing
+    /// the device needs. An adapter that lacks any of them is an [`Error::Unsupported`]
+    /// naming them. The optimizer itself needs no feature.
+    pub fn with_features(features: wgpu::Features) -> Result<Self> {
+        Self::create(|adapter| {
+            let missing = features - adapter.features();
+            if !missing.is_empty() {
+                return Err(Error::Unsupported(format!(
+                    "the adapter `{}` lacks the features {missing:?}",
+                    adapter.get_info().name
+                )));
+            }
+            Ok(features | (adapter.features() & wgpu::Features::TIMESTAMP_QUERY))
+        })
+    }
+
+    /// [`GpuContext::new`], with every feature the adapter has (but
+    /// `MAPPABLE_PRIMARY_BUFFERS`, which no portable engine relies on): for an engine that
+    /// chooses its shaders from the adapter's features, as CubeCL (Burn's wgpu runtime) does
+    /// for 64-bit integers, f16 and f64. The same device CubeCL would create for itself.
+    pub fn with_adapter_features() -> Result<Self> {
+        Self::create(|adapter| {
+            Ok(adapter
+                .features()
+                .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS))
+        })
+    }
+
+    fn create(features: impl FnOnce(&wgpu::Adapter) -> Result<wgpu::Features>) -> Result<Self> {
         let instance = instance();
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(name) => {
@@ -46,10 +81,10 @@ impl GpuContext {
             }))
             .map_err(|e| Error::NoAdapter(e.to_string()))?,
         };
-        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let required_features = features(&adapter)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-adamw"),
-            required_features: adapter.features() & wanted,
+            required_features,
             required_limits: adapter.limits(),
             ..Default::default()
         }))

@@ -8,7 +8,7 @@ use crate::kernel::{
     CONTROL_SCALE, CONTROL_WORDS, COUNTER_ADAM, COUNTER_MICRO, COUNTER_SCHED, COUNTER_WORDS,
     ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
 };
-use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TensorInfo};
+use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TableLayout, TensorInfo};
 use crate::precision::{Dtype, Precision};
 use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::state::{OptimizerState, TensorState};
@@ -31,7 +31,7 @@ pub struct TensorBinding {
     pub grad: wgpu::Buffer,
     /// Byte offset of the first gradient.
     pub grad_offset: u64,
-    /// Number of f32 elements.
+    /// Number of elements.
     pub len: u64,
 }
 
@@ -115,6 +115,31 @@ struct Arenas {
     grad_acc: Vec<wgpu::Buffer>,
 }
 
+impl Arenas {
+    fn buffers(&self) -> impl Iterator<Item = &wgpu::Buffer> {
+        self.exp_avg
+            .iter()
+            .chain(&self.exp_avg_sq)
+            .chain(&self.max_exp_avg_sq)
+            .chain(&self.master)
+            .chain(&self.ema)
+            .chain(&self.grad_acc)
+    }
+}
+
+/// Where one tensor's gradients are this step, for [`GpuAdamW::set_grads`]: `len` elements
+/// of the optimizer's gradient type at byte offset `offset` of `buffer`, under the rules of
+/// [`TensorBinding`]'s `grad`.
+#[derive(Clone, Debug)]
+pub struct GradBinding {
+    /// Buffer holding the gradients.
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of the first gradient.
+    pub offset: u64,
+    /// Number of elements: the tensor's length, as registered.
+    pub len: u64,
+}
+
 /// AdamW with an on-device learning-rate schedule, updating the engine's buffers in place.
 ///
 /// Each optimizer step is one compute pass with one `prologue` dispatch (step counters, the
@@ -133,10 +158,29 @@ pub struct GpuAdamW {
     globals: Globals,
     meta: wgpu::Buffer,
     amp: wgpu::Buffer,
+    uniform: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    uniforms: UniformLayout,
+    /// Where the tables that depend on the gradients' places sit in `meta`.
+    tables: TableLayout,
     arenas: Arenas,
     tensors: Vec<TensorInfo>,
+    /// Each tensor's parameters: buffer and byte offset (fixed for the optimizer's life).
+    params: Vec<(wgpu::Buffer, u64)>,
+    plan_limits: PlanLimits,
     prologue_bind_group: wgpu::BindGroup,
     dispatches: Vec<Dispatch>,
+    /// Bind groups of the dispatches, kept for re-pointed gradients.
+    bind_groups: HashMap<BindKey, DispatchBindGroups>,
+    /// The parameters' byte ranges in each buffer, sorted: `(start, end, tensor)`.
+    param_ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>>,
+    /// Uploads the tables of re-pointed gradients in command order.
+    belt: wgpu::util::StagingBelt,
+    /// The uniform block as last uploaded (re-pointing often leaves it unchanged).
+    uniform_bytes: Vec<u8>,
+    /// The tables as last uploaded and where the gradients' places are in them, while
+    /// every gradient buffer is bound whole.
+    grad_patch: Option<GradPatch>,
     max_binding_size: u64,
     native_f16: bool,
 }
@@ -219,112 +263,59 @@ impl GpuAdamW {
         // Everything that touches the device, in error scopes and with wgpu's panics caught.
         let opt = checked(device, || {
             // The distinct engine buffers, by index (wgpu hashes buffers by identity).
-            let mut buffers: Vec<wgpu::Buffer> = Vec::new();
-            #[allow(clippy::mutable_key_type)]
-            let mut buffer_index: HashMap<wgpu::Buffer, usize> = HashMap::new();
-            let mut index_of = |b: &wgpu::Buffer| {
-                *buffer_index.entry(b.clone()).or_insert_with(|| {
-                    buffers.push(b.clone());
-                    buffers.len() - 1
-                })
+            let (buffers, plan_tensors) =
+                plan_tensors(groups.iter().enumerate().flat_map(|(gi, g)| {
+                    g.tensors
+                        .iter()
+                        .map(move |t| (gi, &t.param, t.param_offset, &t.grad, t.grad_offset, t.len))
+                }));
+            let plan_limits = PlanLimits {
+                max_binding,
+                stride,
+                chunk,
+                torch_norm: config.grad_norm_order == GradNormOrder::TorchCpu
+                    && (config.max_grad_norm.is_some() || config.loss_scaling),
+                elem_bytes: (prec.param.size(), prec.grad.size()),
+                mixed,
             };
-            let plan_tensors: Vec<PlanTensor> = groups
-                .iter()
-                .enumerate()
-                .flat_map(|(gi, g)| g.tensors.iter().map(move |t| (gi, t)))
-                .map(|(gi, t)| PlanTensor {
-                    group: gi,
-                    param: (index_of(&t.param), t.param.size(), t.param_offset),
-                    grad: (index_of(&t.grad), t.grad.size(), t.grad_offset),
-                    len: t.len,
-                })
-                .collect();
-            let plan = GpuPlan::new(
-                &plan_tensors,
-                PlanLimits {
-                    max_binding,
-                    stride,
-                    chunk,
-                    torch_norm: config.grad_norm_order == GradNormOrder::TorchCpu
-                        && (config.max_grad_norm.is_some() || config.loss_scaling),
-                    elem_bytes: (prec.param.size(), prec.grad.size()),
-                    mixed,
-                },
-            )?;
-            let GpuPlan {
-                arena_fill,
-                keys,
-                tensor_lists,
-                ..
-            } = &plan;
+            let plan = GpuPlan::new(&plan_tensors, plan_limits)?;
             let kernel = Kernel::new(device, ept, &config, native_f16);
             let n_groups = groups.len() as u32;
-            let total_chunks = plan.total_chunks();
             let mut globals = Globals::new(&config, n_groups);
             globals.groups_at = COUNTER_WORDS;
             globals.scalars_at = globals.groups_at + 4 * n_groups;
-            globals.chunks_at = globals.scalars_at + SCALAR_WORDS * n_groups;
-            globals.n_chunks = total_chunks as u32;
-            globals.n_tensors = plan.tensors.len() as u32;
-            let tables = plan.meta_tables(globals.chunks_at);
-            globals.segments_at = tables.segments_at;
-            globals.tensors_at = tables.end;
-            globals.tensor_norms_at = 4 * total_chunks as u32;
-            let total_tensor_entries: usize = tensor_lists.iter().map(Vec::len).sum();
+            globals.sched_at = globals.scalars_at + SCALAR_WORDS * n_groups;
             let ctxs: Vec<_> = configs
                 .iter()
                 .enumerate()
                 .map(|(i, g)| config.group_ctx(i, g))
                 .collect();
             let region = Region::new(&config.schedule, &ctxs);
-            // Stochastic rounding: the seed, then each chunk's first element's index in
-            // registration order (before the schedule region, whose state runs to the end).
-            let sr_table: Vec<u32> = match config.stochastic_rounding {
-                None => Vec::new(),
-                Some(seed) => {
-                    let mut first_index = Vec::with_capacity(plan.tensors.len());
-                    let mut total = 0u64;
-                    for t in &plan.tensors {
-                        first_index.push(total);
-                        total += t.len;
-                    }
-                    [seed as u32, (seed >> 32) as u32]
-                        .into_iter()
-                        .chain(plan.run_origins.iter().flatten().map(|&(t, off)| {
-                            // Indices are taken mod 2^32 (the generator's key).
-                            (first_index[t] + off) as u32
-                        }))
-                        .collect()
-                }
-            };
-            let sr_at = globals.tensors_at + 4 * total_tensor_entries as u32;
-            if !sr_table.is_empty() {
-                globals.sr_at = sr_at;
-            }
-            globals.sched_at = sr_at + sr_table.len() as u32;
             globals.sched_stride = region.stride;
             globals.sched_state_at = region.state_at;
-            let meta_words = globals.sched_at as usize + region.words.len();
+            // The tables that depend on where the gradients are come last, with room for
+            // any re-pointing of them ([`GpuAdamW::set_grads`]).
+            let tables = plan.table_layout(
+                globals.sched_at + region.words.len() as u32,
+                config.stochastic_rounding.is_some(),
+            );
+            globals.n_tensors = plan.tensors.len() as u32;
+            globals.tensors_at = tables.tensors_at;
+            globals.segments_at = tables.segments_at;
+            globals.chunks_at = tables.chunks_at;
+            globals.tensor_norms_at = 4 * tables.chunk_capacity as u32;
+            if config.stochastic_rounding.is_some() {
+                globals.sr_at = tables.sr_at;
+            }
+            let meta_words = tables.end as usize;
             let mut meta_init = vec![0u32; meta_words];
-            meta_init[globals.sched_at as usize..].copy_from_slice(&region.words);
+            meta_init[globals.sched_at as usize..][..region.words.len()]
+                .copy_from_slice(&region.words);
             for (gi, g) in groups.iter().enumerate() {
                 let (lr, wd) = config.resolve(&g.config);
                 let at = globals.groups_at as usize + 4 * gi;
                 meta_init[at] = (lr as f32).to_bits();
                 meta_init[at + 1] = (wd as f32).to_bits();
-            }
-            let tables = tables
-                .chunks
-                .iter()
-                .chain(&tables.segments)
-                .chain(&tables.maps)
-                .chain(tensor_lists.iter().flatten().flatten());
-            let tables = tables.chain(&sr_table);
-            for (word, &w) in meta_init[globals.chunks_at as usize..globals.sched_at as usize]
-                .iter_mut()
-                .zip(tables)
-            {
-                *word = w;
             }
             let meta = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw meta"),
@@ -339,14 +330,16 @@ impl GpuAdamW {
             // Uniforms: globals at 0, then one DispatchInfo per dispatch at aligned offsets.
             let ualign = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
             let globals_size = std::mem::size_of::<Globals>() as u64;
-            let info_at = |i: usize| globals_size.div_ceil(ualign) * ualign + i as u64 * ualign;
+            let uniforms = UniformLayout {
+                first_info: globals_size.div_ceil(ualign) * ualign,
+                stride: ualign,
+            };
             let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw uniforms"),
-                size: info_at(keys.len()).max(info_at(0) + ualign),
+                size: uniforms.info_at(tables.key_capacity.max(1)),
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            queue.write_buffer(&uniform, 0, bytemuck::bytes_of(&globals));
 
             let state_bytes = prec.state_dtype().size();
             let f32_buffer = |label: &str, elems: u64| {
@@ -370,16 +363,18 @@ impl GpuAdamW {
                 })
             };
             let arenas = Arenas {
-                exp_avg: arena_fill
+                exp_avg: plan
+                    .arena_fill
                     .iter()
                     .map(|&n| state_buffer("exp_avg", n))
                     .collect(),
-                exp_avg_sq: arena_fill
+                exp_avg_sq: plan
+                    .arena_fill
                     .iter()
                     .map(|&n| state_buffer("exp_avg_sq", n))
                     .collect(),
                 max_exp_avg_sq: if config.amsgrad {
-                    arena_fill
+                    plan.arena_fill
                         .iter()
                         .map(|&n| state_buffer("max_exp_avg_sq", n))
                         .collect()
@@ -387,7 +382,7 @@ impl GpuAdamW {
                     vec![state_buffer("max_exp_avg_sq (unused)", 4)]
                 },
                 master: if prec.master_weights {
-                    arena_fill
+                    plan.arena_fill
                         .iter()
                         .map(|&n| f32_buffer("master weights", n))
                         .collect()
@@ -396,7 +391,7 @@ impl GpuAdamW {
                 },
                 ema: if config.ema_decay.is_some() {
                     let bytes = config.ema_dtype().size();
-                    arena_fill
+                    plan.arena_fill
                         .iter()
                         .map(|&n| f32_buffer("weight EMA", (n * bytes).div_ceil(4)))
                         .collect()
@@ -405,7 +400,7 @@ impl GpuAdamW {
                 },
                 grad_acc: if config.accumulate > 1 {
                     let bytes = config.grad_acc_dtype().size();
-                    arena_fill
+                    plan.arena_fill
                         .iter()
                         .map(|&n| f32_buffer("accumulated gradients", (n * bytes).div_ceil(4)))
                         .collect()
@@ -440,7 +435,7 @@ impl GpuAdamW {
             );
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw grad-norm partials"),
-                size: (16 * total_chunks as u64 + 8 * plan.tensors.len() as u64).max(16),
+                size: (16 * tables.chunk_capacity as u64 + 8 * plan.tensors.len() as u64).max(16),
                 usage: storage,
                 mapped_at_creation: false,
             });
@@ -449,12 +444,7 @@ impl GpuAdamW {
             // buffer of another instance may name one of the buffers just created here.
             let own: Vec<&wgpu::Buffer> = [&meta, &uniform, &amp, &partials]
                 .into_iter()
-                .chain(&arenas.exp_avg)
-                .chain(&arenas.exp_avg_sq)
-                .chain(&arenas.max_exp_avg_sq)
-                .chain(&arenas.master)
-                .chain(&arenas.ema)
-                .chain(&arenas.grad_acc)
+                .chain(arenas.buffers())
                 .collect();
             for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
                 if own.contains(&&t.param) || own.contains(&&t.grad) {
@@ -477,145 +467,7 @@ impl GpuAdamW {
                     (13, partials.as_entire_binding()),
                 ],
             );
-            let max_dim = limits.max_compute_workgroups_per_dimension.max(1);
-            let mut dispatches = Vec::new();
-            let mut first_chunk = 0u32;
-            let mut first_tensor = 0u32;
-            for (k, key) in keys.iter().enumerate() {
-                let &(p_buf, p_win, g_buf, g_win, arena) = key;
-                let (param, grad) = (&buffers[p_buf], &buffers[g_buf]);
-                let n_chunks = plan.chunk_lists[k].len() as u32;
-                let n_runs = plan.runs_of(k) as u32;
-                let grid = |n: u32| -> Result<Option<(u32, u32)>> {
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    let x = n.min(max_dim);
-                    if n.div_ceil(x) > max_dim {
-                        return Err(Error::DeviceLimit(format!(
-                            "{n} chunks exceed the dispatch grid"
-                        )));
-                    }
-                    Ok(Some((x, n.div_ceil(x))))
-                };
-                let (grid_x, grid_y) = grid(n_chunks)?.unwrap_or((1, 1));
-                let run_grid = grid(n_runs)?;
-                let packed_grid = grid(n_chunks - n_runs)?;
-                let n_tensors = tensor_lists[k].len() as u32;
-                let info = DispatchInfo {
-                    first_chunk,
-                    n_chunks,
-                    grid_x,
-                    first_tensor,
-                    n_tensors,
-                    n_runs,
-                    packed_grid_x: packed_grid.map_or(1, |g| g.0),
-                    _pad: 0,
-                };
-                queue.write_buffer(&uniform, info_at(k), bytemuck::bytes_of(&info));
-                first_chunk += n_chunks;
-                first_tensor += n_tensors;
-                let (_, p_size) = window_of(p_win, param.size(), max_binding, stride);
-                let (_, g_size) = window_of(g_win, grad.size(), max_binding, stride);
-                let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { arena } else { 0 }];
-                let stand_in = &arenas.max_exp_avg_sq[0];
-                // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
-                let head = || {
-                    let info = std::mem::size_of::<DispatchInfo>() as u64;
-                    vec![
-                        (0, binding(&uniform, 0, globals_size)),
-                        (1, binding(&uniform, info_at(k), info)),
-                        (2, meta.as_entire_binding()),
-                        (4, binding(grad, g_win, g_size / 4 * 4)),
-                    ]
-                };
-                let bind_group = if mixed {
-                    let info = std::mem::size_of::<DispatchInfo>() as u64;
-                    let master = &arenas.master[if prec.master_weights { arena } else { 0 }];
-                    let ema = &arenas.ema[if config.ema_decay.is_some() { arena } else { 0 }];
-                    make_bind_group(
-                        device,
-                        "wgpu-adamw update_mixed",
-                        &kernel.update_mixed_layout,
-                        vec![
-                            (0, binding(&uniform, 0, globals_size)),
-                            (1, binding(&uniform, info_at(k), info)),
-                            (2, meta.as_entire_binding()),
-                            (16, binding(param, p_win, p_size / 4 * 4)),
-                            (
-                                17,
-                                match arenas.grad_acc.get(arena) {
-                                    Some(acc) => acc.as_entire_binding(),
-                                    None => binding(grad, g_win, g_size / 4 * 4),
-                                },
-                            ),
-                            (18, arenas.exp_avg[arena].as_entire_binding()),
-                            (19, arenas.exp_avg_sq[arena].as_entire_binding()),
-                            (20, vmax.as_entire_binding()),
-                            (21, master.as_entire_binding()),
-                            (22, ema.as_entire_binding()),
-                        ],
-                    )
-                } else {
-                    let mut update_entries = head();
-                    update_entries.extend([
-                        (3, binding(param, p_win, p_size / 4 * 4)),
-                        (5, arenas.exp_avg[arena].as_entire_binding()),
-                        (6, arenas.exp_avg_sq[arena].as_entire_binding()),
-                        (7, vmax.as_entire_binding()),
-                        (14, vec4_view(param, p_win, p_size, stand_in)),
-                        (15, vec4_view(grad, g_win, g_size, stand_in)),
-                    ]);
-                    make_bind_group(
-                        device,
-                        "wgpu-adamw update",
-                        &kernel.update_layout,
-                        update_entries,
-                    )
-                };
-                let mut reduce_entries = head();
-                if let Some(acc) = arenas.grad_acc.get(arena) {
-                    // The norm and the non-finite check see the accumulated gradients.
-                    reduce_entries.retain(|(b, _)| *b != 4);
-                    reduce_entries.push((4, acc.as_entire_binding()));
-                }
-                reduce_entries.extend([
-                    (10, amp.as_entire_binding()),
-                    (12, partials.as_entire_binding()),
-                ]);
-                let reduce_bind_group = make_bind_group(
-                    device,
-                    "wgpu-adamw reduce",
-                    &kernel.reduce_layout,
-                    reduce_entries,
-                );
-                let accumulate_bind_group = arenas.grad_acc.get(arena).map(|acc| {
-                    let info = std::mem::size_of::<DispatchInfo>() as u64;
-                    make_bind_group(
-                        device,
-                        "wgpu-adamw accumulate",
-                        &kernel.accumulate_layout,
-                        vec![
-                            (0, binding(&uniform, 0, globals_size)),
-                            (1, binding(&uniform, info_at(k), info)),
-                            (2, meta.as_entire_binding()),
-                            (17, binding(grad, g_win, g_size / 4 * 4)),
-                            (23, acc.as_entire_binding()),
-                        ],
-                    )
-                });
-                dispatches.push(Dispatch {
-                    bind_group,
-                    reduce_bind_group,
-                    accumulate_bind_group,
-                    grid: (grid_x, grid_y),
-                    run_grid,
-                    packed_grid,
-                    tensor_groups: n_tensors.div_ceil(8),
-                });
-            }
-
-            Ok(Self {
+            let mut opt = Self {
                 device: device.clone(),
                 queue: queue.clone(),
                 config,
@@ -624,13 +476,42 @@ impl GpuAdamW {
                 globals,
                 meta,
                 amp,
+                uniform,
+                partials,
+                uniforms,
+                tables,
                 arenas,
-                tensors: plan.tensors,
+                tensors: Vec::new(),
+                params: groups
+                    .iter()
+                    .flat_map(|g| &g.tensors)
+                    .map(|t| (t.param.clone(), t.param_offset))
+                    .collect(),
+                plan_limits,
                 prologue_bind_group,
-                dispatches,
+                dispatches: Vec::new(),
+                bind_groups: HashMap::new(),
+                param_ranges: param_ranges(&groups, prec.param),
+                belt: wgpu::util::StagingBelt::new(
+                    device.clone(),
+                    (4 * u64::from(tables.end - tables.tensors_at)
+                        + uniforms.info_at(tables.key_capacity))
+                    .next_power_of_two()
+                    .max(1 << 12),
+                ),
+                uniform_bytes: Vec::new(),
+                grad_patch: None,
                 max_binding_size: max_binding,
                 native_f16,
-            })
+            };
+            let grad_buffers: Vec<wgpu::Buffer> = groups
+                .iter()
+                .flat_map(|g| &g.tensors)
+                .map(|t| t.grad.clone())
+                .collect();
+            opt.apply_plan(&plan, &buffers, &grad_buffers, None)?;
+            opt.tensors = plan.tensors;
+            Ok(opt)
         })??;
         if opt.config.precision.master_weights || opt.config.ema_decay.is_some() {
             opt.init_weights(&groups)?;
@@ -651,6 +532,11 @@ impl GpuAdamW {
     /// Per-group overrides, in group order (with the changes made at run time).
     pub fn groups(&self) -> Vec<GroupConfig> {
         self.groups.read().expect("not poisoned").clone()
+    }
+
+    /// The byte in `meta` after the schedule region (and its state, at the region's end).
+    fn schedule_end(&self) -> u64 {
+        4 * u64::from(self.tables.tensors_at)
     }
 
     fn n_groups(&self) -> usize {
@@ -681,6 +567,97 @@ impl GpuAdamW {
     /// Number of registered tensors.
     pub fn num_tensors(&self) -> usize {
         self.tensors.len()
+    }
+
+    /// Points the optimizer at new gradients, one [`GradBinding`] per registered tensor in
+    /// registration order, for an engine whose gradients are new allocations every step.
+    /// Nothing is copied: the dispatches bind the new buffers (their bind groups are kept
+    /// and reused while the engine reuses its buffers) and the chunk tables are rewritten
+    /// by a copy recorded into `encoder`. Steps recorded after this call, into `encoder` or
+    /// into encoders submitted after it, read these gradients; the state, the parameters
+    /// and everything else stay as they are.
+    ///
+    /// Keep the gradient buffers alive, unchanged, until the step that reads them has run.
+    /// A count or length that differs from the registered tensors', an offset that is not
+    /// a multiple of the element size, a range past the buffer's end, a buffer without
+    /// `STORAGE`, or gradients that overlap a tensor's parameters is an error, and the
+    /// optimizer is left as it was.
+    pub fn set_grads(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &[GradBinding],
+    ) -> Result<()> {
+        if grads.len() != self.tensors.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} gradient bindings for {} registered tensors",
+                grads.len(),
+                self.tensors.len()
+            )));
+        }
+        for (i, (g, t)) in grads.iter().zip(&self.tensors).enumerate() {
+            if g.len != t.len {
+                return Err(Error::InvalidTensor {
+                    tensor: i,
+                    reason: format!(
+                        "{} gradient elements for a tensor of {} elements",
+                        g.len, t.len
+                    ),
+                });
+            }
+        }
+        let own: Vec<&wgpu::Buffer> = [&self.meta, &self.uniform, &self.amp, &self.partials]
+            .into_iter()
+            .chain(self.arenas.buffers())
+            .collect();
+        let ty = self.config.precision.grad;
+        for (i, g) in grads.iter().enumerate() {
+            let err = |reason: String| Error::InvalidTensor { tensor: i, reason };
+            check_range("grad", &g.buffer, g.offset, g.len, ty).map_err(err)?;
+            if own.contains(&&g.buffer) {
+                return Err(err(
+                    "its buffer is not one of this device's (from another wgpu::Instance?)".into(),
+                ));
+            }
+            // Gradients may share bytes with each other (they are only read), not with
+            // parameters (they are written).
+            let (start, end) = (g.offset, g.offset + ty.size() * g.len);
+            if let Some(ranges) = self.param_ranges.get(&g.buffer) {
+                let after = ranges.partition_point(|r| r.1 <= start);
+                if let Some(&(p_start, _, tensor)) = ranges.get(after) {
+                    if p_start < end && g.len > 0 {
+                        return Err(err(format!(
+                            "the gradients of tensor {i} overlap the parameters of tensor {tensor}"
+                        )));
+                    }
+                }
+            }
+        }
+        let elem = ty.size();
+        if let Some(patch) = &mut self.grad_patch {
+            if grads
+                .iter()
+                .zip(&patch.buffers)
+                .all(|(g, b)| g.buffer == *b)
+            {
+                // The same buffers, bound whole: the dispatches stand, the places change.
+                for &(word, t, rel) in &patch.fields {
+                    patch.words[word] = (grads[t].offset / elem) as u32 + rel;
+                }
+                let words = std::mem::take(&mut patch.words);
+                self.upload_tables(&words, None, Some(encoder));
+                if let Some(patch) = &mut self.grad_patch {
+                    patch.words = words;
+                }
+                return Ok(());
+            }
+        }
+        let (buffers, planned) =
+            plan_tensors(self.params.iter().zip(grads).zip(&self.tensors).map(
+                |(((param, p_off), g), t)| (t.group, param, *p_off, &g.buffer, g.offset, g.len),
+            ));
+        let plan = GpuPlan::with_state(&planned, self.plan_limits, Some(&self.tensors))?;
+        let grad_buffers: Vec<wgpu::Buffer> = grads.iter().map(|g| g.buffer.clone()).collect();
+        self.apply_plan(&plan, &buffers, &grad_buffers, Some(encoder))
     }
 
     /// Records one optimizer step into `pass`, an open compute pass of the engine's.
@@ -976,7 +953,7 @@ impl GpuAdamW {
         let mut ranges = vec![
             (&self.meta, 0, 4 * u64::from(COUNTER_WORDS)),
             (&self.amp, 0, 4 * CONTROL_WORDS as u64),
-            (&self.meta, state_at, self.meta.size() - state_at),
+            (&self.meta, state_at, self.schedule_end() - state_at),
         ];
         for (arenas, _) in streams.iter().flatten() {
             ranges.extend(arenas.iter().map(|b| (b, 0, b.size())));
@@ -1058,7 +1035,7 @@ impl GpuAdamW {
             .collect();
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
-        let state_len = ((self.meta.size() - state_at) / 4) as usize;
+        let state_len = ((self.schedule_end() - state_at) / 4) as usize;
         let mut groups = self.groups.write().expect("not poisoned");
         state.check_matches(&self.config, &groups, &shape, state_len)?;
         for (i, gc) in state.groups.iter().enumerate() {
@@ -1452,6 +1429,42 @@ fn write_elem(words: &mut [u32], i: usize, x: f32, ty: Dtype) {
     }
 }
 
+/// Checks that `len` elements of type `ty` at byte `off` of `buf` can be bound: the offset
+/// aligned to the element, `STORAGE` usage, whole 32-bit words, in bounds.
+fn check_range(
+    what: &str,
+    buf: &wgpu::Buffer,
+    off: u64,
+    len: u64,
+    ty: Dtype,
+) -> std::result::Result<(), String> {
+    let size = ty.size();
+    if !off.is_multiple_of(size) {
+        return Err(format!(
+            "{what} offset {off} is not a multiple of {size} ({} elements)",
+            ty.name()
+        ));
+    }
+    if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(format!("{what} buffer lacks BufferUsages::STORAGE"));
+    }
+    if ty.is_16bit() && len > 0 && !buf.size().is_multiple_of(4) {
+        return Err(format!(
+            "the {what} buffer holds {} elements: its size ({} bytes) must be a multiple of 4 (storage is bound in 32-bit words)",
+            ty.name(),
+            buf.size()
+        ));
+    }
+    let end = len.checked_mul(size).and_then(|b| b.checked_add(off));
+    if end.is_none_or(|e| e > buf.size()) {
+        return Err(format!(
+            "{what} range of {len} elements at byte {off} runs past the buffer's end ({} bytes)",
+            buf.size()
+        ));
+    }
+    Ok(())
+}
+
 fn validate_bindings(groups: &[ParamGroup], precision: &Precision) -> Result<()> {
     #[allow(clippy::mutable_key_type)] // hashed by identity
     let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize, bool)>> = HashMap::new();
@@ -1466,31 +1479,7 @@ fn validate_bindings(groups: &[ParamGroup], precision: &Precision) -> Result<()>
                 ("param", &t.param, t.param_offset, precision.param),
                 ("grad", &t.grad, t.grad_offset, precision.grad),
             ] {
-                let size = ty.size();
-                if off % size != 0 {
-                    return Err(err(format!(
-                        "{what} offset {off} is not a multiple of {size} ({} elements)",
-                        ty.name()
-                    )));
-                }
-                if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                    return Err(err(format!("{what} buffer lacks BufferUsages::STORAGE")));
-                }
-                if ty.is_16bit() && t.len > 0 && buf.size() % 4 != 0 {
-                    return Err(err(format!(
-                        "the {what} buffer holds {} elements: its size ({} bytes) must be a multiple of 4 (storage is bound in 32-bit words)",
-                        ty.name(),
-                        buf.size()
-                    )));
-                }
-                let end = t.len.checked_mul(size).and_then(|b| b.checked_add(off));
-                if end.is_none_or(|e| e > buf.size()) {
-                    return Err(err(format!(
-                        "{what} range of {} elements at byte {off} runs past the buffer's end ({} bytes)",
-                        t.len,
-                        buf.size()
-                    )));
-                }
+                check_range(what, buf, off, t.len, ty).map_err(err)?;
             }
             if t.len > 0 {
                 for (buf, off, is_param, ty) in [
@@ -1558,5 +1547,391 @@ impl GpuAdamW {
             );
         }
         Ok(())
+    }
+}
+
+/// The tables of the current gradients, for re-pointing to other places in the same
+/// buffers without a new plan.
+#[derive(Debug)]
+struct GradPatch {
+    /// Each tensor's gradient buffer.
+    buffers: Vec<wgpu::Buffer>,
+    /// `(index in words, tensor, elements after the tensor's first gradient)` of every word
+    /// that holds a gradient's place.
+    fields: Vec<(usize, usize, u32)>,
+    /// The table words from the tensor lists on, as last uploaded.
+    words: Vec<u32>,
+}
+
+/// Where each dispatch's `DispatchInfo` sits in the uniform buffer (after the globals).
+#[derive(Clone, Copy, Debug)]
+struct UniformLayout {
+    first_info: u64,
+    stride: u64,
+}
+
+impl UniformLayout {
+    fn info_at(&self, k: usize) -> u64 {
+        self.first_info + k as u64 * self.stride
+    }
+}
+
+/// A dispatch's bind groups are a function of these: its param and grad windows, its state
+/// arena and its place in the dispatch list (its `DispatchInfo`).
+type BindKey = (wgpu::Buffer, u64, wgpu::Buffer, u64, usize, usize);
+
+/// The bind groups of one dispatch: `update` (or `update_mixed`), `reduce`, `accumulate`.
+type DispatchBindGroups = (wgpu::BindGroup, wgpu::BindGroup, Option<wgpu::BindGroup>);
+
+/// Bind groups kept for re-pointed gradients, at most (an engine that reuses its gradient
+/// buffers from step to step finds them all here; one that does not starts over).
+const BIND_GROUP_CACHE: usize = 4096;
+
+/// Each param buffer's registered ranges, sorted: `(start byte, end byte, tensor)`.
+#[allow(clippy::mutable_key_type)] // hashed by identity
+fn param_ranges(groups: &[ParamGroup], ty: Dtype) -> HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> {
+    let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> = HashMap::new();
+    for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
+        if t.len > 0 {
+            let r = (t.param_offset, t.param_offset + ty.size() * t.len, i);
+            ranges.entry(t.param.clone()).or_default().push(r);
+        }
+    }
+    for list in ranges.values_mut() {
+        list.sort_unstable();
+    }
+    ranges
+}
+
+/// The distinct engine buffers (by index; wgpu hashes buffers by identity) and the plan's
+/// view of each tensor, from `(group, param, param offset, grad, grad offset, len)`.
+fn plan_tensors<'a>(
+    tensors: impl Iterator<Item = (usize, &'a wgpu::Buffer, u64, &'a wgpu::Buffer, u64, u64)>,
+) -> (Vec<wgpu::Buffer>, Vec<PlanTensor>) {
+    let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+    #[allow(clippy::mutable_key_type)]
+    let mut buffer_index: HashMap<&wgpu::Buffer, usize> = HashMap::new();
+    let mut index_of = |b: &'a wgpu::Buffer| {
+        *buffer_index.entry(b).or_insert_with(|| {
+            buffers.push(b.clone());
+            buffers.len() - 1
+        })
+    };
+    let planned = tensors
+        .map(|(group, param, p_off, grad, g_off, len)| PlanTensor {
+            group,
+            param: (index_of(param), param.size(), p_off),
+            grad: (index_of(grad), grad.size(), g_off),
+            len,
+        })
+        .collect();
+    (buffers, planned)
+}
+
+impl GpuAdamW {
+    /// Makes `plan` (of this optimizer's parameters and state) the one its steps follow:
+    /// its dispatches, and its tables in `meta` and the uniforms, uploaded with `encoder`
+    /// (ordered before the steps recorded after it) or, at creation, the queue. Nothing
+    /// changes on an error.
+    fn apply_plan(
+        &mut self,
+        plan: &GpuPlan,
+        buffers: &[wgpu::Buffer],
+        grad_buffers: &[wgpu::Buffer],
+        encoder: Option<&mut wgpu::CommandEncoder>,
+    ) -> Result<()> {
+        let lay = self.tables;
+        if plan.total_chunks() > lay.chunk_capacity || plan.keys.len() > lay.key_capacity {
+            return Err(Error::Unsupported(format!(
+                "the plan of these gradients needs {} chunks and {} dispatches; room was made for {} and {}",
+                plan.total_chunks(),
+                plan.keys.len(),
+                lay.chunk_capacity,
+                lay.key_capacity
+            )));
+        }
+        let max_dim = self
+            .device
+            .limits()
+            .max_compute_workgroups_per_dimension
+            .max(1);
+        let grid = |n: u32| -> Result<Option<(u32, u32)>> {
+            if n == 0 {
+                return Ok(None);
+            }
+            let x = n.min(max_dim);
+            if n.div_ceil(x) > max_dim {
+                return Err(Error::DeviceLimit(format!(
+                    "{n} chunks exceed the dispatch grid"
+                )));
+            }
+            Ok(Some((x, n.div_ceil(x))))
+        };
+        let mut globals = self.globals;
+        globals.n_chunks = plan.total_chunks() as u32;
+        let mut uniform = vec![0u8; self.uniforms.info_at(plan.keys.len()) as usize];
+        uniform[..std::mem::size_of::<Globals>()].copy_from_slice(bytemuck::bytes_of(&globals));
+        #[allow(clippy::mutable_key_type)] // hashed by identity
+        let mut cache = std::mem::take(&mut self.bind_groups);
+        if cache.len() + plan.keys.len() > BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        let mut dispatches = Vec::with_capacity(plan.keys.len());
+        let (mut first_chunk, mut first_tensor) = (0u32, 0u32);
+        let built = (|| -> Result<()> {
+            for (k, &(p_buf, p_win, g_buf, g_win, arena)) in plan.keys.iter().enumerate() {
+                let n_chunks = plan.chunk_lists[k].len() as u32;
+                let n_runs = plan.runs_of(k) as u32;
+                let (grid_x, grid_y) = grid(n_chunks)?.unwrap_or((1, 1));
+                let run_grid = grid(n_runs)?;
+                let packed_grid = grid(n_chunks - n_runs)?;
+                let n_tensors = plan.tensor_lists[k].len() as u32;
+                let info = DispatchInfo {
+                    first_chunk,
+                    n_chunks,
+                    grid_x,
+                    first_tensor,
+                    n_tensors,
+                    n_runs,
+                    packed_grid_x: packed_grid.map_or(1, |g| g.0),
+                    _pad: 0,
+                };
+                let at = self.uniforms.info_at(k) as usize;
+                uniform[at..at + std::mem::size_of::<DispatchInfo>()]
+                    .copy_from_slice(bytemuck::bytes_of(&info));
+                first_chunk += n_chunks;
+                first_tensor += n_tensors;
+                let key: BindKey = (
+                    buffers[p_buf].clone(),
+                    p_win,
+                    buffers[g_buf].clone(),
+                    g_win,
+                    arena,
+                    k,
+                );
+                let (bind_group, reduce_bind_group, accumulate_bind_group) = match cache.get(&key) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = checked(&self.device, || {
+                            self.dispatch_bind_groups(&key.0, p_win, &key.2, g_win, arena, k)
+                        })?;
+                        cache.insert(key, b.clone());
+                        b
+                    }
+                };
+                dispatches.push(Dispatch {
+                    bind_group,
+                    reduce_bind_group,
+                    accumulate_bind_group,
+                    grid: (grid_x, grid_y),
+                    run_grid,
+                    packed_grid,
+                    tensor_groups: n_tensors.div_ceil(8),
+                });
+            }
+            Ok(())
+        })();
+        self.bind_groups = cache;
+        built?;
+
+        // The tables, from `lay.tensors_at` to the end of the element maps in use.
+        let tables = plan.meta_tables(&lay);
+        let mut words = vec![0u32; (lay.maps_at - lay.tensors_at) as usize + tables.maps.len()];
+        let mut put = |at: u32, src: &[u32]| {
+            let at = (at - lay.tensors_at) as usize;
+            words[at..at + src.len()].copy_from_slice(src);
+        };
+        let lists: Vec<u32> = plan
+            .tensor_lists
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        put(lay.tensors_at, &lists);
+        if let Some(seed) = self.config.stochastic_rounding {
+            // The seed, then each run chunk's first element's index in registration order
+            // (taken mod 2^32, the generator's key).
+            let mut first_index = Vec::with_capacity(plan.tensors.len());
+            let mut total = 0u64;
+            for t in &plan.tensors {
+                first_index.push(total);
+                total += t.len;
+            }
+            let sr: Vec<u32> = [seed as u32, (seed >> 32) as u32]
+                .into_iter()
+                .chain(
+                    plan.run_origins
+                        .iter()
+                        .flatten()
+                        .map(|&(t, off)| (first_index[t] + off) as u32),
+                )
+                .collect();
+            put(lay.sr_at, &sr);
+        }
+        put(lay.segments_at, &tables.segments);
+        put(lay.chunks_at, &tables.chunks);
+        put(lay.maps_at, &tables.maps);
+        let uniform_changed = uniform != self.uniform_bytes;
+        self.upload_tables(&words, uniform_changed.then_some(&uniform[..]), encoder);
+        self.uniform_bytes = uniform;
+        self.globals = globals;
+        self.dispatches = dispatches;
+        // Where every gradient buffer is bound whole, a later re-pointing to the same
+        // buffers only rewrites the gradients' places in these words.
+        let whole = grad_buffers
+            .iter()
+            .all(|b| b.size() <= self.plan_limits.max_binding);
+        self.grad_patch = whole.then(|| GradPatch {
+            buffers: grad_buffers.to_vec(),
+            fields: tables
+                .grad_fields
+                .iter()
+                .map(|&(word, t, rel)| ((word - lay.tensors_at) as usize, t as usize, rel))
+                .collect(),
+            words,
+        });
+        Ok(())
+    }
+
+    /// Uploads the tables `words` (from the tensor lists on) and, if given, the uniform block:
+    /// recorded into `encoder` (in command order, before the steps recorded after it) or,
+    /// without one, written by the queue.
+    fn upload_tables(
+        &mut self,
+        words: &[u32],
+        uniform: Option<&[u8]>,
+        encoder: Option<&mut wgpu::CommandEncoder>,
+    ) {
+        let meta_at = 4 * u64::from(self.tables.tensors_at);
+        let uploads = [
+            Some((&self.meta, meta_at, bytemuck::cast_slice::<u32, u8>(words))),
+            uniform.map(|u| (&self.uniform, 0, u)),
+        ];
+        match encoder {
+            None => {
+                for (dst, at, bytes) in uploads.into_iter().flatten() {
+                    self.queue.write_buffer(dst, at, bytes);
+                }
+            }
+            Some(encoder) => {
+                for (dst, at, bytes) in uploads.into_iter().flatten() {
+                    if let Some(size) = wgpu::BufferSize::new(bytes.len() as u64) {
+                        self.belt
+                            .write_buffer(encoder, dst, at, size)
+                            .copy_from_slice(bytes);
+                    }
+                }
+                // The belt's buffers return to it once `encoder` has been submitted and run.
+                self.belt.finish_and_recall_on_submit(encoder);
+            }
+        }
+    }
+
+    /// The bind groups of dispatch `k` over the given param and grad windows and state arena.
+    fn dispatch_bind_groups(
+        &self,
+        param: &wgpu::Buffer,
+        p_win: u64,
+        grad: &wgpu::Buffer,
+        g_win: u64,
+        arena: usize,
+        k: usize,
+    ) -> DispatchBindGroups {
+        let (device, kernel, arenas, config) =
+            (&self.device, &self.kernel, &self.arenas, &self.config);
+        let prec = config.precision;
+        let globals_size = std::mem::size_of::<Globals>() as u64;
+        let info_size = std::mem::size_of::<DispatchInfo>() as u64;
+        let (uniform, meta) = (&self.uniform, &self.meta);
+        let (max_binding, stride) = (self.plan_limits.max_binding, self.plan_limits.stride);
+        let (_, p_size) = window_of(p_win, param.size(), max_binding, stride);
+        let (_, g_size) = window_of(g_win, grad.size(), max_binding, stride);
+        let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { arena } else { 0 }];
+        let stand_in = &arenas.max_exp_avg_sq[0];
+        let info_at = self.uniforms.info_at(k);
+        // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
+        let head = || {
+            vec![
+                (0, binding(uniform, 0, globals_size)),
+                (1, binding(uniform, info_at, info_size)),
+                (2, meta.as_entire_binding()),
+                (4, binding(grad, g_win, g_size / 4 * 4)),
+            ]
+        };
+        let bind_group = if self.kernel.update_mixed.is_some() {
+            let master = &arenas.master[if prec.master_weights { arena } else { 0 }];
+            let ema = &arenas.ema[if config.ema_decay.is_some() { arena } else { 0 }];
+            make_bind_group(
+                device,
+                "wgpu-adamw update_mixed",
+                &kernel.update_mixed_layout,
+                vec![
+                    (0, binding(uniform, 0, globals_size)),
+                    (1, binding(uniform, info_at, info_size)),
+                    (2, meta.as_entire_binding()),
+                    (16, binding(param, p_win, p_size / 4 * 4)),
+                    (
+                        17,
+                        match arenas.grad_acc.get(arena) {
+                            Some(acc) => acc.as_entire_binding(),
+                            None => binding(grad, g_win, g_size / 4 * 4),
+                        },
+                    ),
+                    (18, arenas.exp_avg[arena].as_entire_binding()),
+                    (19, arenas.exp_avg_sq[arena].as_entire_binding()),
+                    (20, vmax.as_entire_binding()),
+                    (21, master.as_entire_binding()),
+                    (22, ema.as_entire_binding()),
+                ],
+            )
+        } else {
+            let mut update_entries = head();
+            update_entries.extend([
+                (3, binding(param, p_win, p_size / 4 * 4)),
+                (5, arenas.exp_avg[arena].as_entire_binding()),
+                (6, arenas.exp_avg_sq[arena].as_entire_binding()),
+                (7, vmax.as_entire_binding()),
+                (14, vec4_view(param, p_win, p_size, stand_in)),
+                (15, vec4_view(grad, g_win, g_size, stand_in)),
+            ]);
+            make_bind_group(
+                device,
+                "wgpu-adamw update",
+                &kernel.update_layout,
+                update_entries,
+            )
+        };
+        let mut reduce_entries = head();
+        if let Some(acc) = arenas.grad_acc.get(arena) {
+            // The norm and the non-finite check see the accumulated gradients.
+            reduce_entries.retain(|(b, _)| *b != 4);
+            reduce_entries.push((4, acc.as_entire_binding()));
+        }
+        reduce_entries.extend([
+            (10, self.amp.as_entire_binding()),
+            (12, self.partials.as_entire_binding()),
+        ]);
+        let reduce_bind_group = make_bind_group(
+            device,
+            "wgpu-adamw reduce",
+            &kernel.reduce_layout,
+            reduce_entries,
+        );
+        let accumulate_bind_group = arenas.grad_acc.get(arena).map(|acc| {
+            make_bind_group(
+                device,
+                "wgpu-adamw accumulate",
+                &kernel.accumulate_layout,
+                vec![
+                    (0, binding(uniform, 0, globals_size)),
+                    (1, binding(uniform, info_at, info_size)),
+                    (2, meta.as_entire_binding()),
+                    (17, binding(grad, g_win, g_size / 4 * 4)),
+                    (23, acc.as_entire_binding()),
+                ],
+            )
+        });
+        (bind_group, reduce_bind_group, accumulate_bind_group)
     }
 }

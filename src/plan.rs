@@ -113,6 +113,8 @@ pub(crate) enum ChunkEntry {
 #[derive(Debug, Default)]
 pub(crate) struct PackedChunk {
     pub segments: Vec<[u32; 4]>,
+    /// The tensor of each segment.
+    pub tensors: Vec<usize>,
     pub fill: u64,
 }
 
@@ -120,11 +122,35 @@ pub(crate) struct PackedChunk {
 #[derive(Debug, Default)]
 pub(crate) struct MetaTables {
     pub chunks: Vec<u32>,
-    pub segments_at: u32,
     pub segments: Vec<u32>,
     pub maps: Vec<u32>,
+    /// Every word of the tables (the tensor lists included) that holds a gradient's place,
+    /// as `(word in meta, tensor, elements after the tensor's first gradient)`: where the
+    /// gradients' buffers keep one window, re-pointing them only rewrites these.
+    pub grad_fields: Vec<(u32, u32, u32)>,
+}
+
+/// Word offsets in `meta` of the tables that depend on where the gradients are, and the
+/// room each has ([`GpuPlan::table_layout`]), so that re-pointing the gradients rewrites the
+/// tables in place.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TableLayout {
+    /// Per dispatch, its tensors (the torch_cpu norm order): one entry per tensor.
+    pub tensors_at: u32,
+    /// The stochastic rounding table: the seed, then one word per run chunk.
+    pub sr_at: u32,
+    /// One segment per packed tensor.
+    pub segments_at: u32,
+    /// The chunk table.
+    pub chunks_at: u32,
+    /// Chunks the chunk table has room for.
+    pub chunk_capacity: usize,
+    /// The packed chunks' element maps.
+    pub maps_at: u32,
     /// The word after the last table.
     pub end: u32,
+    /// Dispatch keys any plan of these parameters can have (one per piece at most).
+    pub key_capacity: usize,
 }
 
 /// The whole plan of a GPU optimizer.
@@ -180,6 +206,17 @@ impl GpuPlan {
     /// Plans `groups`: pieces that each fit one window of their buffers and one arena, chunk
     /// tables per dispatch key, short tensors packed per buffer-pair window.
     pub(crate) fn new(tensors: &[PlanTensor], lim: PlanLimits) -> Result<Self> {
+        Self::with_state(tensors, lim, None)
+    }
+
+    /// [`GpuPlan::new`], keeping each tensor's state where `state` (an earlier plan's
+    /// [`GpuPlan::tensors`] for the same parameters) put it: the plan of re-pointed
+    /// gradients. The pieces of a tensor depend on its parameters only, so they match.
+    pub(crate) fn with_state(
+        tensors: &[PlanTensor],
+        lim: PlanLimits,
+        state: Option<&[TensorInfo]>,
+    ) -> Result<Self> {
         let PlanLimits {
             max_binding,
             stride,
@@ -226,15 +263,21 @@ impl GpuPlan {
                     // tightly (no alignment) in that chunk's arena.
                     let (p_win, g_win, p0, g0) = windows(0);
                     let pair = (p_buf, p_win, g_buf, g_win);
+                    let fixed = state.map(|s| s[index].pieces[0]);
                     let slot = open.get(&pair).copied().filter(|&(k, pi)| {
                         plan.packed[pi].fill + t.len <= chunk
-                            && plan.arena_fill[plan.keys[k].4] + t.len <= arena_capacity
+                            && match fixed {
+                                Some(f) => plan.keys[k].4 == f.arena,
+                                None => plan.arena_fill[plan.keys[k].4] + t.len <= arena_capacity,
+                            }
                     });
                     let (k, pi) = match slot {
                         Some(s) => s,
                         None => {
                             let mut arena = plan.arena_fill.len() - 1;
-                            if plan.arena_fill[arena] + t.len > arena_capacity {
+                            if let Some(f) = fixed {
+                                arena = f.arena;
+                            } else if plan.arena_fill[arena] + t.len > arena_capacity {
                                 plan.arena_fill.push(0);
                                 arena += 1;
                             }
@@ -247,8 +290,13 @@ impl GpuPlan {
                         }
                     };
                     let arena = plan.keys[k].4;
-                    let state_offset = plan.arena_fill[arena];
-                    plan.arena_fill[arena] += t.len;
+                    let state_offset = match fixed {
+                        Some(f) => f.state_offset,
+                        None => {
+                            plan.arena_fill[arena] += t.len;
+                            plan.arena_fill[arena] - t.len
+                        }
+                    };
                     let packed = &mut plan.packed[pi];
                     packed.segments.push([
                         p0 as u32,
@@ -256,6 +304,7 @@ impl GpuPlan {
                         state_offset as u32,
                         packed.fill as u32 | (gi as u32) << 16,
                     ]);
+                    packed.tensors.push(index);
                     packed.fill += t.len;
                     plan.tensor_lists[k].push([
                         g0 as u32,
@@ -280,15 +329,26 @@ impl GpuPlan {
                     let len = (t.len - done).min(max_piece);
                     let (p_win, g_win, p0, g0) = windows(done);
                     let parity = if mixed { p0 & 1 } else { 0 };
-                    let mut arena = plan.arena_fill.len() - 1;
-                    // Every run's state starts 256-byte aligned (plus the parity).
-                    let mut state_offset = plan.arena_fill[arena].div_ceil(64) * 64 + parity;
-                    if state_offset + len > arena_capacity {
-                        plan.arena_fill.push(0);
-                        arena += 1;
-                        state_offset = parity;
-                    }
-                    plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
+                    let (arena, state_offset) = match state {
+                        Some(s) => {
+                            let f = s[index].pieces[pieces.len()];
+                            debug_assert_eq!(f.len, len);
+                            (f.arena, f.state_offset)
+                        }
+                        None => {
+                            let mut arena = plan.arena_fill.len() - 1;
+                            // Every run's state starts 256-byte aligned (plus the parity).
+                            let mut state_offset =
+                                plan.arena_fill[arena].div_ceil(64) * 64 + parity;
+                            if state_offset + len > arena_capacity {
+                                plan.arena_fill.push(0);
+                                arena += 1;
+                                state_offset = parity;
+                            }
+                            plan.arena_fill[arena] = (state_offset + len).div_ceil(4) * 4;
+                            (arena, state_offset)
+                        }
+                    };
                     let k = key_of(&mut plan, (p_buf, p_win, g_buf, g_win, arena));
                     if done == 0 {
                         plan.tensor_lists[k].push([
@@ -330,6 +390,15 @@ impl GpuPlan {
                 });
             }
         }
+        if let Some(state) = state {
+            // The arenas' fill is the state's, not this plan's to choose.
+            for p in state.iter().flat_map(|t| &t.pieces) {
+                if plan.arena_fill.len() <= p.arena {
+                    plan.arena_fill.resize(p.arena + 1, 0);
+                }
+                plan.arena_fill[p.arena] = plan.arena_fill[p.arena].max(p.state_offset + p.len);
+            }
+        }
         for fill in &mut plan.arena_fill {
             *fill = fill.div_ceil(4) * 4;
         }
@@ -349,28 +418,76 @@ impl GpuPlan {
             .count()
     }
 
+    /// Where the tables of this plan go in `meta`, from word `at` on, with room for the
+    /// tables of any plan of the same parameters (re-pointed gradients change the packing,
+    /// never the runs, the packed tensors or the tensors' pieces).
+    pub(crate) fn table_layout(&self, at: u32, stochastic_rounding: bool) -> TableLayout {
+        let runs: usize = (0..self.keys.len()).map(|k| self.runs_of(k)).sum();
+        let packed_tensors: usize = self.packed.iter().map(|p| p.segments.len()).sum();
+        let packed_elems: u64 = self.packed.iter().map(|p| p.fill).sum();
+        let listed: usize = self.tensor_lists.iter().map(Vec::len).sum();
+        let tensors_at = at;
+        let sr_at = tensors_at + 4 * listed as u32;
+        let segments_at = sr_at
+            + if stochastic_rounding {
+                2 + runs as u32
+            } else {
+                0
+            };
+        let chunks_at = segments_at + 4 * packed_tensors as u32;
+        let chunk_capacity = runs + packed_tensors;
+        let maps_at = chunks_at + 4 * chunk_capacity as u32;
+        // A packed chunk's map takes ceil(fill / 2) words: at most half its elements plus one.
+        let end = maps_at + (packed_elems / 2) as u32 + packed_tensors as u32;
+        TableLayout {
+            tensors_at,
+            sr_at,
+            segments_at,
+            chunks_at,
+            chunk_capacity,
+            maps_at,
+            end,
+            key_capacity: self.tensors.iter().map(|t| t.pieces.len()).sum(),
+        }
+    }
+
     /// The meta words of the chunk tables of all dispatches, of the segment table and of the
-    /// packed chunks' element maps, for tables that start at word `chunks_at` of `meta`, one
-    /// after the other. A packed chunk's entry is `[first segment, word offset of its element
+    /// packed chunks' element maps, for tables at `layout`'s places. A packed chunk's entry is `[first segment, word offset of its element
     /// map, elements, 0]` (count 0 marks it); its element map holds, for each element, the
     /// index of its segment within the chunk, as 16-bit halves of u32 words (element `i` in
     /// word `i / 2`, bits `16 * (i % 2)..`).
-    pub(crate) fn meta_tables(&self, chunks_at: u32) -> MetaTables {
-        let n_segments: usize = self.packed.iter().map(|p| p.segments.len()).sum();
-        let segments_at = chunks_at + 4 * self.total_chunks() as u32;
-        let maps_at = segments_at + 4 * n_segments as u32;
-        let mut t = MetaTables {
-            segments_at,
-            ..Default::default()
-        };
+    pub(crate) fn meta_tables(&self, layout: &TableLayout) -> MetaTables {
+        let maps_at = layout.maps_at;
+        let mut t = MetaTables::default();
+        for (i, e) in self.tensor_lists.iter().flatten().enumerate() {
+            t.grad_fields
+                .push((layout.tensors_at + 4 * i as u32, e[2], 0));
+        }
         // Per dispatch, its runs first, then its packed chunks.
-        let ordered = self.chunk_lists.iter().flat_map(|list| {
-            let runs = list.iter().filter(|e| matches!(e, ChunkEntry::Run(_)));
-            runs.chain(list.iter().filter(|e| matches!(e, ChunkEntry::Packed(_))))
-        });
-        for entry in ordered {
+        let ordered = self
+            .chunk_lists
+            .iter()
+            .zip(&self.run_origins)
+            .flat_map(|(list, origins)| {
+                let runs = list
+                    .iter()
+                    .filter(|e| matches!(e, ChunkEntry::Run(_)))
+                    .zip(origins.iter().map(Some));
+                runs.chain(
+                    list.iter()
+                        .filter(|e| matches!(e, ChunkEntry::Packed(_)))
+                        .map(|e| (e, None)),
+                )
+            });
+        for (entry, origin) in ordered {
             match *entry {
-                ChunkEntry::Run(e) => t.chunks.extend_from_slice(&e),
+                ChunkEntry::Run(e) => {
+                    if let Some(&(tensor, offset)) = origin {
+                        let word = layout.chunks_at + t.chunks.len() as u32 + 1;
+                        t.grad_fields.push((word, tensor as u32, offset as u32));
+                    }
+                    t.chunks.extend_from_slice(&e)
+                }
                 ChunkEntry::Packed(pi) => {
                     let p = &self.packed[pi];
                     t.chunks.extend_from_slice(&[
@@ -391,11 +508,14 @@ impl GpuPlan {
                         }
                     }
                     t.maps.extend(map);
+                    for (j, &tensor) in p.tensors.iter().enumerate() {
+                        let word = layout.segments_at + (t.segments.len() + 4 * j) as u32 + 1;
+                        t.grad_fields.push((word, tensor as u32, 0));
+                    }
                     t.segments.extend(p.segments.iter().flatten());
                 }
             }
         }
-        t.end = maps_at + t.maps.len() as u32;
         t
     }
 }
@@ -440,7 +560,17 @@ mod tests {
     /// param and grad in a window that holds them, at the state its tensor's pieces give it,
     /// with its group; states never overlap and stay inside their arenas.
     fn check(tensors: &[PlanTensor], lim: PlanLimits) -> GpuPlan {
-        let plan = GpuPlan::new(tensors, lim).unwrap();
+        verify(tensors, lim, GpuPlan::new(tensors, lim).unwrap())
+    }
+
+    /// [`check`] of a plan that keeps `earlier`'s state.
+    fn check_with_state(tensors: &[PlanTensor], lim: PlanLimits, earlier: &GpuPlan) -> GpuPlan {
+        let plan = GpuPlan::with_state(tensors, lim, Some(&earlier.tensors)).unwrap();
+        assert_eq!(plan.arena_fill, earlier.arena_fill);
+        verify(tensors, lim, plan)
+    }
+
+    fn verify(tensors: &[PlanTensor], lim: PlanLimits, plan: GpuPlan) -> GpuPlan {
         let capacity = lim.max_binding / 16 * 4;
         // State: where each element of each tensor lives.
         let mut state_of = HashMap::new();
@@ -467,15 +597,20 @@ mod tests {
             assert_eq!(e, t.len);
         }
         // The chunk tables, dispatch by dispatch, read back as the kernel reads them.
-        let tables = plan.meta_tables(0);
+        let layout = plan.table_layout(0, false);
+        let tables = plan.meta_tables(&layout);
         let word = |at: u32| -> u32 {
             let at = at as usize;
-            let seg_at = tables.segments_at as usize;
-            let maps_at = seg_at + tables.segments.len();
-            if at < seg_at {
-                tables.chunks[at]
-            } else if at < maps_at {
+            let (seg_at, chunks_at, maps_at) = (
+                layout.segments_at as usize,
+                layout.chunks_at as usize,
+                layout.maps_at as usize,
+            );
+            assert!(at >= seg_at && at < layout.end as usize);
+            if at < chunks_at {
                 tables.segments[at - seg_at]
+            } else if at < maps_at {
+                tables.chunks[at - chunks_at]
             } else {
                 tables.maps[at - maps_at]
             }
@@ -510,7 +645,7 @@ mod tests {
             assert_eq!(group as usize, t.group);
             assert!(seen.insert((ti, e)), "an element updated twice");
         };
-        let mut at = 0u32;
+        let mut at = layout.chunks_at;
         for (k, key) in plan.keys.iter().enumerate() {
             for c in 0..plan.chunk_lists[k].len() {
                 let ce = at + 4 * c as u32;
@@ -532,7 +667,7 @@ mod tests {
                     assert!(u64::from(total) <= lim.chunk);
                     for i in 0..total {
                         let j = (word(map_at + i / 2) >> (16 * (i % 2))) & 0xffff;
-                        let se = tables.segments_at + 4 * (first + j);
+                        let se = layout.segments_at + 4 * (first + j);
                         let info = word(se + 3);
                         let off = i - (info & 0xffff);
                         visit(
@@ -587,6 +722,44 @@ mod tests {
         let plan = check(&tensors, limits(1 << 31, 2048));
         assert_eq!(plan.keys.len(), 2);
         assert_eq!(plan.packed.len(), 2);
+    }
+
+    #[test]
+    fn re_pointed_gradients_keep_every_tensor_state_and_fit_the_tables_room() {
+        let lens: Vec<u64> = (0..60).map(|i| [3, 700, 5000, 9000, 1][i % 5]).collect();
+        let lim = limits(64 << 10, 1024);
+        let first = model(&lens, 1, 0, 2);
+        let plan = check(&first, lim);
+        let room = plan.table_layout(0, true);
+        // The same parameters, gradients spread over three other buffers in another order.
+        let mut at = [0u64; 3];
+        let sizes = [1_000_000u64, 900_000, 800_000];
+        for order in 0..3 {
+            let mut moved = first.clone();
+            for (i, t) in moved.iter_mut().enumerate().rev() {
+                let b = (i * 7 + order) % 3;
+                t.grad = (2 + b, sizes[b], at[b]);
+                at[b] += 4 * (t.len + (i as u64 % 3));
+            }
+            at = [0; 3];
+            let again = GpuPlan::with_state(&moved, lim, Some(&plan.tensors)).unwrap();
+            for (a, b) in plan.tensors.iter().zip(&again.tensors) {
+                let pieces = |t: &TensorInfo| -> Vec<_> {
+                    t.pieces
+                        .iter()
+                        .map(|p| (p.arena, p.state_offset, p.len))
+                        .collect()
+                };
+                assert_eq!(pieces(a), pieces(b));
+            }
+            let lay = again.table_layout(0, true);
+            assert!(again.total_chunks() <= room.chunk_capacity);
+            assert!(again.keys.len() <= room.key_capacity);
+            assert!(lay.end <= room.end);
+            assert_eq!(lay.maps_at, room.maps_at);
+            // Every element found at its own (unchanged) state through the new tables.
+            check_with_state(&moved, lim, &plan);
+        }
     }
 
     #[test]

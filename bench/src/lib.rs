@@ -16,6 +16,7 @@
 
 pub mod device;
 pub mod precision;
+pub mod repoint;
 pub mod workloads;
 
 use anyhow::{Context as _, Result};
