@@ -108,6 +108,7 @@ pub fn measure(
         opt.encode_step(&mut encoder);
         encode.push(t0.elapsed().as_secs_f64() * 1e6);
         ctx.queue.submit([encoder.finish()]);
+        ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         let t0 = Instant::now();
         opt.set_grads(&mut encoder, grads)?;
@@ -118,15 +119,13 @@ pub fn measure(
             _ if s % 2 == 1 => same_buffers.push(us),
             _ => repoint.push(us),
         }
-        // Submitted and polled (without waiting), as a training loop does when it reads its
-        // loss, so that the staging buffers `set_grads` writes through come back for reuse.
+        // Submitted and waited for before the next timing: the staging buffers `set_grads`
+        // writes through come back for reuse (as in a training loop that reads its loss),
+        // and no step runs while the next is recorded (on a software adapter the device's
+        // work shares the CPU with the timed recording).
         ctx.queue.submit([encoder.finish()]);
-        ctx.device.poll(wgpu::PollType::Poll)?;
-        if s % 64 == 63 {
-            ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
-        }
+        ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
     }
-    ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
     Ok(RepointCost {
         tensors: n,
         one_param_buffer,
