@@ -141,11 +141,12 @@ fn re_pointed_f32_gradients_match_the_cpu_bit_for_bit() {
 }
 
 #[test]
-fn re_pointed_bf16_gradients_with_master_weights_and_ema() {
+fn re_pointed_bf16_micro_batches_with_master_weights_and_ema() {
     let config = AdamWConfig::default()
         .with_lr(1e-2)
         .with_precision(Precision::master(Dtype::Bf16))
-        .with_ema(0.9);
+        .with_ema(0.9)
+        .with_accumulation(2);
     re_pointed_16bit(config);
 }
 
@@ -201,22 +202,33 @@ fn re_pointed_16bit(config: AdamWConfig) {
             })
             .collect()
     };
-    for step in 0..6 {
+    // Odd steps reuse the buffers of the step before, each tensor in the same one at a new
+    // place (the tables are patched), even steps get new buffers (a new plan).
+    let room = (total + 8 * LENS.len()).next_multiple_of(2);
+    let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+    let mut pool_of: Vec<usize> = Vec::new();
+    for step in 0..8 {
         let grads: Vec<Vec<u16>> = LENS
             .iter()
             .map(|&n| rng.grads(n).iter().map(|&x| dtype.narrow(x)).collect())
             .collect();
+        if step % 2 == 0 {
+            pool_of = LENS.iter().map(|_| rng.range(0, 2) as usize).collect();
+            buffers = (0..2).map(|_| buffer16(&ctx, &vec![0; room])).collect();
+        }
         // Two pools of 16-bit gradients at random even or odd element offsets.
         let mut pools = vec![Vec::<u16>::new(); 2];
         let mut at = Vec::new();
-        for g in &grads {
-            let pool = rng.range(0, 2) as usize;
+        for (g, &pool) in grads.iter().zip(&pool_of) {
             let c = &mut pools[pool];
             c.resize(c.len() + rng.range(0, 5) as usize, 0x7fc0); // NaN, never read
             at.push((pool, 2 * c.len() as u64));
             c.extend_from_slice(g);
         }
-        let buffers: Vec<wgpu::Buffer> = pools.iter().map(|c| buffer16(&ctx, c)).collect();
+        for (b, c) in buffers.iter().zip(&mut pools) {
+            c.resize(room, 0x7fc0);
+            ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(c));
+        }
         let bindings: Vec<GradBinding> = grads
             .iter()
             .zip(&at)
