@@ -741,6 +741,22 @@ impl GpuAdamW {
         self.record_step(&mut pass);
     }
 
+    /// [`GpuAdamW::set_grads`] and [`GpuAdamW::step`] in one submit: points the optimizer at
+    /// this step's gradients, records the step and submits it, with the device's errors
+    /// caught as [`GpuAdamW::step`] catches them. On an error nothing is submitted and the
+    /// optimizer is as it was. Keep the gradients alive until the step has run (dropping
+    /// them after this returns is enough where the engine's later work, which may reuse
+    /// their memory, goes to the same queue).
+    pub fn step_with_grads(&mut self, grads: &[GradBinding]) -> Result<wgpu::SubmissionIndex> {
+        let device = self.device.clone();
+        checked(&device, || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            self.set_grads(&mut encoder, grads)?;
+            self.encode_step(&mut encoder);
+            Ok(self.queue.submit([encoder.finish()]))
+        })?
+    }
+
     /// Records and submits one step; does not wait for it to run. wgpu's validation and
     /// out-of-memory errors (for example an engine buffer destroyed while registered) are
     /// caught with error scopes and returned, never passed to the device's uncaptured-error
