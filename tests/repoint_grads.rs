@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{buffer16, gpu, read16, read_f32, storage_buffer, Rng};
+use common::{buffer16, gpu, read16, storage_buffer, Pair, Rng};
 use wgpu_adamw::{
     AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, Error, GpuAdamW, GpuContext,
     GradBinding, ParamGroup, Precision, Schedule, TensorBinding,
@@ -51,93 +51,52 @@ fn scatter(
     (buffers, bindings)
 }
 
-/// Parameters back to back in one buffer, gradients at first in one other.
-fn f32_setup(
-    ctx: &GpuContext,
-    config: &AdamWConfig,
-    init: &[f32],
-) -> (wgpu::Buffer, wgpu::Buffer, GpuAdamW) {
-    let p = storage_buffer(&ctx.device, &ctx.queue, init);
-    let g = storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; init.len()]);
-    let opt = GpuAdamW::new(
-        &ctx.device,
-        &ctx.queue,
-        config.clone(),
-        vec![ParamGroup {
-            tensors: common::packed(&p, &g, &LENS),
-            ..Default::default()
-        }],
-    )
-    .unwrap();
-    (p, g, opt)
+/// One step of the CPU reference with these gradients.
+fn cpu_step(pair: &mut Pair, grads: &[Vec<f32>]) {
+    let mut views: Vec<&mut [f32]> = pair.host.iter_mut().map(|x| &mut x[..]).collect();
+    let gs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+    pair.cpu.step(&mut views, &gs).unwrap();
 }
 
-fn cpu(config: &AdamWConfig) -> CpuAdamW {
-    CpuAdamW::new(
-        config.clone(),
-        vec![CpuParamGroup {
-            lens: LENS.to_vec(),
-            ..Default::default()
-        }],
-    )
-    .unwrap()
-}
-
-fn split(flat: &[f32]) -> Vec<Vec<f32>> {
-    let mut at = 0;
-    LENS.iter()
-        .map(|&n| {
-            at += n;
-            flat[at - n..at].to_vec()
-        })
-        .collect()
+/// The GPU's parameters and state are the CPU's, bit for bit.
+fn assert_same(pair: &Pair, what: &str) {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&pair.gpu_params()),
+        bits(&pair.host.concat()),
+        "{what}"
+    );
+    assert_eq!(pair.opt.state().unwrap(), pair.cpu.state(), "{what}");
 }
 
 #[test]
 fn re_pointed_f32_gradients_match_the_cpu_bit_for_bit() {
-    let ctx = gpu();
     let mut rng = Rng(7);
-    let total: usize = LENS.iter().sum();
-    let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
     let config = AdamWConfig::default()
         .with_lr(1e-2)
         .with_schedule(Schedule::cosine(12, 1e-4));
-    let (p, _g, mut opt) = f32_setup(&ctx, &config, &init);
-    let mut reference = cpu(&config);
-    let mut host = split(&init);
+    let mut pair = Pair::new(config, &LENS, &mut rng);
     // Steps 0..4 one per submit, then 4..10 recorded into one encoder with different
     // gradients each: the tables are uploaded in command order.
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    let mut encoder = pair.ctx.device.create_command_encoder(&Default::default());
     let mut alive = Vec::new();
     for step in 0..10 {
         let grads: Vec<Vec<f32>> = LENS.iter().map(|&n| rng.grads(n)).collect();
-        let (buffers, bindings) = scatter(&ctx, &mut rng, &grads, 1 + step % 3);
-        opt.set_grads(&mut encoder, &bindings).unwrap();
-        opt.encode_step(&mut encoder);
+        let (buffers, bindings) = scatter(&pair.ctx, &mut rng, &grads, 1 + step % 3);
+        pair.opt.set_grads(&mut encoder, &bindings).unwrap();
+        pair.opt.encode_step(&mut encoder);
         alive.push(buffers);
         if step < 4 {
             let done = std::mem::replace(
                 &mut encoder,
-                ctx.device.create_command_encoder(&Default::default()),
+                pair.ctx.device.create_command_encoder(&Default::default()),
             );
-            ctx.queue.submit([done.finish()]);
+            pair.ctx.queue.submit([done.finish()]);
         }
-        let mut views: Vec<&mut [f32]> = host.iter_mut().map(|x| &mut x[..]).collect();
-        let gs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
-        reference.step(&mut views, &gs).unwrap();
+        cpu_step(&mut pair, &grads);
     }
-    ctx.queue.submit([encoder.finish()]);
-    assert_eq!(
-        read_f32(&ctx, &p, 0, total)
-            .iter()
-            .map(|x| x.to_bits())
-            .collect::<Vec<_>>(),
-        host.concat()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(opt.state().unwrap(), reference.state());
+    pair.ctx.queue.submit([encoder.finish()]);
+    assert_same(&pair, "after 10 steps");
 }
 
 #[test]
@@ -192,7 +151,14 @@ fn re_pointed_16bit(config: AdamWConfig) {
         }],
     )
     .unwrap();
-    let mut reference = cpu(&config);
+    let mut reference = CpuAdamW::new(
+        config.clone(),
+        vec![CpuParamGroup {
+            lens: LENS.to_vec(),
+            ..Default::default()
+        }],
+    )
+    .unwrap();
     let mut host: Vec<Vec<u16>> = {
         let mut at = 0;
         LENS.iter()
@@ -252,26 +218,23 @@ fn re_pointed_16bit(config: AdamWConfig) {
 
 #[test]
 fn bad_gradient_bindings_are_typed_errors_that_change_nothing() {
-    let ctx = gpu();
     let mut rng = Rng(3);
-    let total: usize = LENS.iter().sum();
-    let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
     let config = AdamWConfig::default().with_lr(1e-2);
-    let (p, _g, mut opt) = f32_setup(&ctx, &config, &init);
-    let mut reference = cpu(&config);
-    let mut host = split(&init);
+    let mut pair = Pair::new(config, &LENS, &mut rng);
+    let total: usize = LENS.iter().sum();
     let grads: Vec<Vec<f32>> = LENS.iter().map(|&n| rng.grads(n)).collect();
-    let (_keep, good) = scatter(&ctx, &mut rng, &grads, 2);
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    opt.set_grads(&mut encoder, &good).unwrap();
-    ctx.queue.submit([encoder.finish()]);
+    let (_keep, good) = scatter(&pair.ctx, &mut rng, &grads, 2);
+    let mut encoder = pair.ctx.device.create_command_encoder(&Default::default());
+    pair.opt.set_grads(&mut encoder, &good).unwrap();
+    pair.ctx.queue.submit([encoder.finish()]);
 
-    let no_storage = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+    let no_storage = pair.ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 4 * total as u64,
         usage: wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    let params = pair.p.clone();
     let with = |i: usize, f: &dyn Fn(&mut GradBinding)| {
         let mut b = good.clone();
         f(&mut b[i]);
@@ -286,46 +249,41 @@ fn bad_gradient_bindings_are_typed_errors_that_change_nothing() {
         (
             "over the parameters",
             with(3, &|b| {
-                b.buffer = p.clone();
+                b.buffer = params.clone();
                 b.offset = 0;
             }),
         ),
     ];
     for (what, bindings) in cases {
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        let err = opt.set_grads(&mut encoder, &bindings).unwrap_err();
+        let mut encoder = pair.ctx.device.create_command_encoder(&Default::default());
+        let err = pair.opt.set_grads(&mut encoder, &bindings).unwrap_err();
         assert!(
             matches!(err, Error::InvalidArgument(_) | Error::InvalidTensor { .. }),
             "{what}: {err}"
         );
         // Nothing was recorded or changed: the next step still reads `good`.
-        ctx.queue.submit([encoder.finish()]);
+        pair.ctx.queue.submit([encoder.finish()]);
     }
-    opt.step().unwrap();
-    let mut views: Vec<&mut [f32]> = host.iter_mut().map(|x| &mut x[..]).collect();
-    let gs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
-    reference.step(&mut views, &gs).unwrap();
-    assert_eq!(read_f32(&ctx, &p, 0, total), host.concat());
-    assert_eq!(opt.state().unwrap(), reference.state());
+    pair.opt.step().unwrap();
+    cpu_step(&mut pair, &grads);
+    assert_same(&pair, "after the refused bindings");
 }
 
 #[test]
 fn gradients_moving_within_the_same_buffers_and_between_them_match_the_cpu() {
-    let ctx = gpu();
     let mut rng = Rng(29);
-    let total: usize = LENS.iter().sum();
-    let init: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
     let config = AdamWConfig::default()
         .with_lr(1e-2)
         .with_schedule(Schedule::cosine(12, 1e-4));
-    let (p, _g, mut opt) = f32_setup(&ctx, &config, &init);
-    let mut reference = cpu(&config);
-    let mut host = split(&init);
+    let mut pair = Pair::new(config, &LENS, &mut rng);
+    let total: usize = LENS.iter().sum();
     // Two sets of two pools, each reused for several steps with the gradients at new
     // places: the tables are patched in place until the buffers change.
     let room = 2 * total + 70 * LENS.len();
     let sets: Vec<[wgpu::Buffer; 2]> = (0..2)
-        .map(|_| [0, 1].map(|_| storage_buffer(&ctx.device, &ctx.queue, &vec![0.0; room])))
+        .map(|_| {
+            [0, 1].map(|_| storage_buffer(&pair.ctx.device, &pair.ctx.queue, &vec![0.0; room]))
+        })
         .collect();
     for step in 0..9 {
         let pools = &sets[(step / 3) % 2];
@@ -346,16 +304,13 @@ fn gradients_moving_within_the_same_buffers_and_between_them_match_the_cpu() {
             at[pool] += g.len();
         }
         for (b, c) in pools.iter().zip(&contents) {
-            ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(c));
+            pair.ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(c));
         }
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        opt.set_grads(&mut encoder, &bindings).unwrap();
-        opt.encode_step(&mut encoder);
-        ctx.queue.submit([encoder.finish()]);
-        let mut views: Vec<&mut [f32]> = host.iter_mut().map(|x| &mut x[..]).collect();
-        let gs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
-        reference.step(&mut views, &gs).unwrap();
-        assert_eq!(read_f32(&ctx, &p, 0, total), host.concat(), "step {step}");
+        let mut encoder = pair.ctx.device.create_command_encoder(&Default::default());
+        pair.opt.set_grads(&mut encoder, &bindings).unwrap();
+        pair.opt.encode_step(&mut encoder);
+        pair.ctx.queue.submit([encoder.finish()]);
+        cpu_step(&mut pair, &grads);
+        assert_same(&pair, &format!("step {step}"));
     }
-    assert_eq!(opt.state().unwrap(), reference.state());
 }
