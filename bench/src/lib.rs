@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod device;
 pub mod precision;
 pub mod repoint;

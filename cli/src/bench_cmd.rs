@@ -1,30 +1,21 @@
 //! `wgpu-adamw bench`: the bundled benchmark (the `wgpu-adamw-bench` crate) on the default
-//! adapter, the same one `cargo bench` runs.
+//! adapter, with the flags of `cargo bench --bench adamw --` (one parser,
+//! `wgpu_adamw_bench::cli`).
 
-use std::path::PathBuf;
-
-/// Arguments of `wgpu-adamw bench`.
+/// Arguments of `wgpu-adamw bench`: passed as they are to the benchmark's own parser.
 #[derive(clap::Args, Debug)]
+#[command(disable_help_flag = true, after_help = wgpu_adamw_bench::cli::USAGE)]
 pub struct BenchArgs {
-    /// The quick set: flat_2^20, flat_2^22, gpt2_d256 and flat_2^22_amsgrad.
-    #[arg(long)]
-    pub quick: bool,
-    /// Also write the report as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    /// The benchmark's flags (`--help` lists them).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "FLAGS"
+    )]
+    pub args: Vec<String>,
 }
 
-/// Runs the benchmark, prints its table and goal ratios, and writes the JSON report if asked.
+/// Runs the benchmark as its flags ask, printing its table, goal ratios and comparison.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let opts = wgpu_adamw_bench::BenchOptions {
-        quick: args.quick,
-        ..Default::default()
-    };
-    let report = wgpu_adamw_bench::run(&opts)?;
-    report.print_table();
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    wgpu_adamw_bench::cli::main(args.args.iter().cloned())
 }
