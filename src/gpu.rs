@@ -639,9 +639,16 @@ impl GpuAdamW {
                 .zip(&patch.buffers)
                 .all(|(g, b)| g.buffer == *b)
             {
-                // The same buffers, bound whole: the dispatches stand, the places change.
+                // The same buffers, bound whole: the dispatches stand, the places change
+                // (or not: an allocator that hands out the same places needs no upload).
+                let mut moved = false;
                 for &(word, t, rel) in &patch.fields {
-                    patch.words[word] = (grads[t].offset / elem) as u32 + rel;
+                    let place = (grads[t].offset / elem) as u32 + rel;
+                    moved |= patch.words[word] != place;
+                    patch.words[word] = place;
+                }
+                if !moved {
+                    return Ok(());
                 }
                 let words = std::mem::take(&mut patch.words);
                 self.upload_tables(&words, None, Some(encoder));

@@ -308,6 +308,8 @@ fn gradients_moving_within_the_same_buffers_and_between_them_match_the_cpu() {
         }
         let mut encoder = pair.ctx.device.create_command_encoder(&Default::default());
         pair.opt.set_grads(&mut encoder, &bindings).unwrap();
+        // Again, unchanged: nothing to upload, and nothing lost.
+        pair.opt.set_grads(&mut encoder, &bindings).unwrap();
         pair.opt.encode_step(&mut encoder);
         pair.ctx.queue.submit([encoder.finish()]);
         cpu_step(&mut pair, &grads);

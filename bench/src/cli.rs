@@ -130,11 +130,12 @@ pub fn main(args: impl IntoIterator<Item = String>) -> Result<()> {
             for (n, one) in [(14, false), (150, false), (150, true)] {
                 let c = crate::repoint::measure(&ctx, n, one, 400)?;
                 println!(
-                    "{:>4} tensors, params in {}: encode_step {:.1} us; set_grads + encode_step: same buffers {:.1} us, other buffers {:.1} us, first time {:.1} us",
+                    "{:>4} tensors, params in {}: encode_step {:.1} us; set_grads + encode_step: same buffers {:.1} us (set_grads {:.1} us), other buffers {:.1} us, first time {:.1} us",
                     c.tensors,
                     if c.one_param_buffer { "one buffer" } else { "a buffer each" },
                     c.encode_us,
                     c.same_buffers_us,
+                    c.same_buffers_set_grads_us,
                     c.repoint_us,
                     c.first_repoint_us
                 );

@@ -19,6 +19,8 @@ pub struct RepointCost {
     /// `set_grads` plus recording one step, every tensor's gradients at a new offset of the
     /// buffer it had the step before (only the gradients' places in the tables change).
     pub same_buffers_us: f64,
+    /// Of which `set_grads` alone.
+    pub same_buffers_set_grads_us: f64,
     /// `set_grads` plus recording one step, every tensor's gradients moved to the other of
     /// two buffers (a new plan; bind groups reused).
     pub repoint_us: f64,
@@ -100,6 +102,7 @@ pub fn measure(
     let mut encode = Vec::new();
     let mut repoint = Vec::new();
     let mut same_buffers = Vec::new();
+    let mut same_set = Vec::new();
     let mut first = 0.0;
     for (s, grads) in prepared.iter().enumerate() {
         // Each timing in an encoder of its own (an encoder's first pass costs more).
@@ -112,11 +115,15 @@ pub fn measure(
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         let t0 = Instant::now();
         opt.set_grads(&mut encoder, grads)?;
+        let set_us = t0.elapsed().as_secs_f64() * 1e6;
         opt.encode_step(&mut encoder);
         let us = t0.elapsed().as_secs_f64() * 1e6;
         match s {
             0 => first = us,
-            _ if s % 2 == 1 => same_buffers.push(us),
+            _ if s % 2 == 1 => {
+                same_buffers.push(us);
+                same_set.push(set_us);
+            }
             _ => repoint.push(us),
         }
         // Submitted and waited for before the next timing: the staging buffers `set_grads`
@@ -131,6 +138,7 @@ pub fn measure(
         one_param_buffer,
         encode_us: median(encode),
         same_buffers_us: median(same_buffers),
+        same_buffers_set_grads_us: median(same_set),
         repoint_us: median(repoint),
         first_repoint_us: first,
     })
