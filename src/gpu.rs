@@ -788,13 +788,14 @@ impl GpuAdamW {
     }
 
     fn read_scalar(&self, word: usize) -> Result<Vec<f32>> {
+        let (at, size) = self.scalars_range();
+        Ok(scalar_word(&self.read_words(&self.meta, at, size)?, word))
+    }
+
+    /// Where the per-step scalars of every group are in `meta`, in bytes: (offset, size).
+    fn scalars_range(&self) -> (u64, u64) {
         let at = u64::from(self.globals.scalars_at) * 4;
-        let size = 4 * u64::from(SCALAR_WORDS) * self.n_groups() as u64;
-        let words: Vec<u32> = self.read_words(&self.meta, at, size)?;
-        Ok(words
-            .chunks(SCALAR_WORDS as usize)
-            .map(|s| f32::from_bits(s[word]))
-            .collect())
+        (at, 4 * u64::from(SCALAR_WORDS) * self.n_groups() as u64)
     }
 
     /// Writes the metric ReduceLROnPlateau reads at the next epoch boundary (write epoch
@@ -873,11 +874,7 @@ impl GpuAdamW {
     /// Reads back the step counters.
     pub fn read_counters(&self) -> Result<Counters> {
         let w = self.read_words(&self.meta, 0, 4 * u64::from(COUNTER_WORDS))?;
-        Ok(Counters {
-            sched: w[COUNTER_SCHED],
-            adam: w[COUNTER_ADAM],
-            micro: w[COUNTER_MICRO],
-        })
+        Ok(counters_of(&w))
     }
 
     /// Whether the last step was skipped (non-finite gradients under loss scaling).
@@ -970,7 +967,50 @@ impl GpuAdamW {
     /// by one submit, so a step submitted by another thread lands either wholly before it or
     /// wholly after it.
     pub fn state(&self) -> Result<OptimizerState> {
-        let streams = self.streams();
+        let words = read_buffers(&self.device, &self.queue, &self.state_ranges())?;
+        Ok(self.state_from(words))
+    }
+
+    /// [`GpuAdamW::state`] without blocking (for the web): the future completes once the
+    /// device has run the read-back, which needs the device to be polled (the browser does
+    /// it; on native, a thread calling `device.poll`, or use [`GpuAdamW::state`]).
+    pub async fn state_async(&self) -> Result<OptimizerState> {
+        let words = Readback::start(&self.device, &self.queue, &self.state_ranges())?
+            .finish()
+            .await?;
+        Ok(self.state_from(words))
+    }
+
+    /// A checkpoint as bytes (the file [`GpuAdamW::save_checkpoint`] writes), read without
+    /// blocking: for the web, which has no file system. See [`GpuAdamW::state_async`].
+    pub async fn checkpoint_bytes_async(&self) -> Result<Vec<u8>> {
+        self.state_async().await?.to_bytes()
+    }
+
+    /// Loads a checkpoint from its bytes ([`GpuAdamW::checkpoint_bytes_async`], or a file's
+    /// contents), as [`GpuAdamW::load_checkpoint`] does.
+    pub fn load_checkpoint_bytes(&self, bytes: &[u8]) -> Result<()> {
+        let state = OptimizerState::from_bytes(bytes, std::path::Path::new("<checkpoint bytes>"))?;
+        self.load_state(&state)
+    }
+
+    /// [`GpuAdamW::read_lr`] without blocking; see [`GpuAdamW::state_async`].
+    pub async fn read_lr_async(&self) -> Result<Vec<f32>> {
+        let (at, size) = self.scalars_range();
+        let words = read_buffer_async(&self.device, &self.queue, &self.meta, at, size).await?;
+        Ok(scalar_word(&words, 0))
+    }
+
+    /// [`GpuAdamW::read_counters`] without blocking; see [`GpuAdamW::state_async`].
+    pub async fn read_counters_async(&self) -> Result<Counters> {
+        let size = 4 * u64::from(COUNTER_WORDS);
+        let w = read_buffer_async(&self.device, &self.queue, &self.meta, 0, size).await?;
+        Ok(counters_of(&w))
+    }
+
+    /// What [`GpuAdamW::state`] reads, in one submit: the counters, the control words, the
+    /// schedule's state and every arena of every stream kept.
+    fn state_ranges(&self) -> Vec<(&wgpu::Buffer, u64, u64)> {
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
         let mut ranges = vec![
@@ -978,10 +1018,16 @@ impl GpuAdamW {
             (&self.amp, 0, 4 * CONTROL_WORDS as u64),
             (&self.meta, state_at, self.schedule_end() - state_at),
         ];
-        for (arenas, _) in streams.iter().flatten() {
+        for (arenas, _) in self.streams().into_iter().flatten() {
             ranges.extend(arenas.iter().map(|b| (b, 0, b.size())));
         }
-        let mut words = read_buffers(&self.device, &self.queue, &ranges)?.into_iter();
+        ranges
+    }
+
+    /// The state from the words of [`GpuAdamW::state_ranges`].
+    fn state_from(&self, words: Vec<Vec<u32>>) -> OptimizerState {
+        let streams = self.streams();
+        let mut words = words.into_iter();
         let counters = words.next().expect("one per range");
         let control = words.next().expect("one per range");
         let schedule_state = words.next().expect("one per range");
@@ -1000,14 +1046,10 @@ impl GpuAdamW {
             }
             Some(out)
         };
-        Ok(OptimizerState {
+        OptimizerState {
             config: self.config.clone(),
             groups: self.groups(),
-            counters: Counters {
-                sched: counters[COUNTER_SCHED],
-                adam: counters[COUNTER_ADAM],
-                micro: counters[COUNTER_MICRO],
-            },
+            counters: counters_of(&counters),
             loss_scale: f32::from_bits(control[0]),
             schedule_state,
             metric: f32::from_bits(control[CONTROL_METRIC]),
@@ -1027,7 +1069,7 @@ impl GpuAdamW {
                     grad_acc: gather(STREAM_GRAD_ACC, t).filter(|_| counters[COUNTER_MICRO] > 0),
                 })
                 .collect(),
-        })
+        }
     }
 
     /// The optimizer's own streams, indexed by `STREAM_*`: their arenas and element type,
@@ -1307,69 +1349,156 @@ pub fn read_buffer(
         .expect("one per range"))
 }
 
-/// Reads several ranges with one submit, so that they are one snapshot of the queue.
+/// Reads several ranges with one submit, so that they are one snapshot of the queue, and
+/// waits for them.
 fn read_buffers(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     ranges: &[(&wgpu::Buffer, u64, u64)],
 ) -> Result<Vec<Vec<u32>>> {
-    for &(buffer, offset, size) in ranges {
-        check_copy_range(buffer, offset, size, wgpu::BufferUsages::COPY_SRC)?;
+    if cfg!(target_arch = "wasm32") {
+        // The browser maps buffers between tasks: waiting here would wait forever.
+        return Err(Error::Unsupported(
+            "a blocking read-back on the web: use the async form (state_async, read_lr_async, ...)"
+                .into(),
+        ));
     }
-    let staging: Vec<Option<wgpu::Buffer>> = checked(device, || {
-        let mut encoder = device.create_command_encoder(&Default::default());
-        let staging = ranges
-            .iter()
-            .map(|&(buffer, offset, size)| {
-                (size > 0).then(|| {
-                    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("wgpu-adamw readback"),
-                        size,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
-                    staging
-                })
-            })
-            .collect();
-        queue.submit([encoder.finish()]);
-        staging
-    })?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    for (i, s) in staging.iter().enumerate() {
-        if let Some(s) = s {
-            let tx = tx.clone();
-            s.map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send((i, r));
-            });
-        }
-    }
-    drop(tx);
+    let readback = Readback::start(device, queue, ranges)?;
     device
         .poll(wgpu::PollType::wait_indefinitely())
         .map_err(|e| Error::Readback(e.to_string()))?;
     // The poll has resolved every mapping; another thread polling the same device may be the
     // one that runs a callback, so wait for each to arrive rather than assume it has.
-    for _ in staging.iter().flatten() {
-        match rx.recv() {
-            Ok((_, r)) => r.map_err(|e| Error::Readback(e.to_string()))?,
-            Err(_) => return Err(Error::Readback("a map callback was dropped".into())),
-        }
+    let mut done = readback.done.0.lock().expect("not poisoned");
+    while done.remaining > 0 {
+        done = readback.done.1.wait(done).expect("not poisoned");
     }
-    staging
-        .iter()
-        .map(|s| {
-            let Some(s) = s else { return Ok(Vec::new()) };
-            let data = s
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            let out = bytemuck::pod_collect_to_vec(&data);
-            drop(data);
-            s.unmap();
-            Ok(out)
+    drop(done);
+    readback.collect()
+}
+
+/// Copies `size` bytes (a multiple of 4) at `offset` (a multiple of 4) of `buffer` back to
+/// the host without blocking: the future completes once the device has run the copy, which
+/// needs the device to be polled: the browser does it on the web; on native, a thread
+/// calling `device.poll`, or [`read_buffer`], which waits. Errors as [`read_buffer`]'s.
+pub async fn read_buffer_async(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    size: u64,
+) -> Result<Vec<u32>> {
+    let mut words = Readback::start(device, queue, &[(buffer, offset, size)])?
+        .finish()
+        .await?;
+    Ok(words.pop().expect("one per range"))
+}
+
+/// The progress of a [`Readback`]'s mappings, shared with their callbacks.
+#[derive(Debug, Default)]
+struct MapProgress {
+    remaining: usize,
+    error: Option<String>,
+    waker: Option<std::task::Waker>,
+}
+
+/// Ranges copied into staging buffers in one submit, being mapped for reading.
+struct Readback {
+    staging: Vec<Option<wgpu::Buffer>>,
+    done: std::sync::Arc<(std::sync::Mutex<MapProgress>, std::sync::Condvar)>,
+}
+
+impl Readback {
+    /// Checks the ranges, copies them into new staging buffers in one submit and asks for
+    /// each to be mapped.
+    fn start(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Self> {
+        for &(buffer, offset, size) in ranges {
+            check_copy_range(buffer, offset, size, wgpu::BufferUsages::COPY_SRC)?;
+        }
+        let staging: Vec<Option<wgpu::Buffer>> = checked(device, || {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            let staging = ranges
+                .iter()
+                .map(|&(buffer, offset, size)| {
+                    (size > 0).then(|| {
+                        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("wgpu-adamw readback"),
+                            size,
+                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        });
+                        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+                        staging
+                    })
+                })
+                .collect();
+            queue.submit([encoder.finish()]);
+            staging
+        })?;
+        let done = std::sync::Arc::new((
+            std::sync::Mutex::new(MapProgress {
+                remaining: staging.iter().flatten().count(),
+                ..Default::default()
+            }),
+            std::sync::Condvar::new(),
+        ));
+        for s in staging.iter().flatten() {
+            let done = done.clone();
+            s.map_async(wgpu::MapMode::Read, .., move |r| {
+                let mut p = done.0.lock().expect("not poisoned");
+                if let Err(e) = r {
+                    p.error.get_or_insert(e.to_string());
+                }
+                p.remaining -= 1;
+                if p.remaining == 0 {
+                    if let Some(w) = p.waker.take() {
+                        w.wake();
+                    }
+                    done.1.notify_all();
+                }
+            });
+        }
+        Ok(Self { staging, done })
+    }
+
+    /// Waits (without blocking) for every mapping, then reads the words.
+    async fn finish(self) -> Result<Vec<Vec<u32>>> {
+        std::future::poll_fn(|cx| {
+            let mut p = self.done.0.lock().expect("not poisoned");
+            if p.remaining == 0 {
+                std::task::Poll::Ready(())
+            } else {
+                p.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
         })
-        .collect()
+        .await;
+        self.collect()
+    }
+
+    /// The words of every range, once all are mapped.
+    fn collect(self) -> Result<Vec<Vec<u32>>> {
+        if let Some(e) = self.done.0.lock().expect("not poisoned").error.take() {
+            return Err(Error::Readback(e));
+        }
+        self.staging
+            .iter()
+            .map(|s| {
+                let Some(s) = s else { return Ok(Vec::new()) };
+                let data = s
+                    .get_mapped_range(..)
+                    .map_err(|e| Error::Readback(e.to_string()))?;
+                let out = bytemuck::pod_collect_to_vec(&data);
+                drop(data);
+                s.unmap();
+                Ok(out)
+            })
+            .collect()
+    }
 }
 
 fn binding(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
@@ -1410,6 +1539,23 @@ fn vec4_view<'a>(
     } else {
         stand_in.as_entire_binding()
     }
+}
+
+/// The counters in the first words of `meta`.
+fn counters_of(words: &[u32]) -> Counters {
+    Counters {
+        sched: words[COUNTER_SCHED],
+        adam: words[COUNTER_ADAM],
+        micro: words[COUNTER_MICRO],
+    }
+}
+
+/// Word `word` of each group's per-step scalars, as f32.
+fn scalar_word(words: &[u32], word: usize) -> Vec<f32> {
+    words
+        .chunks(SCALAR_WORDS as usize)
+        .map(|s| f32::from_bits(s[word]))
+        .collect()
 }
 
 /// Indices of [`GpuAdamW::streams`].

@@ -63,7 +63,10 @@ pub use config::{AdamWConfig, GradNormOrder, GradScalerConfig, GroupConfig, Sche
 pub use context::{list_adapters, GpuContext};
 pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};
-pub use gpu::{read_buffer, F16Path, GpuAdamW, GpuOptions, GradBinding, ParamGroup, TensorBinding};
+pub use gpu::{
+    read_buffer, read_buffer_async, F16Path, GpuAdamW, GpuOptions, GradBinding, ParamGroup,
+    TensorBinding,
+};
 pub use precision::{Dtype, Elems, ElemsMut, Precision, StateDtype};
 pub use probe::{schedule_beta1_cpu, schedule_beta1_gpu, schedule_lrs_cpu, schedule_lrs_gpu};
 pub use state::{OptimizerState, TensorState};
