@@ -578,6 +578,9 @@ impl GpuAdamW {
     /// and everything else stay as they are.
     ///
     /// Keep the gradient buffers alive, unchanged, until the step that reads them has run.
+    /// The optimizer keeps the bind groups of recent gradient buffers (up to 4096 dispatches'
+    /// worth, then it starts over), and with them a reference to those buffers: memory the
+    /// engine frees may stay allocated until then, or until the optimizer is dropped.
     /// A count or length that differs from the registered tensors', an offset that is not
     /// a multiple of the element size, a range past the buffer's end, a buffer without
     /// `STORAGE`, or gradients that overlap a tensor's parameters is an error, and the
