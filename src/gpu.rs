@@ -173,7 +173,7 @@ pub struct GpuAdamW {
     /// Bind groups of the dispatches, kept for re-pointed gradients.
     bind_groups: HashMap<BindKey, DispatchBindGroups>,
     /// The parameters' byte ranges in each buffer, sorted: `(start, end, tensor)`.
-    param_ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>>,
+    param_ranges: HashMap<wgpu::Buffer, ParamRanges>,
     /// Uploads the tables of re-pointed gradients in command order.
     belt: wgpu::util::StagingBelt,
     /// The uniform block as last uploaded (re-pointing often leaves it unchanged).
@@ -608,10 +608,19 @@ impl GpuAdamW {
                 });
             }
         }
-        let own: Vec<&wgpu::Buffer> = [&self.meta, &self.uniform, &self.amp, &self.partials]
-            .into_iter()
-            .chain(self.arenas.buffers())
-            .collect();
+        // Every tensor's gradients in the buffer it had (the usual case): the buffers were
+        // checked then, and the parameters each buffer holds are known per tensor.
+        let same = self
+            .grad_patch
+            .as_ref()
+            .filter(|p| grads.iter().zip(&p.buffers).all(|(g, b)| g.buffer == *b));
+        let own: Vec<&wgpu::Buffer> = match same {
+            Some(_) => Vec::new(),
+            None => [&self.meta, &self.uniform, &self.amp, &self.partials]
+                .into_iter()
+                .chain(self.arenas.buffers())
+                .collect(),
+        };
         let ty = self.config.precision.grad;
         for (i, g) in grads.iter().enumerate() {
             let err = |reason: String| Error::InvalidTensor { tensor: i, reason };
@@ -624,7 +633,11 @@ impl GpuAdamW {
             // Gradients may share bytes with each other (they are only read), not with
             // parameters (they are written).
             let (start, end) = (g.offset, g.offset + ty.size() * g.len);
-            if let Some(ranges) = self.param_ranges.get(&g.buffer) {
+            let ranges = match same {
+                Some(p) => p.param_ranges[i].as_ref(),
+                None => self.param_ranges.get(&g.buffer),
+            };
+            if let Some(ranges) = ranges {
                 let after = ranges.partition_point(|r| r.1 <= start);
                 if let Some(&(p_start, _, tensor)) = ranges.get(after) {
                     if p_start < end && g.len > 0 {
@@ -636,30 +649,28 @@ impl GpuAdamW {
             }
         }
         let elem = ty.size();
-        if let Some(patch) = &mut self.grad_patch {
-            if grads
-                .iter()
-                .zip(&patch.buffers)
-                .all(|(g, b)| g.buffer == *b)
-            {
-                // The same buffers, bound whole: the dispatches stand, the places change
-                // (or not: an allocator that hands out the same places needs no upload).
-                let mut moved = false;
-                for &(word, t, rel) in &patch.fields {
-                    let place = (grads[t].offset / elem) as u32 + rel;
-                    moved |= patch.words[word] != place;
+        let same = same.is_some();
+        if let Some(patch) = self.grad_patch.as_mut().filter(|_| same) {
+            // The same buffers, bound whole: the dispatches stand, the places change
+            // (or not: an allocator that hands out the same places needs no upload).
+            let (mut lo, mut hi) = (usize::MAX, 0);
+            for &(word, t, rel) in &patch.fields {
+                let place = (grads[t].offset / elem) as u32 + rel;
+                if patch.words[word] != place {
                     patch.words[word] = place;
+                    (lo, hi) = (lo.min(word), hi.max(word));
                 }
-                if !moved {
-                    return Ok(());
-                }
-                let words = std::mem::take(&mut patch.words);
-                self.upload_tables(&words, None, Some(encoder));
-                if let Some(patch) = &mut self.grad_patch {
-                    patch.words = words;
-                }
+            }
+            if lo > hi {
                 return Ok(());
             }
+            let words = std::mem::take(&mut patch.words);
+            // Only the words that changed, and those between them.
+            self.upload_tables(lo, &words[lo..=hi], None, Some(encoder));
+            if let Some(patch) = &mut self.grad_patch {
+                patch.words = words;
+            }
+            return Ok(());
         }
         let (buffers, planned) =
             plan_tensors(self.params.iter().zip(grads).zip(&self.tensors).map(
@@ -1728,6 +1739,8 @@ impl GpuAdamW {
 struct GradPatch {
     /// Each tensor's gradient buffer.
     buffers: Vec<wgpu::Buffer>,
+    /// The parameters in each tensor's gradient buffer, if it holds any.
+    param_ranges: Vec<Option<ParamRanges>>,
     /// `(index in words, tensor, elements after the tensor's first gradient)` of every word
     /// that holds a gradient's place.
     fields: Vec<(usize, usize, u32)>,
@@ -1761,7 +1774,7 @@ const BIND_GROUP_CACHE: usize = 4096;
 
 /// Each param buffer's registered ranges, sorted: `(start byte, end byte, tensor)`.
 #[allow(clippy::mutable_key_type)] // hashed by identity
-fn param_ranges(groups: &[ParamGroup], ty: Dtype) -> HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> {
+fn param_ranges(groups: &[ParamGroup], ty: Dtype) -> HashMap<wgpu::Buffer, ParamRanges> {
     let mut ranges: HashMap<wgpu::Buffer, Vec<(u64, u64, usize)>> = HashMap::new();
     for (i, t) in groups.iter().flat_map(|g| &g.tensors).enumerate() {
         if t.len > 0 {
@@ -1769,11 +1782,17 @@ fn param_ranges(groups: &[ParamGroup], ty: Dtype) -> HashMap<wgpu::Buffer, Vec<(
             ranges.entry(t.param.clone()).or_default().push(r);
         }
     }
-    for list in ranges.values_mut() {
-        list.sort_unstable();
-    }
     ranges
+        .into_iter()
+        .map(|(buffer, mut list)| {
+            list.sort_unstable();
+            (buffer, std::sync::Arc::new(list))
+        })
+        .collect()
 }
+
+/// The parameters' byte ranges in one buffer, sorted: `(start, end, tensor)`.
+type ParamRanges = std::sync::Arc<Vec<(u64, u64, usize)>>;
 
 /// The distinct engine buffers (by index; wgpu hashes buffers by identity) and the plan's
 /// view of each tensor, from `(group, param, param offset, grad, grad offset, len)`.
@@ -1945,7 +1964,7 @@ impl GpuAdamW {
         put(lay.chunks_at, &tables.chunks);
         put(lay.maps_at, &tables.maps);
         let uniform_changed = uniform != self.uniform_bytes;
-        self.upload_tables(&words, uniform_changed.then_some(&uniform[..]), encoder);
+        self.upload_tables(0, &words, uniform_changed.then_some(&uniform[..]), encoder);
         self.uniform_bytes = uniform;
         self.globals = globals;
         self.dispatches = dispatches;
@@ -1956,6 +1975,10 @@ impl GpuAdamW {
             .all(|b| b.size() <= self.plan_limits.max_binding);
         self.grad_patch = whole.then(|| GradPatch {
             buffers: grad_buffers.to_vec(),
+            param_ranges: grad_buffers
+                .iter()
+                .map(|b| self.param_ranges.get(b).cloned())
+                .collect(),
             fields: tables
                 .grad_fields
                 .iter()
@@ -1971,11 +1994,12 @@ impl GpuAdamW {
     /// without one, written by the queue.
     fn upload_tables(
         &mut self,
+        first: usize,
         words: &[u32],
         uniform: Option<&[u8]>,
         encoder: Option<&mut wgpu::CommandEncoder>,
     ) {
-        let meta_at = 4 * u64::from(self.tables.tensors_at);
+        let meta_at = 4 * (u64::from(self.tables.tensors_at) + first as u64);
         let uploads = [
             Some((&self.meta, meta_at, bytemuck::cast_slice::<u32, u8>(words))),
             uniform.map(|u| (&self.uniform, 0, u)),
