@@ -53,7 +53,7 @@ pub struct Span {
 /// each), as an engine keeps them.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    /// Elements of each arena (a multiple of [`ALIGN`]).
+    /// Elements of each arena (a multiple of `ALIGN`).
     pub arenas: Vec<u64>,
     /// Each tensor's place.
     pub tensors: Vec<Span>,
