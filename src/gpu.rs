@@ -2046,40 +2046,45 @@ impl GpuAdamW {
         let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { arena } else { 0 }];
         let stand_in = &arenas.max_exp_avg_sq[0];
         let info_at = self.uniforms.info_at(k);
-        // Globals, this dispatch's chunk range, meta: shared by its update and reduce.
-        let head = || {
+        let grad_window = || binding(grad, g_win, g_size / 4 * 4);
+        // Globals, this dispatch's chunk range, meta: bound by each of its pipelines.
+        let shared = || {
             vec![
                 (0, binding(uniform, 0, globals_size)),
                 (1, binding(uniform, info_at, info_size)),
                 (2, meta.as_entire_binding()),
-                (4, binding(grad, g_win, g_size / 4 * 4)),
             ]
+        };
+        // With the gradients' window: `update` and `reduce`.
+        let head = || {
+            let mut entries = shared();
+            entries.push((4, grad_window()));
+            entries
         };
         let bind_group = if self.kernel.update_mixed.is_some() {
             let master = &arenas.master[if prec.master_weights { arena } else { 0 }];
             let ema = &arenas.ema[if config.ema_decay.is_some() { arena } else { 0 }];
+            let mut entries = shared();
+            entries.extend([
+                (16, binding(param, p_win, p_size / 4 * 4)),
+                (
+                    17,
+                    match arenas.grad_acc.get(arena) {
+                        Some(acc) => acc.as_entire_binding(),
+                        None => grad_window(),
+                    },
+                ),
+                (18, arenas.exp_avg[arena].as_entire_binding()),
+                (19, arenas.exp_avg_sq[arena].as_entire_binding()),
+                (20, vmax.as_entire_binding()),
+                (21, master.as_entire_binding()),
+                (22, ema.as_entire_binding()),
+            ]);
             make_bind_group(
                 device,
                 "wgpu-adamw update_mixed",
                 &kernel.update_mixed_layout,
-                vec![
-                    (0, binding(uniform, 0, globals_size)),
-                    (1, binding(uniform, info_at, info_size)),
-                    (2, meta.as_entire_binding()),
-                    (16, binding(param, p_win, p_size / 4 * 4)),
-                    (
-                        17,
-                        match arenas.grad_acc.get(arena) {
-                            Some(acc) => acc.as_entire_binding(),
-                            None => binding(grad, g_win, g_size / 4 * 4),
-                        },
-                    ),
-                    (18, arenas.exp_avg[arena].as_entire_binding()),
-                    (19, arenas.exp_avg_sq[arena].as_entire_binding()),
-                    (20, vmax.as_entire_binding()),
-                    (21, master.as_entire_binding()),
-                    (22, ema.as_entire_binding()),
-                ],
+                entries,
             )
         } else {
             let mut update_entries = head();
@@ -2115,17 +2120,13 @@ impl GpuAdamW {
             reduce_entries,
         );
         let accumulate_bind_group = arenas.grad_acc.get(arena).map(|acc| {
+            let mut entries = shared();
+            entries.extend([(17, grad_window()), (23, acc.as_entire_binding())]);
             make_bind_group(
                 device,
                 "wgpu-adamw accumulate",
                 &kernel.accumulate_layout,
-                vec![
-                    (0, binding(uniform, 0, globals_size)),
-                    (1, binding(uniform, info_at, info_size)),
-                    (2, meta.as_entire_binding()),
-                    (17, binding(grad, g_win, g_size / 4 * 4)),
-                    (23, acc.as_entire_binding()),
-                ],
+                entries,
             )
         });
         (bind_group, reduce_bind_group, accumulate_bind_group)

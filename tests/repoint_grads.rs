@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{buffer16, gpu, read16, storage_buffer, Pair, Rng};
+use common::{buffer16, gpu, packed16, read16, storage_buffer, Pair, Rng};
 use wgpu_adamw::{
     AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, Error, GpuAdamW, GpuContext,
-    GradBinding, ParamGroup, Precision, Schedule, TensorBinding,
+    GradBinding, ParamGroup, Precision, Schedule,
 };
 
 /// Long tensors (runs of their own) and short ones (packed with others).
@@ -39,16 +39,25 @@ fn scatter(
         .iter()
         .map(|c| storage_buffer(&ctx.device, &ctx.queue, c))
         .collect();
-    let bindings = grads
+    let bindings = bindings_at(&buffers, &at, grads);
+    (buffers, bindings)
+}
+
+/// The bindings of gradients at `at[i] = (pool, byte offset)` of `buffers`.
+fn bindings_at<T>(
+    buffers: &[wgpu::Buffer],
+    at: &[(usize, u64)],
+    grads: &[Vec<T>],
+) -> Vec<GradBinding> {
+    grads
         .iter()
-        .zip(&at)
+        .zip(at)
         .map(|(g, &(pool, offset))| GradBinding {
             buffer: buffers[pool].clone(),
             offset,
             len: g.len() as u64,
         })
-        .collect();
-    (buffers, bindings)
+        .collect()
 }
 
 /// One step of the CPU reference with these gradients.
@@ -127,20 +136,7 @@ fn re_pointed_16bit(config: AdamWConfig) {
     let init: Vec<u16> = (0..total).map(|_| dtype.narrow(rng.normal())).collect();
     let p = buffer16(&ctx, &init);
     let g = buffer16(&ctx, &vec![0; total]);
-    let mut off = 0u64;
-    let tensors = LENS
-        .iter()
-        .map(|&n| {
-            off += n as u64;
-            TensorBinding {
-                param: p.clone(),
-                param_offset: 2 * (off - n as u64),
-                grad: g.clone(),
-                grad_offset: 2 * (off - n as u64),
-                len: n as u64,
-            }
-        })
-        .collect();
+    let tensors = packed16(&p, &g, &LENS);
     let mut opt = GpuAdamW::new(
         &ctx.device,
         &ctx.queue,
@@ -195,15 +191,7 @@ fn re_pointed_16bit(config: AdamWConfig) {
             c.resize(room, 0x7fc0);
             ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(c));
         }
-        let bindings: Vec<GradBinding> = grads
-            .iter()
-            .zip(&at)
-            .map(|(g, &(pool, offset))| GradBinding {
-                buffer: buffers[pool].clone(),
-                offset,
-                len: g.len() as u64,
-            })
-            .collect();
+        let bindings = bindings_at(&buffers, &at, &grads);
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         opt.set_grads(&mut encoder, &bindings).unwrap();
         opt.encode_step(&mut encoder);

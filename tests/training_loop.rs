@@ -9,7 +9,7 @@ mod common;
 use common::Rng;
 use wgpu_adamw::{
     twin, AdamWConfig, CpuAdamW, CpuParamGroup, Dtype, Elems, ElemsMut, GpuAdamW, GpuContext,
-    GradScalerConfig, OptimizerState, ParamGroup, Precision, TensorBinding,
+    GradScalerConfig, OptimizerState, ParamGroup, Precision,
 };
 
 const LENS: [usize; 3] = [1001, 7, 2050];
@@ -28,21 +28,7 @@ fn gpu_optimizer(
     pbuf: &wgpu::Buffer,
     gbuf: &wgpu::Buffer,
 ) -> GpuAdamW {
-    let mut off = 0u64;
-    let tensors = LENS
-        .iter()
-        .map(|&n| {
-            let t = TensorBinding {
-                param: pbuf.clone(),
-                param_offset: 2 * off,
-                grad: gbuf.clone(),
-                grad_offset: 2 * off,
-                len: n as u64,
-            };
-            off += n as u64;
-            t
-        })
-        .collect();
+    let tensors = common::packed16(pbuf, gbuf, &LENS);
     GpuAdamW::new(
         &ctx.device,
         &ctx.queue,

@@ -78,14 +78,32 @@ pub fn packed(
     grad: &wgpu::Buffer,
     lens: &[usize],
 ) -> Vec<wgpu_adamw::TensorBinding> {
+    packed_elems(param, grad, lens, 4)
+}
+
+/// [`packed`] for 16-bit elements (tensors may start at odd elements).
+pub fn packed16(
+    param: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    lens: &[usize],
+) -> Vec<wgpu_adamw::TensorBinding> {
+    packed_elems(param, grad, lens, 2)
+}
+
+fn packed_elems(
+    param: &wgpu::Buffer,
+    grad: &wgpu::Buffer,
+    lens: &[usize],
+    elem_bytes: u64,
+) -> Vec<wgpu_adamw::TensorBinding> {
     let mut off = 0u64;
     lens.iter()
         .map(|&n| {
             let t = wgpu_adamw::TensorBinding {
                 param: param.clone(),
-                param_offset: off * 4,
+                param_offset: off * elem_bytes,
                 grad: grad.clone(),
-                grad_offset: off * 4,
+                grad_offset: off * elem_bytes,
                 len: n as u64,
             };
             off += n as u64;
