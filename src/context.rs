@@ -21,20 +21,41 @@ pub struct GpuContext {
 
 fn instance() -> wgpu::Instance {
     // Honors WGPU_BACKEND (e.g. `vulkan`, `metal`, `dx12`) and the debug flags from the environment.
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+    #[cfg(not(target_arch = "wasm32"))]
+    let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // The browser's WebGPU: WebGL has no compute shaders.
+    #[cfg(target_arch = "wasm32")]
+    let desc = wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    };
+    wgpu::Instance::new(desc)
 }
 
-/// Every adapter wgpu sees on this machine.
+/// Every adapter wgpu sees on this machine (native only: on the web the browser offers one
+/// adapter, through [`GpuContext::new_async`]).
 pub fn list_adapters() -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+    #[cfg(not(target_arch = "wasm32"))]
+    return pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    #[cfg(target_arch = "wasm32")]
+    return Vec::new();
 }
 
 impl GpuContext {
     /// Picks the default adapter (high performance; `WGPU_ADAPTER_NAME` selects one whose name
     /// contains the given text, `WGPU_BACKEND` restricts the backends) and creates a device
     /// with the adapter's real limits and, where available, timestamp queries.
+    ///
+    /// Blocks until the device exists: on the web (wasm32) it is an [`Error::Unsupported`];
+    /// use [`GpuContext::new_async`] there.
     pub fn new() -> Result<Self> {
         Self::with_features(wgpu::Features::empty())
+    }
+
+    /// [`GpuContext::new`] without blocking: the form for the web (wasm32), where the
+    /// browser's WebGPU adapter is the one used. Works natively too.
+    pub async fn new_async() -> Result<Self> {
+        Self::create_async(|adapter| Ok(adapter.features() & wgpu::Features::TIMESTAMP_QUERY)).await
     }
 
     /// [`GpuContext::new`], with `features` on the device as well: those an engine sharing
@@ -66,29 +87,49 @@ impl GpuContext {
     }
 
     fn create(features: impl FnOnce(&wgpu::Adapter) -> Result<wgpu::Features>) -> Result<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(Self::create_async(features));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = features;
+            Err(Error::Unsupported(
+                "a blocking device request on the web: use GpuContext::new_async".into(),
+            ))
+        }
+    }
+
+    async fn create_async(
+        features: impl FnOnce(&wgpu::Adapter) -> Result<wgpu::Features>,
+    ) -> Result<Self> {
         let instance = instance();
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(name) => {
                 let want = name.to_lowercase();
-                pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+                instance
+                    .enumerate_adapters(wgpu::Backends::all())
+                    .await
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
                     .ok_or_else(|| Error::NoAdapter(format!("no adapter named like `{name}`")))?
             }
-            Err(_) => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::NoAdapter(e.to_string()))?,
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(e.to_string()))?,
         };
         let required_features = features(&adapter)?;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("wgpu-adamw"),
-            required_features,
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-adamw"),
+                required_features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
         Ok(Self {
             instance,
             adapter,

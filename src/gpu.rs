@@ -75,14 +75,16 @@ pub struct GpuOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum F16Path {
     /// Native where a probe at creation finds the device's conversions bit-identical to
-    /// the packed ones (correct rounding, subnormals, overflow), else packed.
+    /// the packed ones (correct rounding, subnormals, overflow), else packed. Packed on the
+    /// web (wasm32), where the probe's read-back cannot block.
     #[default]
     Auto,
     /// Integer operations on the 16-bit patterns: correctly rounded on every adapter.
     Packed,
     /// The device's own f16 conversion instructions (WGSL's `pack2x16float` and
     /// `unpack2x16float`, whose rounding WGSL leaves to the device): an
-    /// [`Error::Unsupported`] where the probe finds them inexact.
+    /// [`Error::Unsupported`] where the probe finds them inexact, and on the web (the probe
+    /// reads back).
     Native,
 }
 
@@ -246,6 +248,9 @@ impl GpuAdamW {
         let native_f16 = uses_f16
             && match options.f16 {
                 F16Path::Packed => false,
+                // The probe reads back, which cannot block on the web: packed (exact
+                // everywhere) there.
+                F16Path::Auto if cfg!(target_arch = "wasm32") => false,
                 F16Path::Auto => crate::probe::native_f16_is_exact(device, queue)?,
                 F16Path::Native => {
                     if !crate::probe::native_f16_is_exact(device, queue)? {
@@ -1294,6 +1299,17 @@ impl GpuAdamW {
 /// Runs `f`, which records or submits work on `device`, inside validation and out-of-memory
 /// error scopes, and with wgpu's panics (a handle of another `wgpu::Instance`) caught:
 /// either becomes an [`Error::Device`] instead of reaching the uncaptured-error handler.
+///
+/// On the web (wasm32) a scope's result arrives only after control returns to the browser,
+/// so `f` runs without scopes there and its errors reach the device's uncaptured-error
+/// handler (`wgpu::Device::on_uncaptured_error`; the browser's console by default).
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn checked<T>(_device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+    Ok(f())
+}
+
+/// See the wasm32 version above.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

@@ -7,7 +7,7 @@ use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 use crate::context::GpuContext;
 use crate::cpu::{CpuAdamW, CpuParamGroup};
 use crate::error::{Error, Result};
-use crate::gpu::{read_buffer, GpuAdamW, ParamGroup, TensorBinding};
+use crate::gpu::{read_buffer, read_buffer_async, GpuAdamW, ParamGroup, TensorBinding};
 use crate::kernel::{CONTROL_SCALE_USED, CONTROL_WORDS, SCALAR_WORDS};
 use crate::precision::{Dtype as ElemType, Elems, ElemsMut, Precision};
 use crate::state::{parse_optimizer_json, OptimizerState};
@@ -604,114 +604,183 @@ fn replay_gpu(
     ctx: &GpuContext,
     checkpoint_at: Option<(u32, &Path)>,
 ) -> Result<ReplayOutput> {
-    const CONTROL_BYTES: u64 = 4 * CONTROL_WORDS as u64;
-    let scaler = trace.config.grad_scaler.is_some();
-    let (device, queue) = (&ctx.device, &ctx.queue);
-    let prec = trace.config.precision;
-    let (pb, gb) = (prec.param.size(), prec.grad.size());
-    // All params in one buffer and all grads in another, packed with no padding: most
-    // tensors then start at offsets that are not multiples of 16 bytes, and 16-bit tensors
-    // of odd length share a 32-bit word with their neighbours.
-    let mut offsets = Vec::new();
-    let mut total = 0u64;
-    for p in &trace.params {
-        offsets.push(total);
-        total += p.init.len() as u64;
-    }
-    let usage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let buffer = |label, elem: u64| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: (total * elem).div_ceil(4).max(4) * 4,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let (pbuf, gbuf) = (buffer("trace params", pb), buffer("trace grads", gb));
-    // Values as the words of a buffer of `ty` elements.
-    let words = |values: &mut dyn Iterator<Item = f32>, ty: ElemType| -> Vec<u32> {
-        match ty {
-            ElemType::F32 => values.map(f32::to_bits).collect(),
-            _ => {
-                let halves: Vec<u16> = values.map(|x| ty.narrow(x)).collect();
-                halves
-                    .chunks(2)
-                    .map(|c| u32::from(c[0]) | c.get(1).map_or(0, |&h| u32::from(h) << 16))
-                    .collect()
-            }
-        }
-    };
-    let init = words(
-        &mut trace.params.iter().flat_map(|p| p.init.iter().copied()),
-        prec.param,
-    );
-    queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&init));
-    let groups: Vec<ParamGroup> = trace
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(gi, &config)| ParamGroup {
-            config,
-            tensors: trace
-                .params
-                .iter()
-                .zip(&offsets)
-                .filter(|(p, _)| p.group == gi)
-                .map(|(p, &off)| TensorBinding {
-                    param: pbuf.clone(),
-                    param_offset: off * pb,
-                    grad: gbuf.clone(),
-                    grad_offset: off * gb,
-                    len: p.init.len() as u64,
-                })
-                .collect(),
-        })
-        .collect();
-    let mut opt = GpuAdamW::new(device, queue, trace.config.clone(), groups.clone())?;
-    if prec.master_weights {
-        let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
-        opt.set_master_weights(&init)?;
-    }
-    let n_groups = trace.groups.len() as u64;
-    let row = 4 * u64::from(SCALAR_WORDS) * n_groups;
-    let lr_log = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("trace lr log"),
-        size: (row * u64::from(trace.steps)).max(16),
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let amp_log = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("trace amp log"),
-        size: (CONTROL_BYTES * u64::from(trace.steps)).max(16),
-        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    // The micro-batches of one step, side by side (rewritten every step).
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("trace grads of one step"),
-        size: u64::from(trace.config.accumulate) * gbuf.size(),
-        usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    let mut run = GpuReplay::new(trace, &ctx.device, &ctx.queue)?;
     // One pass more than there are steps, so a checkpoint after the last step is taken too.
     for s in 0..=trace.steps as usize {
         if let Some((_, file)) = checkpoint_at.filter(|&(k, _)| s == k as usize) {
-            opt.save_checkpoint(file)?;
-            let state = OptimizerState::load(file)?;
-            opt = GpuAdamW::new(device, queue, state.config.clone(), groups.clone())?;
-            opt.load_state(&state)?;
+            run.opt.save_checkpoint(file)?;
+            run.restart(&OptimizerState::load(file)?)?;
         }
-        if s == trace.steps as usize {
-            break;
+        if s < trace.steps as usize {
+            run.step(s)?;
         }
+    }
+    let logs = run
+        .log_ranges()
+        .iter()
+        .map(|&(b, off, size)| read_buffer(run.device, run.queue, b, off, size))
+        .collect::<Result<Vec<_>>>()?;
+    run.output(&logs, run.opt.state()?)
+}
+
+/// [`replay`] on the GPU without blocking: every read-back is awaited, so it runs on the
+/// web (wasm32), where the browser polls the device. Natively the futures complete only
+/// while something polls the device (`wgpu::Device::poll`).
+pub async fn replay_async(trace: &Trace, ctx: &GpuContext) -> Result<ReplayOutput> {
+    let mut run = GpuReplay::new(trace, &ctx.device, &ctx.queue)?;
+    for s in 0..trace.steps as usize {
+        run.step(s)?;
+    }
+    let mut logs = Vec::new();
+    for (b, off, size) in run.log_ranges() {
+        logs.push(read_buffer_async(run.device, run.queue, b, off, size).await?);
+    }
+    let state = run.opt.state_async().await?;
+    run.output(&logs, state)
+}
+
+/// A trace being replayed by [`GpuAdamW`]: its buffers, and the logs of lr, beta1 and the
+/// loss-scaling control words, one record per step, read back once at the end.
+struct GpuReplay<'a> {
+    trace: &'a Trace,
+    device: &'a wgpu::Device,
+    queue: &'a wgpu::Queue,
+    opt: GpuAdamW,
+    groups: Vec<ParamGroup>,
+    /// Each trace param's first element in `pbuf` and `gbuf`.
+    offsets: Vec<u64>,
+    pbuf: wgpu::Buffer,
+    gbuf: wgpu::Buffer,
+    lr_log: wgpu::Buffer,
+    amp_log: wgpu::Buffer,
+    /// The micro-batches of one step, side by side (rewritten every step).
+    staging: wgpu::Buffer,
+    /// Bytes of one step's record in `lr_log`.
+    row: u64,
+}
+
+const CONTROL_BYTES: u64 = 4 * CONTROL_WORDS as u64;
+
+/// Values as the words of a buffer of `ty` elements.
+fn buffer_words(values: &mut dyn Iterator<Item = f32>, ty: ElemType) -> Vec<u32> {
+    match ty {
+        ElemType::F32 => values.map(f32::to_bits).collect(),
+        _ => {
+            let halves: Vec<u16> = values.map(|x| ty.narrow(x)).collect();
+            halves
+                .chunks(2)
+                .map(|c| u32::from(c[0]) | c.get(1).map_or(0, |&h| u32::from(h) << 16))
+                .collect()
+        }
+    }
+}
+
+impl<'a> GpuReplay<'a> {
+    fn new(trace: &'a Trace, device: &'a wgpu::Device, queue: &'a wgpu::Queue) -> Result<Self> {
+        let prec = trace.config.precision;
+        let (pb, gb) = (prec.param.size(), prec.grad.size());
+        // All params in one buffer and all grads in another, packed with no padding: most
+        // tensors then start at offsets that are not multiples of 16 bytes, and 16-bit tensors
+        // of odd length share a 32-bit word with their neighbours.
+        let mut offsets = Vec::new();
+        let mut total = 0u64;
+        for p in &trace.params {
+            offsets.push(total);
+            total += p.init.len() as u64;
+        }
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let buffer = |label, size: u64, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let padded = |elem: u64| (total * elem).div_ceil(4).max(4) * 4;
+        let (pbuf, gbuf) = (
+            buffer("trace params", padded(pb), usage),
+            buffer("trace grads", padded(gb), usage),
+        );
+        let init = buffer_words(
+            &mut trace.params.iter().flat_map(|p| p.init.iter().copied()),
+            prec.param,
+        );
+        queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&init));
+        let groups: Vec<ParamGroup> = trace
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(gi, &config)| ParamGroup {
+                config,
+                tensors: trace
+                    .params
+                    .iter()
+                    .zip(&offsets)
+                    .filter(|(p, _)| p.group == gi)
+                    .map(|(p, &off)| TensorBinding {
+                        param: pbuf.clone(),
+                        param_offset: off * pb,
+                        grad: gbuf.clone(),
+                        grad_offset: off * gb,
+                        len: p.init.len() as u64,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let opt = GpuAdamW::new(device, queue, trace.config.clone(), groups.clone())?;
+        if prec.master_weights {
+            let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
+            opt.set_master_weights(&init)?;
+        }
+        let row = 4 * u64::from(SCALAR_WORDS) * trace.groups.len() as u64;
+        let log_usage = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let steps = u64::from(trace.steps);
+        Ok(Self {
+            lr_log: buffer("trace lr log", (row * steps).max(16), log_usage),
+            amp_log: buffer("trace amp log", (CONTROL_BYTES * steps).max(16), log_usage),
+            staging: buffer(
+                "trace grads of one step",
+                u64::from(trace.config.accumulate) * gbuf.size(),
+                log_usage,
+            ),
+            trace,
+            device,
+            queue,
+            opt,
+            groups,
+            offsets,
+            pbuf,
+            gbuf,
+            row,
+        })
+    }
+
+    /// A fresh optimizer over the same tensors, from `state`.
+    fn restart(&mut self, state: &OptimizerState) -> Result<()> {
+        self.opt = GpuAdamW::new(
+            self.device,
+            self.queue,
+            state.config.clone(),
+            self.groups.clone(),
+        )?;
+        self.opt.load_state(state)
+    }
+
+    /// Submits step `s` (0-based): its micro-batches and the copies into the logs.
+    fn step(&mut self, s: usize) -> Result<()> {
+        let (trace, gbuf) = (self.trace, &self.gbuf);
+        let scaler = trace.config.grad_scaler.is_some();
+        let prec = trace.config.precision;
         // The step's micro-batches are uploaded beside each other and copied into the
         // gradient buffer one by one between the calls of the step, all in one submit (the
         // micro-batch counter lives on the device).
         let k = trace.config.accumulate as usize;
         let mut uploads: Vec<u32> = Vec::with_capacity(k * (gbuf.size() / 4) as usize);
         for micro in s * k..(s + 1) * k {
-            let mut w = words(
+            let mut w = buffer_words(
                 &mut trace
                     .params
                     .iter()
@@ -721,63 +790,84 @@ fn replay_gpu(
             w.resize((gbuf.size() / 4) as usize, 0);
             uploads.extend(w);
         }
-        queue.write_buffer(&staging, 0, bytemuck::cast_slice(&uploads));
+        self.queue
+            .write_buffer(&self.staging, 0, bytemuck::cast_slice(&uploads));
         if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
-            opt.set_loss_scale(scales[s]);
+            self.opt.set_loss_scale(scales[s]);
         }
         if let Some(m) = trace.metric_before(s) {
-            opt.set_metric(m);
+            self.opt.set_metric(m);
         }
-        let mut encoder = device.create_command_encoder(&Default::default());
+        let mut encoder = self.device.create_command_encoder(&Default::default());
         for m in 0..k as u64 {
-            encoder.copy_buffer_to_buffer(&staging, m * gbuf.size(), &gbuf, 0, gbuf.size());
-            opt.encode_step(&mut encoder);
+            encoder.copy_buffer_to_buffer(&self.staging, m * gbuf.size(), gbuf, 0, gbuf.size());
+            self.opt.encode_step(&mut encoder);
         }
-        opt.encode_copy_step_scalars(&mut encoder, &lr_log, row * s as u64)?;
-        opt.encode_copy_control(&mut encoder, &amp_log, CONTROL_BYTES * s as u64)?;
-        queue.submit([encoder.finish()]);
+        self.opt
+            .encode_copy_step_scalars(&mut encoder, &self.lr_log, self.row * s as u64)?;
+        self.opt
+            .encode_copy_control(&mut encoder, &self.amp_log, CONTROL_BYTES * s as u64)?;
+        self.queue.submit([encoder.finish()]);
         // Let wgpu free what finished submissions held (the staging copies of the gradients):
         // without it a long replay grows by one gradient upload per step.
-        let _ = device.poll(wgpu::PollType::Poll);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        Ok(())
     }
-    let flat = read_buffer(device, queue, &pbuf, 0, pbuf.size())?;
-    let elem = |i: usize| match prec.param {
-        ElemType::F32 => f32::from_bits(flat[i]),
-        ty => ty.widen((flat[i / 2] >> (16 * (i % 2))) as u16),
-    };
-    let params = trace
-        .params
-        .iter()
-        .zip(&offsets)
-        .map(|(p, &off)| {
-            (off as usize..off as usize + p.init.len())
-                .map(elem)
-                .collect()
-        })
-        .collect();
-    let log = read_buffer(device, queue, &lr_log, 0, lr_log.size())?;
-    let w = SCALAR_WORDS as usize;
-    let column = |word: usize| -> Vec<Vec<f32>> {
-        (0..n_groups as usize)
-            .map(|gi| {
-                (0..trace.steps as usize)
-                    .map(|s| f32::from_bits(log[w * (s * n_groups as usize + gi) + word]))
+
+    /// What to read back at the end: the parameters, the lr log, the control log.
+    fn log_ranges(&self) -> [(&wgpu::Buffer, u64, u64); 3] {
+        [
+            (&self.pbuf, 0, self.pbuf.size()),
+            (&self.lr_log, 0, self.lr_log.size()),
+            (&self.amp_log, 0, self.amp_log.size()),
+        ]
+    }
+
+    /// The output, from the words of [`GpuReplay::log_ranges`] and the final state.
+    fn output(&self, logs: &[Vec<u32>], state: OptimizerState) -> Result<ReplayOutput> {
+        let trace = self.trace;
+        let prec = trace.config.precision;
+        let [flat, log, amp] = logs else {
+            return Err(Error::Readback("three logs expected".into()));
+        };
+        let elem = |i: usize| match prec.param {
+            ElemType::F32 => f32::from_bits(flat[i]),
+            ty => ty.widen((flat[i / 2] >> (16 * (i % 2))) as u16),
+        };
+        let params = trace
+            .params
+            .iter()
+            .zip(&self.offsets)
+            .map(|(p, &off)| {
+                (off as usize..off as usize + p.init.len())
+                    .map(elem)
                     .collect()
             })
-            .collect()
-    };
-    let (lr, beta1) = (column(0), column(6));
-    let amp = read_buffer(device, queue, &amp_log, 0, amp_log.size())?;
-    let w = CONTROL_WORDS;
-    let skipped = (0..trace.steps as usize)
-        .map(|s| trace.config.loss_scaling && amp[w * s + 1] != 0)
-        .collect();
-    let grad_scale = (0..trace.steps as usize)
-        .map(|s| f32::from_bits(amp[w * s + CONTROL_SCALE_USED]))
-        .collect();
-    let mut out = output_from_state(params, opt.state()?, lr, beta1, skipped);
-    out.grad_scale = grad_scale;
-    Ok(out)
+            .collect();
+        let n_groups = trace.groups.len();
+        let w = SCALAR_WORDS as usize;
+        let column = |word: usize| -> Vec<Vec<f32>> {
+            (0..n_groups)
+                .map(|gi| {
+                    (0..trace.steps as usize)
+                        .map(|s| f32::from_bits(log[w * (s * n_groups + gi) + word]))
+                        .collect()
+                })
+                .collect()
+        };
+        let (lr, beta1) = (column(0), column(6));
+        let w = CONTROL_WORDS;
+        let skipped = (0..trace.steps as usize)
+            .map(|s| trace.config.loss_scaling && amp[w * s + 1] != 0)
+            .collect();
+        let grad_scale = (0..trace.steps as usize)
+            .map(|s| f32::from_bits(amp[w * s + CONTROL_SCALE_USED]))
+            .collect();
+        let mut out = output_from_state(params, state, lr, beta1, skipped);
+        out.grad_scale = grad_scale;
+        Ok(out)
+    }
 }
 
 /// The worst error of one kind of value, as a multiple of its tolerance.

@@ -78,3 +78,25 @@ fn async_reads_equal_the_blocking_ones_and_checkpoints_round_trip_as_bytes() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// The non-blocking replay (the browser's) gives what the blocking one does, bit for bit,
+/// on an f32 trace with groups and AMSGrad and on a mixed-precision one.
+#[test]
+fn async_replay_equals_the_blocking_one() {
+    let ctx = common::gpu();
+    for name in ["cosine_amsgrad_groups", "mp_bf16_combined"] {
+        let path = format!(
+            "{}/tests/data/{name}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let trace = wgpu_adamw::trace::Trace::load(&path).unwrap();
+        let blocking =
+            wgpu_adamw::trace::replay(&trace, wgpu_adamw::trace::Backend::Gpu(&ctx), None).unwrap();
+        let async_ = drive(&ctx.device, wgpu_adamw::trace::replay_async(&trace, &ctx)).unwrap();
+        assert_eq!(format!("{async_:?}"), format!("{blocking:?}"), "{name}");
+        assert!(
+            wgpu_adamw::trace::compare(&trace, &async_).passed(),
+            "{name}"
+        );
+    }
+}
