@@ -14,6 +14,12 @@ var<workgroup> red_hi: array<f32, 256>;
 var<workgroup> red_lo: array<f32, 256>;
 var<workgroup> red_flag: array<u32, 256>;
 
+// A float from its bits, evaluated at run time: WGSL rejects a constant expression whose
+// value is NaN or infinite (Tint, the browser's compiler, enforces it; naga does not).
+fn f32_from_bits(bits: u32) -> f32 {
+    return bitcast<f32>(bits);
+}
+
 fn is_nonfinite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
 }
@@ -34,10 +40,10 @@ fn nonfinite_flags(x: f32) -> u32 {
 // inf or NaN), else the square root.
 fn finish_norm(sum_sq: f32, flags: u32, root: f32) -> f32 {
     if ((flags & NAN) != 0u) {
-        return bitcast<f32>(0x7fc00000u);
+        return f32_from_bits(0x7fc00000u);
     }
     if ((flags & NONFINITE) != 0u || is_nonfinite(sum_sq)) {
-        return bitcast<f32>(0x7f800000u);
+        return f32_from_bits(0x7f800000u);
     }
     return root;
 }

@@ -67,7 +67,7 @@ struct DispatchInfo {
     n_tensors: u32,
     n_runs: u32,          // chunks [0, n_runs) are runs of one tensor (`update`), the rest
     packed_grid_x: u32,   // packed chunks of short tensors (`update_packed`, this grid width)
-    _pad0: u32,
+    views: u32,           // VIEWS_VEC4 or VIEWS_F32 (update.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> g: Globals;

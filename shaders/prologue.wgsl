@@ -5,10 +5,19 @@
 @group(0) @binding(11) var<storage, read_write> amp_rw: array<u32>;
 @group(0) @binding(13) var<storage, read> partials_ro: array<u32>;
 
+// `dz` through workgroup memory: WGSL's uniformity analysis takes a value read from a
+// read_write buffer or a private variable as non-uniform, and the barriers below sit in
+// branches on `flags`; `workgroupUniformLoad` makes `zero` (hence `flags`) uniform.
+var<workgroup> prologue_zero: u32;
+
 @compute @workgroup_size(256)
 fn prologue(@builtin(local_invocation_index) lid: u32) {
-    dz = meta_rw[META_ZERO];
-    let flags = g.flags | dz;
+    if (lid == 0u) {
+        prologue_zero = meta_rw[META_ZERO];
+    }
+    let zero = workgroupUniformLoad(&prologue_zero);
+    dz = zero;
+    let flags = g.flags | zero;
     let spe = g.steps_per_epoch | dz;
     let sched = meta_rw[COUNTER_SCHED];
     let adam = meta_rw[COUNTER_ADAM];

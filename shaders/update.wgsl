@@ -1,9 +1,12 @@
 // ---------------------------------------------------------------- update
 // (CPU twin: src/twin/update.rs)
 //
-// The engine's buffers are bound twice: as f32 (any alignment, the ragged ends) and as vec4
-// (chunks whose param, grad and state offsets are multiples of 4: 16-byte loads, which a GPU
-// needs to reach its copy bandwidth). The state is the optimizer's own and always aligned.
+// The engine's windows are bound as vec4 (16-byte loads, which a GPU needs to reach its copy
+// bandwidth, for chunks whose param, grad and state offsets are multiples of 4; any other
+// element is a component), or, where a window's last 16-byte unit would pass its buffer's
+// end, as f32. One view per window and dispatch, never both: WebGPU forbids two writable
+// bindings whose ranges overlap (Dawn enforces it). The state is the optimizer's own and
+// always aligned.
 
 @group(0) @binding(1) var<uniform> dispatch: DispatchInfo;
 @group(0) @binding(2) var<storage, read> meta_ro: array<u32>;
@@ -14,6 +17,31 @@
 @group(0) @binding(7) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(14) var<storage, read_write> param4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read_write> grad4: array<vec4<f32>>;
+
+const VIEWS_VEC4: u32 = 0u;
+const VIEWS_F32: u32 = 1u;
+
+fn param_elem(i: u32) -> f32 {
+    if (dispatch.views == VIEWS_F32) {
+        return param[i];
+    }
+    return param4[i >> 2u][i & 3u];
+}
+
+fn set_param(i: u32, x: f32) {
+    if (dispatch.views == VIEWS_F32) {
+        param[i] = x;
+    } else {
+        param4[i >> 2u][i & 3u] = x;
+    }
+}
+
+fn grad_elem(i: u32) -> f32 {
+    if (dispatch.views == VIEWS_F32) {
+        return grad[i];
+    }
+    return grad4[i >> 2u][i & 3u];
+}
 
 struct StepConsts {
     one_minus_beta1: f32,
@@ -58,8 +86,8 @@ fn update_scalar(pi: u32, gi: u32, si: u32, k: StepConsts) {
     if (amsgrad) {
         vmax_old = max_exp_avg_sq[a][c];
     }
-    let r = adam_element(grad[gi], param[pi], exp_avg[a][c], exp_avg_sq[a][c], vmax_old, k);
-    param[pi] = r.x;
+    let r = adam_element(grad_elem(gi), param_elem(pi), exp_avg[a][c], exp_avg_sq[a][c], vmax_old, k);
+    set_param(pi, r.x);
     exp_avg[a][c] = r.y;
     exp_avg_sq[a][c] = r.z;
     if (amsgrad) {
@@ -133,8 +161,9 @@ fn update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let k = step_consts(packed >> 16u);
     let amsgrad = (g.flags & FLAG_AMSGRAD) != 0u;
 
-    if (((p0 | g0 | s0) & 3u) != 0u) {
-        // Unaligned tensor: element i of the chunk by thread i % 256, every load coalesced.
+    if (((p0 | g0 | s0) & 3u) != 0u || dispatch.views == VIEWS_F32) {
+        // Unaligned tensor (or f32 views): element i of the chunk by thread i % 256, every
+        // load coalesced.
         for (var e = 0u; e < ELEMS_PER_THREAD; e++) {
             let i = e * WORKGROUP + lid;
             if (i < count) {

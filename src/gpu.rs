@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{
     DispatchInfo, Globals, Kernel, CONTROL_GROWTH_TRACKER, CONTROL_LR_SCALE, CONTROL_METRIC,
     CONTROL_SCALE, CONTROL_WORDS, COUNTER_ADAM, COUNTER_MICRO, COUNTER_SCHED, COUNTER_WORDS,
-    ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, WORKGROUP,
+    ELEMS_PER_THREAD, SCALAR_WORDS, STEP_SKIPPED, VIEWS_F32, VIEWS_VEC4, WORKGROUP,
 };
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TableLayout, TensorInfo};
 use crate::precision::{Dtype, Precision};
@@ -183,6 +183,9 @@ pub struct GpuAdamW {
     /// The tables as last uploaded and where the gradients' places are in them, while
     /// every gradient buffer is bound whole.
     grad_patch: Option<GradPatch>,
+    /// What fills the bindings of the views a dispatch does not use (one buffer each: two
+    /// writable bindings of one buffer may not overlap).
+    stand_ins: [wgpu::Buffer; 2],
     max_binding_size: u64,
     native_f16: bool,
 }
@@ -199,11 +202,66 @@ impl GpuAdamW {
     }
 
     /// [`GpuAdamW::new`] with [`GpuOptions`].
+    ///
+    /// With master weights or an EMA it reads the engine's parameters back (their starting
+    /// values) and waits: on the web (wasm32) that is an [`Error::Unsupported`]; use
+    /// [`GpuAdamW::with_options_async`] there.
     pub fn with_options(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         config: AdamWConfig,
         groups: Vec<ParamGroup>,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let opt = Self::build(device, queue, config, &groups, options)?;
+        if opt.reads_weights() {
+            let words = read_buffers(device, queue, &weight_ranges(&groups, &opt.config))?;
+            opt.init_weights(&groups, &words)?;
+        }
+        Ok(opt)
+    }
+
+    /// [`GpuAdamW::new`] without blocking: the form for the web (wasm32), where the
+    /// parameters' starting values for master weights or an EMA are read back
+    /// asynchronously (the browser polls the device; natively, something must).
+    pub async fn new_async(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+    ) -> Result<Self> {
+        Self::with_options_async(device, queue, config, groups, GpuOptions::default()).await
+    }
+
+    /// [`GpuAdamW::with_options`] without blocking (see [`GpuAdamW::new_async`]).
+    pub async fn with_options_async(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let opt = Self::build(device, queue, config, &groups, options)?;
+        if opt.reads_weights() {
+            let words = Readback::start(device, queue, &weight_ranges(&groups, &opt.config))?
+                .finish()
+                .await?;
+            opt.init_weights(&groups, &words)?;
+        }
+        Ok(opt)
+    }
+
+    /// Whether creation starts the master weights or the EMA from the engine's parameters.
+    fn reads_weights(&self) -> bool {
+        self.config.precision.master_weights || self.config.ema_decay.is_some()
+    }
+
+    /// Everything of [`GpuAdamW::with_options`] but the starting master weights and EMA.
+    fn build(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: &[ParamGroup],
         options: GpuOptions,
     ) -> Result<Self> {
         let configs: Vec<GroupConfig> = groups.iter().map(|g| g.config).collect();
@@ -506,6 +564,14 @@ impl GpuAdamW {
                 ),
                 uniform_bytes: Vec::new(),
                 grad_patch: None,
+                stand_ins: [(); 2].map(|()| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("wgpu-adamw view stand-in"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    })
+                }),
                 max_binding_size: max_binding,
                 native_f16,
             };
@@ -518,9 +584,6 @@ impl GpuAdamW {
             opt.tensors = plan.tensors;
             Ok(opt)
         })??;
-        if opt.config.precision.master_weights || opt.config.ema_decay.is_some() {
-            opt.init_weights(&groups)?;
-        }
         Ok(opt)
     }
 
@@ -1246,23 +1309,14 @@ impl GpuAdamW {
         Ok(())
     }
 
-    /// Master weights and the EMA from the engine's parameters, widened (at creation).
-    fn init_weights(&self, groups: &[ParamGroup]) -> Result<()> {
+    /// Master weights and the EMA from the engine's parameters, widened (at creation), given
+    /// the words of [`weight_ranges`].
+    fn init_weights(&self, groups: &[ParamGroup], read: &[Vec<u32>]) -> Result<()> {
         let ty = self.config.precision.param;
         let tensors: Vec<&TensorBinding> = groups.iter().flat_map(|g| &g.tensors).collect();
-        // Every tensor's whole words, read back in one submit.
-        let ranges: Vec<(&wgpu::Buffer, u64, u64)> = tensors
-            .iter()
-            .map(|t| {
-                let start = t.param_offset / 4 * 4;
-                let end = (t.param_offset + ty.size() * t.len).div_ceil(4) * 4;
-                (&t.param, start, end - start)
-            })
-            .collect();
-        let read = read_buffers(&self.device, &self.queue, &ranges)?;
         let values: Vec<Vec<f32>> = tensors
             .iter()
-            .zip(&read)
+            .zip(read)
             .map(|(t, words)| {
                 let first = ((t.param_offset % 4) / ty.size()) as usize;
                 (first..first + t.len as usize)
@@ -1330,6 +1384,24 @@ pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result
         Some(e) => Err(Error::Device(e.to_string())),
         None => Ok(out),
     }
+}
+
+/// Every tensor's parameters as whole words, to read back in one submit (the starting master
+/// weights and EMA).
+fn weight_ranges<'a>(
+    groups: &'a [ParamGroup],
+    config: &AdamWConfig,
+) -> Vec<(&'a wgpu::Buffer, u64, u64)> {
+    let ty = config.precision.param;
+    groups
+        .iter()
+        .flat_map(|g| &g.tensors)
+        .map(|t| {
+            let start = t.param_offset / 4 * 4;
+            let end = (t.param_offset + ty.size() * t.len).div_ceil(4) * 4;
+            (&t.param, start, end - start)
+        })
+        .collect()
 }
 
 /// Checks a `(buffer, offset, size)` range for a copy out of (`COPY_SRC`) or into
@@ -1554,21 +1626,6 @@ fn make_bind_group(
         layout,
         entries: &entries,
     })
-}
-
-/// The vec4 view of a window: its whole 16-byte units. A window shorter than 16 bytes has
-/// none (its tensors take the scalar path), and `stand_in` fills the binding.
-fn vec4_view<'a>(
-    buffer: &'a wgpu::Buffer,
-    offset: u64,
-    size: u64,
-    stand_in: &'a wgpu::Buffer,
-) -> wgpu::BindingResource<'a> {
-    if size >= 16 {
-        binding(buffer, offset, size / 16 * 16)
-    } else {
-        stand_in.as_entire_binding()
-    }
 }
 
 /// The counters in the first words of `meta`.
@@ -1901,7 +1958,14 @@ impl GpuAdamW {
                     n_tensors,
                     n_runs,
                     packed_grid_x: packed_grid.map_or(1, |g| g.0),
-                    _pad: 0,
+                    views: if self
+                        .vec4_windows(&buffers[p_buf], p_win, &buffers[g_buf], g_win)
+                        .is_some()
+                    {
+                        VIEWS_VEC4
+                    } else {
+                        VIEWS_F32
+                    },
                 };
                 let at = self.uniforms.info_at(k) as usize;
                 uniform[at..at + std::mem::size_of::<DispatchInfo>()]
@@ -2040,6 +2104,25 @@ impl GpuAdamW {
         }
     }
 
+    /// The sizes of the vec4 views of a dispatch's param and grad windows: each window rounded
+    /// up to whole 16-byte units. `None` (the dispatch binds the f32 views) where either
+    /// would pass its buffer's end or the binding limit.
+    fn vec4_windows(
+        &self,
+        param: &wgpu::Buffer,
+        p_win: u64,
+        grad: &wgpu::Buffer,
+        g_win: u64,
+    ) -> Option<(u64, u64)> {
+        let (max_binding, stride) = (self.plan_limits.max_binding, self.plan_limits.stride);
+        let whole = |buffer: &wgpu::Buffer, win: u64| {
+            let (_, size) = window_of(win, buffer.size(), max_binding, stride);
+            let size = size.div_ceil(16) * 16;
+            (win + size <= buffer.size() && size <= max_binding).then_some(size)
+        };
+        Some((whole(param, p_win)?, whole(grad, g_win)?))
+    }
+
     /// The bind groups of dispatch `k` over the given param and grad windows and state arena.
     fn dispatch_bind_groups(
         &self,
@@ -2060,7 +2143,6 @@ impl GpuAdamW {
         let (_, p_size) = window_of(p_win, param.size(), max_binding, stride);
         let (_, g_size) = window_of(g_win, grad.size(), max_binding, stride);
         let vmax = &arenas.max_exp_avg_sq[if config.amsgrad { arena } else { 0 }];
-        let stand_in = &arenas.max_exp_avg_sq[0];
         let info_at = self.uniforms.info_at(k);
         let grad_window = || binding(grad, g_win, g_size / 4 * 4);
         // Globals, this dispatch's chunk range, meta: bound by each of its pipelines.
@@ -2103,15 +2185,28 @@ impl GpuAdamW {
                 entries,
             )
         } else {
-            let mut update_entries = head();
+            let mut update_entries = shared();
             update_entries.extend([
-                (3, binding(param, p_win, p_size / 4 * 4)),
                 (5, arenas.exp_avg[arena].as_entire_binding()),
                 (6, arenas.exp_avg_sq[arena].as_entire_binding()),
                 (7, vmax.as_entire_binding()),
-                (14, vec4_view(param, p_win, p_size, stand_in)),
-                (15, vec4_view(grad, g_win, g_size, stand_in)),
             ]);
+            let [a, b] = &self.stand_ins;
+            // One view of each window (DispatchInfo::views), the other filled by a stand-in.
+            update_entries.extend(match self.vec4_windows(param, p_win, grad, g_win) {
+                Some((p4, g4)) => [
+                    (3, a.as_entire_binding()),
+                    (4, b.as_entire_binding()),
+                    (14, binding(param, p_win, p4)),
+                    (15, binding(grad, g_win, g4)),
+                ],
+                None => [
+                    (3, binding(param, p_win, p_size / 4 * 4)),
+                    (4, grad_window()),
+                    (14, a.as_entire_binding()),
+                    (15, b.as_entire_binding()),
+                ],
+            });
             make_bind_group(
                 device,
                 "wgpu-adamw update",

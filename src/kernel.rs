@@ -239,9 +239,16 @@ pub struct DispatchInfo {
     pub n_runs: u32,
     /// Workgroups along x of the `update_packed` grid.
     pub packed_grid_x: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// Which view of the engine's windows is bound: [`VIEWS_VEC4`] or [`VIEWS_F32`].
+    pub views: u32,
 }
+
+/// [`DispatchInfo::views`]: the vec4 views of the param and grad windows are bound (bindings
+/// 14 and 15), and single elements are components of them.
+pub const VIEWS_VEC4: u32 = 0;
+/// [`DispatchInfo::views`]: only the f32 views are bound (bindings 3 and 4): a window whose
+/// last 16-byte unit would pass its buffer's end, or the device's binding limit.
+pub const VIEWS_F32: u32 = 1;
 
 /// The compiled kernel: its pipelines and their bind group layouts.
 #[derive(Debug)]

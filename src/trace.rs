@@ -627,7 +627,7 @@ fn replay_gpu(
 /// web (wasm32), where the browser polls the device. Natively the futures complete only
 /// while something polls the device (`wgpu::Device::poll`).
 pub async fn replay_async(trace: &Trace, ctx: &GpuContext) -> Result<ReplayOutput> {
-    let mut run = GpuReplay::new(trace, &ctx.device, &ctx.queue)?;
+    let mut run = GpuReplay::new_async(trace, &ctx.device, &ctx.queue).await?;
     for s in 0..trace.steps as usize {
         run.step(s)?;
     }
@@ -675,8 +675,32 @@ fn buffer_words(values: &mut dyn Iterator<Item = f32>, ty: ElemType) -> Vec<u32>
     }
 }
 
+/// The last part of a [`GpuReplay`]'s creation, once its optimizer exists.
+type WithOptimizer<'a> = Box<dyn FnOnce(GpuAdamW) -> Result<GpuReplay<'a>> + 'a>;
+
 impl<'a> GpuReplay<'a> {
     fn new(trace: &'a Trace, device: &'a wgpu::Device, queue: &'a wgpu::Queue) -> Result<Self> {
+        let (groups, with_optimizer) = Self::start(trace, device, queue);
+        with_optimizer(GpuAdamW::new(device, queue, trace.config.clone(), groups)?)
+    }
+
+    /// [`GpuReplay::new`] without blocking (master weights and EMA read the parameters back).
+    async fn new_async(
+        trace: &'a Trace,
+        device: &'a wgpu::Device,
+        queue: &'a wgpu::Queue,
+    ) -> Result<Self> {
+        let (groups, with_optimizer) = Self::start(trace, device, queue);
+        with_optimizer(GpuAdamW::new_async(device, queue, trace.config.clone(), groups).await?)
+    }
+
+    /// The buffers, with the trace's initial parameters: the optimizer's groups, and the
+    /// rest of the creation.
+    fn start(
+        trace: &'a Trace,
+        device: &'a wgpu::Device,
+        queue: &'a wgpu::Queue,
+    ) -> (Vec<ParamGroup>, WithOptimizer<'a>) {
         let prec = trace.config.precision;
         let (pb, gb) = (prec.param.size(), prec.grad.size());
         // All params in one buffer and all grads in another, packed with no padding: most
@@ -730,32 +754,38 @@ impl<'a> GpuReplay<'a> {
                     .collect(),
             })
             .collect();
-        let opt = GpuAdamW::new(device, queue, trace.config.clone(), groups.clone())?;
-        if prec.master_weights {
-            let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
-            opt.set_master_weights(&init)?;
-        }
         let row = 4 * u64::from(SCALAR_WORDS) * trace.groups.len() as u64;
         let log_usage = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let steps = u64::from(trace.steps);
-        Ok(Self {
-            lr_log: buffer("trace lr log", (row * steps).max(16), log_usage),
-            amp_log: buffer("trace amp log", (CONTROL_BYTES * steps).max(16), log_usage),
-            staging: buffer(
-                "trace grads of one step",
-                u64::from(trace.config.accumulate) * gbuf.size(),
-                log_usage,
-            ),
-            trace,
-            device,
-            queue,
-            opt,
-            groups,
-            offsets,
-            pbuf,
-            gbuf,
-            row,
-        })
+        let with_optimizer = {
+            let groups = groups.clone();
+            move |opt: GpuAdamW| {
+                if prec.master_weights {
+                    let init: Vec<&[f32]> =
+                        trace.params.iter().map(|p| p.init.as_slice()).collect();
+                    opt.set_master_weights(&init)?;
+                }
+                Ok(Self {
+                    lr_log: buffer("trace lr log", (row * steps).max(16), log_usage),
+                    amp_log: buffer("trace amp log", (CONTROL_BYTES * steps).max(16), log_usage),
+                    staging: buffer(
+                        "trace grads of one step",
+                        u64::from(trace.config.accumulate) * gbuf.size(),
+                        log_usage,
+                    ),
+                    trace,
+                    device,
+                    queue,
+                    opt,
+                    groups,
+                    offsets,
+                    pbuf,
+                    gbuf,
+                    row,
+                })
+            }
+        };
+        (groups, Box::new(with_optimizer))
     }
 
     /// A fresh optimizer over the same tensors, from `state`.

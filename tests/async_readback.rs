@@ -80,11 +80,12 @@ fn async_reads_equal_the_blocking_ones_and_checkpoints_round_trip_as_bytes() {
 }
 
 /// The non-blocking replay (the browser's) gives what the blocking one does, bit for bit,
-/// on an f32 trace with groups and AMSGrad and on a mixed-precision one.
+/// on an f32 trace with groups and AMSGrad and on mixed-precision ones (master weights and an
+/// EMA, whose creation reads the parameters back).
 #[test]
 fn async_replay_equals_the_blocking_one() {
     let ctx = common::gpu();
-    for name in ["cosine_amsgrad_groups", "mp_bf16_combined"] {
+    for name in ["cosine_amsgrad_groups", "mp_bf16_combined", "mp_ema", "mp_f16_master"] {
         let path = format!(
             "{}/tests/data/{name}.safetensors",
             env!("CARGO_MANIFEST_DIR")

@@ -272,7 +272,9 @@ fn time_interleaved(
     Ok(times.into_iter().map(median).collect())
 }
 
-fn fused_config(amsgrad: bool, h: &Hyper) -> AdamWConfig {
+/// The fused step's configuration in every workload: `h`'s settings under the cosine schedule
+/// the PyTorch script runs.
+pub fn fused_config(amsgrad: bool, h: &Hyper) -> AdamWConfig {
     AdamWConfig::default()
         .with_lr(h.lr)
         .with_betas(h.betas.0, h.betas.1)

@@ -5,7 +5,10 @@ use crate::data::Dataset;
 use crate::model::Mlp;
 use anyhow::{bail, Context};
 use wgpu_adamw::wgpu;
-use wgpu_adamw::{read_buffer, AdamWConfig, GpuAdamW, GroupConfig, ParamGroup, TensorBinding};
+use wgpu_adamw::{
+    read_buffer, AdamWConfig, CpuAdamW, CpuParamGroup, GpuAdamW, GroupConfig, ParamGroup,
+    TensorBinding,
+};
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const FORWARD: &str = include_str!("../shaders/forward.wgsl");
@@ -213,6 +216,7 @@ impl GpuMlp {
                 bail!("the data set does not match the model's inputs and classes");
             }
         }
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let params = storage_buffer(
             device,
@@ -304,6 +308,28 @@ impl GpuMlp {
             grad_offset: 4 * off as u64,
             len: len as u64,
         };
+        let bias_group = GroupConfig {
+            weight_decay: Some(0.0),
+            ..Default::default()
+        };
+        // The state `reset` returns to: a fresh CPU twin's, which a fresh GPU optimizer's
+        // equals (no read-back, so nothing here blocks on the web).
+        let lens = |t: &[(usize, usize)]| t.iter().map(|&(_, len)| len).collect();
+        let fresh = CpuAdamW::new(
+            config.clone(),
+            vec![
+                CpuParamGroup {
+                    config: GroupConfig::default(),
+                    lens: lens(&weights),
+                },
+                CpuParamGroup {
+                    config: bias_group,
+                    lens: lens(&biases),
+                },
+            ],
+        )
+        .context("creating the optimizer")?
+        .state();
         let opt = GpuAdamW::new(
             device,
             queue,
@@ -314,16 +340,15 @@ impl GpuMlp {
                     tensors: weights.iter().map(bind).collect(),
                 },
                 ParamGroup {
-                    config: GroupConfig {
-                        weight_decay: Some(0.0),
-                        ..Default::default()
-                    },
+                    config: bias_group,
                     tensors: biases.iter().map(bind).collect(),
                 },
             ],
         )
         .context("creating the optimizer")?;
-        let fresh = opt.state().context("reading the optimizer's state")?;
+        // On the web a scope's result arrives only after control returns to the browser:
+        // errors go to the device's uncaptured-error handler there.
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
             bail!("device error while building the MLP: {e}");
         }
@@ -509,6 +534,12 @@ impl GpuMlp {
         bytes: u64,
     ) -> anyhow::Result<Vec<f32>> {
         self.read_f32(log, offset, bytes)
+    }
+
+    /// The device and queue the model lives on (for reading its logs without blocking,
+    /// with `wgpu_adamw::read_buffer_async`).
+    pub fn device(&self) -> (&wgpu::Device, &wgpu::Queue) {
+        (&self.device, &self.queue)
     }
 
     /// Evaluates the current parameters on evaluation set `set`: `(loss, accuracy)`.
