@@ -296,7 +296,7 @@ impl GpuAdamW {
             )));
         }
 
-        validate_bindings(&groups, &config.precision)?;
+        validate_bindings(groups, &config.precision)?;
         let uses_f16 = [
             config.precision.param,
             config.precision.grad,
@@ -554,7 +554,7 @@ impl GpuAdamW {
                 prologue_bind_group,
                 dispatches: Vec::new(),
                 bind_groups: HashMap::new(),
-                param_ranges: param_ranges(&groups, prec.param),
+                param_ranges: param_ranges(groups, prec.param),
                 belt: wgpu::util::StagingBelt::new(
                     device.clone(),
                     (4 * u64::from(tables.end - tables.tensors_at)
