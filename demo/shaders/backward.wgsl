@@ -18,13 +18,13 @@ fn linear_grad_params(@builtin(global_invocation_id) gid: vec3<u32>) {
         let j = t / cfg.in_dim;
         let i = t % cfg.in_dim;
         for (var b = 0u; b < cfg.batch; b = b + 1u) {
-            s = s + acts[cfg.d_off + b * cfg.out_dim + j] * acts[cfg.a_off + b * cfg.in_dim + i];
+            s = s + act(cfg.d_off + b * cfg.out_dim + j) * act(cfg.a_off + b * cfg.in_dim + i);
         }
         grads[cfg.w_off + t] = s;
     } else {
         let j = t - n_w;
         for (var b = 0u; b < cfg.batch; b = b + 1u) {
-            s = s + acts[cfg.d_off + b * cfg.out_dim + j];
+            s = s + act(cfg.d_off + b * cfg.out_dim + j);
         }
         grads[cfg.b_off + j] = s;
     }
@@ -78,13 +78,13 @@ fn linear_grad_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d0 = cfg.d_off + b * cfg.out_dim;
     var s = 0.0;
     for (var j = 0u; j < cfg.out_dim; j = j + 1u) {
-        s = s + acts[d0 + j] * params[cfg.w_off + j * cfg.in_dim + i];
+        s = s + act(d0 + j) * params[cfg.w_off + j * cfg.in_dim + i];
     }
     // The input is the previous layer's ReLU output: its derivative is 0 where it is 0.
-    if (cfg.relu != 0u && acts[cfg.a_off + t] <= 0.0) {
+    if (cfg.relu != 0u && act(cfg.a_off + t) <= 0.0) {
         s = 0.0;
     }
-    acts[cfg.dst_off + t] = s;
+    set_act(cfg.dst_off + t, s);
 }
 
 // Tiled: one invocation per 4 samples x 4 input features.

@@ -34,13 +34,22 @@ struct Cfg {
 @group(0) @binding(0) var<uniform> cfg: Cfg;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(3) var<storage, read_write> acts: array<f32>;
 @group(0) @binding(4) var<storage, read> labels: array<u32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-// The same parameter and activation buffers seen as vec4s, for the tiled kernels (every
-// tensor starts at a multiple of 4 elements).
+// The same parameter buffer seen as vec4s, for the tiled kernels (every tensor starts at a
+// multiple of 4 elements). The activations have only this view: WebGPU forbids two writable
+// bindings of one buffer whose ranges overlap (Dawn enforces it), so a single activation is a
+// component (`act`, `set_act`).
 @group(0) @binding(6) var<storage, read> params4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> acts4: array<vec4<f32>>;
+
+fn act(i: u32) -> f32 {
+    return acts4[i >> 2u][i & 3u];
+}
+
+fn set_act(i: u32, x: f32) {
+    acts4[i >> 2u][i & 3u] = x;
+}
 
 const WG: u32 = 64u;
 

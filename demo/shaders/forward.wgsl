@@ -13,13 +13,13 @@ fn linear_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let w0 = cfg.w_off + j * cfg.in_dim;
     var s = 0.0;
     for (var i = 0u; i < cfg.in_dim; i = i + 1u) {
-        s = s + acts[x0 + i] * params[w0 + i];
+        s = s + act(x0 + i) * params[w0 + i];
     }
     s = s + params[cfg.b_off + j];
     if (cfg.relu != 0u) {
         s = max(s, 0.0);
     }
-    acts[cfg.dst_off + t] = s;
+    set_act(cfg.dst_off + t, s);
 }
 
 // The same, one invocation per 4x4 tile (4 samples x 4 output features) read as vec4s:

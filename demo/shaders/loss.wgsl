@@ -11,10 +11,10 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let n = cfg.out_dim;
     let z0 = cfg.a_off + b * n;
-    var m = acts[z0];
+    var m = act(z0);
     var arg = 0u;
     for (var c = 1u; c < n; c = c + 1u) {
-        let z = acts[z0 + c];
+        let z = act(z0 + c);
         if (z > m) {
             m = z;
             arg = c;
@@ -22,16 +22,16 @@ fn softmax_xent(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var se = 0.0;
     for (var c = 0u; c < n; c = c + 1u) {
-        se = se + exp(acts[z0 + c] - m);
+        se = se + exp(act(z0 + c) - m);
     }
     let lse = m + log(se);
     let y = labels[b];
-    acts[cfg.aux_off + b] = lse - acts[z0 + y];
-    acts[cfg.aux_off + cfg.batch + b] = select(0.0, 1.0, arg == y);
+    set_act(cfg.aux_off + b, lse - act(z0 + y));
+    set_act(cfg.aux_off + cfg.batch + b, select(0.0, 1.0, arg == y));
     let inv_batch = 1.0 / f32(cfg.batch);
     for (var c = 0u; c < n; c = c + 1u) {
-        let p = exp(acts[z0 + c] - lse);
-        acts[cfg.d_off + b * n + c] = (p - select(0.0, 1.0, c == y)) * inv_batch;
+        let p = exp(act(z0 + c) - lse);
+        set_act(cfg.d_off + b * n + c, (p - select(0.0, 1.0, c == y)) * inv_batch);
     }
 }
 
@@ -45,8 +45,8 @@ fn reduce_loss(@builtin(local_invocation_index) li: u32) {
     var l = 0.0;
     var h = 0.0;
     for (var b = li; b < cfg.batch; b = b + 256u) {
-        l = l + acts[cfg.aux_off + b];
-        h = h + acts[cfg.aux_off + cfg.batch + b];
+        l = l + act(cfg.aux_off + b);
+        h = h + act(cfg.aux_off + cfg.batch + b);
     }
     part_loss[li] = l;
     part_hits[li] = h;

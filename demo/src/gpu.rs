@@ -239,7 +239,6 @@ impl GpuMlp {
                 layout_entry(0, T::Uniform),
                 layout_entry(1, T::Storage { read_only: true }),
                 layout_entry(2, T::Storage { read_only: false }),
-                layout_entry(3, T::Storage { read_only: false }),
                 layout_entry(4, T::Storage { read_only: true }),
                 layout_entry(5, T::Storage { read_only: false }),
                 layout_entry(6, T::Storage { read_only: true }),
@@ -612,7 +611,8 @@ fn op_set(
     let acts = storage_buffer(
         device,
         "demo activations",
-        4 * u64::from(lay.total),
+        // Whole vec4s: the shaders see the activations only as vec4s.
+        (4 * u64::from(lay.total)).div_ceil(16) * 16,
         wgpu::BufferUsages::empty(),
     );
     let labels = storage_buffer(
@@ -743,10 +743,6 @@ fn op_set(
                 wgpu::BindGroupEntry {
                     binding: 2,
                     resource: buffer(grads),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: buffer(&acts),
                 },
                 wgpu::BindGroupEntry {
                     binding: 4,
