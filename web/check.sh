@@ -7,6 +7,8 @@
 #      its screenshot (web/dist/demo.png) and its losses against the native demo's.
 # Exits non-zero on any failure.
 #
+# The page builds in $WGPU_ADAMW_WEB_TARGET (default web/target).
+#
 # Needs: the wasm32-unknown-unknown target, wasm-bindgen-cli at the version web/Cargo.lock
 # pins (looked for on PATH and in $WGPU_ADAMW_TOOLS/bin; `cargo install wasm-bindgen-cli
 # --version V --root DIR` installs it), node + npm (playwright-core is installed into
@@ -38,8 +40,10 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
 fi
 
 echo "== building the page (wasm32, release)"
-target="${CARGO_TARGET_DIR:-$here/target}"
-cargo build --manifest-path "$here/Cargo.toml" --release --target wasm32-unknown-unknown --locked
+# Its own target directory (the native build below keeps the caller's).
+target="${WGPU_ADAMW_WEB_TARGET:-$here/target}"
+CARGO_TARGET_DIR="$target" cargo build --manifest-path "$here/Cargo.toml" --release \
+    --target wasm32-unknown-unknown --locked
 rm -rf "$dist"
 mkdir -p "$dist/traces"
 "$bindgen" --target web --no-typescript --out-dir "$dist/pkg" \
@@ -49,6 +53,7 @@ cp "$root"/tests/data/*.safetensors "$dist/traces/"
 (cd "$dist/traces" && ls *.safetensors | python3 -c 'import json,sys; print(json.dumps([l.strip() for l in sys.stdin]))' > index.json)
 
 echo "== the native demo, the page's reference ($steps steps, seed 0, every default schedule)"
+# The test profile: what `cargo test --workspace` (.ci/run) has already built.
 cargo run --manifest-path "$root/Cargo.toml" --profile test -q -p wgpu-adamw-cli -- \
     demo --steps "$steps" --seeds 1 --out "$dist/native-demo" > "$dist/native-demo.txt"
 

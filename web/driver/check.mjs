@@ -114,10 +114,12 @@ if (args.json) fs.writeFileSync(args.json, JSON.stringify(report, null, 1));
 console.log(failed ? 'web check: FAILED' : 'web check: all passed');
 process.exit(failed ? 1 : 0);
 
-// The native demo's CSV (seed 0) against the page's runs: every logged step's losses,
-// accuracies and lr. Reports the largest difference per quantity; the lr must agree to the
-// traces' lr tolerance, the losses within DEMO_LOSS_TOL (see web/README.md for why they are
-// not bit-identical across adapters).
+// The native demo's CSV (seed 0) against the page's runs: every logged step's lr and losses,
+// as f32 (the CSV prints f32 values, the page's JSON their f64 widening). The lr is the
+// optimizer's schedule on the device and must be bit-identical; the losses come from the
+// demo's own forward pass, whose exp and log WGSL leaves inexact (a few ulps, different on
+// each adapter), and training amplifies those differences: they must agree within
+// DEMO_LOSS_TOL (relative, default 1e-3; README "In the browser").
 function compareDemo(web, csv) {
   const [head, ...lines] = csv.trim().split('\n');
   const cols = head.split(',');
@@ -128,7 +130,8 @@ function compareDemo(web, csv) {
     if (row.seed !== '0') continue;
     (native[row.schedule] ??= []).push(row);
   }
-  const LOSS_TOL = Number(process.env.DEMO_LOSS_TOL ?? 1e-2);
+  const LOSS_TOL = Number(process.env.DEMO_LOSS_TOL ?? 1e-3);
+  const f32 = Math.fround;
   for (const [name, run] of Object.entries(web.runs)) {
     const rows = native[name];
     if (!rows) { fail(`FAIL demo ${name}: not in the native CSV`); continue; }
@@ -137,13 +140,13 @@ function compareDemo(web, csv) {
     rows.forEach((row, k) => {
       const p = run.points[k];
       for (const q of Object.keys(worst)) {
-        const n = Number(row[q]);
-        worst[q] = Math.max(worst[q], Math.abs(p[q] - n) / Math.max(Math.abs(n), 1e-30));
+        const n = f32(Number(row[q]));
+        worst[q] = Math.max(worst[q], Math.abs(f32(p[q]) - n) / Math.max(Math.abs(n), 1e-30));
       }
     });
     const last = rows[rows.length - 1], p = run.points[run.points.length - 1];
     const line = `demo ${name.padEnd(14)} final train loss ${p.train_loss.toFixed(5)} (native ${Number(last.train_loss).toFixed(5)}), held-out ${(100 * p.test_accuracy).toFixed(1)}% (native ${(100 * Number(last.test_accuracy)).toFixed(1)}%); largest relative difference over the logged steps: lr ${worst.lr.toExponential(1)}, train loss ${worst.train_loss.toExponential(1)}, held-out loss ${worst.test_loss.toExponential(1)}`;
-    const ok = worst.lr <= 1e-5 && worst.train_loss <= LOSS_TOL && worst.test_loss <= LOSS_TOL;
+    const ok = worst.lr === 0 && worst.train_loss <= LOSS_TOL && worst.test_loss <= LOSS_TOL;
     if (ok) console.log(`PASS ${line}`); else fail(`FAIL ${line}`);
   }
 }

@@ -35,7 +35,11 @@ pub async fn bench_quick(steps: u32, filter: String) -> Result<String, JsValue> 
             v: Array::new(device, &layout, "v"),
             vmax: w.amsgrad.then(|| Array::new(device, &layout, "vmax")),
             // Only the unfused baseline uses it, which the page does not run.
-            denom: Array::new(device, &Layout::new(&[1], &device.limits()).map_err(js_error)?, "denom"),
+            denom: Array::new(
+                device,
+                &Layout::new(&[1], &device.limits()).map_err(js_error)?,
+                "denom",
+            ),
         };
         let copy = CopyKernel::new(device, queue, &layout, &p, &g, &state);
         let tensors = layout

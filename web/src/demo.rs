@@ -93,10 +93,7 @@ impl DemoRun {
     /// Records and submits up to `n` more steps (with the evaluations of the logged ones);
     /// returns the steps trained so far. Does not wait for the device.
     pub fn advance(&mut self, n: u32) -> Result<u32, JsValue> {
-        let end = self
-            .next_step
-            .saturating_add(n.max(1) - 1)
-            .min(self.steps);
+        let end = self.next_step.saturating_add(n.max(1) - 1).min(self.steps);
         if self.next_step > end {
             return Ok(self.done());
         }
@@ -153,7 +150,9 @@ impl DemoRun {
                 Vec::new()
             };
             let lr_words = if steps > 0 {
-                read(lr_log, steps * LR_RECORD_BYTES).await.map_err(js_error)?
+                read(lr_log, steps * LR_RECORD_BYTES)
+                    .await
+                    .map_err(js_error)?
             } else {
                 Vec::new()
             };

@@ -36,11 +36,13 @@ function chart(canvas, title, series, { logY = false, xMax = 1 } = {}) {
     const label = logY ? (10 ** v).toPrecision(2) : v.toPrecision(2);
     ctx.fillText(label, 4, y + 4);
   }
+  ctx.textAlign = 'center';
   for (let k = 0; k <= 4; k++) {
-    const x = px(xMax * k / 4);
-    ctx.fillText(String(Math.round(xMax * k / 4)), x - 8, H - B + 16);
+    const x = Math.min(px(xMax * k / 4), W - R - 10);
+    ctx.fillText(String(Math.round(xMax * k / 4)), x, H - B + 16);
   }
   ctx.fillText('step', W / 2, H - 6);
+  ctx.textAlign = 'start';
   series.forEach((s, i) => {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.6;
