@@ -141,6 +141,12 @@ impl GpuContext {
     /// A one-line description: name, backend and device type.
     pub fn describe(&self) -> String {
         let i = self.adapter.get_info();
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        // Browsers may hide the adapter's name (Chromium's SwiftShader reports none).
+        let name = if i.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &i.name
+        };
+        format!("{name} ({:?}, {:?})", i.backend, i.device_type)
     }
 }

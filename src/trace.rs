@@ -626,10 +626,38 @@ fn replay_gpu(
 /// [`replay`] on the GPU without blocking: every read-back is awaited, so it runs on the
 /// web (wasm32), where the browser polls the device. Natively the futures complete only
 /// while something polls the device (`wgpu::Device::poll`).
-pub async fn replay_async(trace: &Trace, ctx: &GpuContext) -> Result<ReplayOutput> {
+///
+/// With `checkpoint_at = Some(k)`, the state after step `k` goes to checkpoint bytes
+/// ([`GpuAdamW::checkpoint_bytes_async`]; no file system on the web), a fresh optimizer is
+/// built from them, and it finishes the run.
+pub async fn replay_async(
+    trace: &Trace,
+    ctx: &GpuContext,
+    checkpoint_at: Option<u32>,
+) -> Result<ReplayOutput> {
+    if let Some(k) = checkpoint_at.filter(|&k| k > trace.steps) {
+        return Err(Error::ShapeMismatch(format!(
+            "checkpoint step {k} is past the trace's {} steps",
+            trace.steps
+        )));
+    }
     let mut run = GpuReplay::new_async(trace, &ctx.device, &ctx.queue).await?;
-    for s in 0..trace.steps as usize {
-        run.step(s)?;
+    for s in 0..=trace.steps as usize {
+        if checkpoint_at == Some(s as u32) {
+            let bytes = run.opt.checkpoint_bytes_async().await?;
+            let state = OptimizerState::from_bytes(&bytes, Path::new("<checkpoint bytes>"))?;
+            run.opt = GpuAdamW::new_async(
+                run.device,
+                run.queue,
+                state.config.clone(),
+                run.groups.clone(),
+            )
+            .await?;
+            run.opt.load_state(&state)?;
+        }
+        if s < trace.steps as usize {
+            run.step(s)?;
+        }
     }
     let mut logs = Vec::new();
     for (b, off, size) in run.log_ranges() {

@@ -79,13 +79,19 @@ fn async_reads_equal_the_blocking_ones_and_checkpoints_round_trip_as_bytes() {
     ));
 }
 
-/// The non-blocking replay (the browser's) gives what the blocking one does, bit for bit,
+/// The non-blocking replay (the browser's), straight and resumed from checkpoint bytes, gives
+/// what the blocking one does, bit for bit,
 /// on an f32 trace with groups and AMSGrad and on mixed-precision ones (master weights and an
 /// EMA, whose creation reads the parameters back).
 #[test]
 fn async_replay_equals_the_blocking_one() {
     let ctx = common::gpu();
-    for name in ["cosine_amsgrad_groups", "mp_bf16_combined", "mp_ema", "mp_f16_master"] {
+    for name in [
+        "cosine_amsgrad_groups",
+        "mp_bf16_combined",
+        "mp_ema",
+        "mp_f16_master",
+    ] {
         let path = format!(
             "{}/tests/data/{name}.safetensors",
             env!("CARGO_MANIFEST_DIR")
@@ -93,11 +99,27 @@ fn async_replay_equals_the_blocking_one() {
         let trace = wgpu_adamw::trace::Trace::load(&path).unwrap();
         let blocking =
             wgpu_adamw::trace::replay(&trace, wgpu_adamw::trace::Backend::Gpu(&ctx), None).unwrap();
-        let async_ = drive(&ctx.device, wgpu_adamw::trace::replay_async(&trace, &ctx)).unwrap();
+        let async_ = drive(
+            &ctx.device,
+            wgpu_adamw::trace::replay_async(&trace, &ctx, None),
+        )
+        .unwrap();
         assert_eq!(format!("{async_:?}"), format!("{blocking:?}"), "{name}");
         assert!(
             wgpu_adamw::trace::compare(&trace, &async_).passed(),
             "{name}"
+        );
+        // Resumed from checkpoint bytes after the middle step: the same, bit for bit.
+        let half = Some(trace.steps / 2);
+        let resumed = drive(
+            &ctx.device,
+            wgpu_adamw::trace::replay_async(&trace, &ctx, half),
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{resumed:?}"),
+            format!("{blocking:?}"),
+            "{name} resumed"
         );
     }
 }

@@ -72,7 +72,7 @@ try {
     console.log(`adapter: ${r.adapter.description}; max storage buffers per stage ${r.adapter.max_storage_buffers_per_shader_stage}`);
     for (const t of r.traces) {
       if (t.error) { fail(`FAIL ${t.name}: ${t.error}`); continue; }
-      const line = `${t.passed ? 'PASS' : 'FAIL'} ${t.name.padEnd(44)} worst ${fixed(t.worst_ratio).padStart(6)} of tolerance (${t.worst_kind} at ${t.worst_at}), ${t.steps} steps, ${t.params} params, ${t.ms.toFixed(0)} ms`;
+      const line = `${t.passed ? 'PASS' : 'FAIL'} ${t.name.replace('.safetensors', '').padEnd(44)} worst ${fixed(t.worst_ratio).padStart(6)} of tolerance (${t.worst_kind} at ${t.worst_at}), ${t.steps} steps, ${t.params} params, ${t.ms.toFixed(0)} ms; resumed from checkpoint bytes at step ${Math.floor(t.steps / 2)}: ${t.resumed_identical ? 'bit-identical' : 'DIFFERENT'}`;
       if (t.passed) console.log(line); else fail(line);
       for (const e of t.device_errors) fail(`  device error: ${e}`);
     }

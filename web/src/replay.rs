@@ -6,18 +6,25 @@ use std::path::Path;
 use wasm_bindgen::prelude::*;
 use wgpu_adamw::trace::{compare, replay_async, Trace};
 
-/// Replays the trace file `bytes` (named `name`) and returns, as JSON: whether it passed (and
-/// no device error occurred), the worst error as a multiple of its tolerance with its kind
-/// and place, every kind's row, the replay's wall time, and any device errors.
+/// Replays the trace file `bytes` (named `name`), then again resumed from checkpoint bytes
+/// after its middle step, and returns, as JSON: whether it passed (within tolerance, the
+/// resumed run bit-identical, no device error), the worst error as a multiple of its
+/// tolerance with its kind and place, every kind's row, the first replay's wall time, and
+/// any device errors.
 #[wasm_bindgen]
 pub async fn replay_trace(name: String, bytes: Vec<u8>) -> Result<String, JsValue> {
     let ctx = gpu().await?;
     take_device_errors();
     let trace = Trace::from_bytes(&bytes, Path::new(&name)).map_err(js_error)?;
     let t0 = now_ms();
-    let out = replay_async(&trace, &ctx).await.map_err(js_error)?;
+    let out = replay_async(&trace, &ctx, None).await.map_err(js_error)?;
     let ms = now_ms() - t0;
     let cmp = compare(&trace, &out);
+    // The same run resumed from checkpoint bytes after its middle step: bit for bit.
+    let resumed = replay_async(&trace, &ctx, Some(trace.steps / 2))
+        .await
+        .map_err(js_error)?;
+    let resumed_identical = format!("{resumed:?}") == format!("{out:?}");
     let errors = take_device_errors();
     let rows = cmp.rows();
     let worst = rows
@@ -29,7 +36,8 @@ pub async fn replay_trace(name: String, bytes: Vec<u8>) -> Result<String, JsValu
         "name": name,
         "steps": trace.steps,
         "params": trace.params.iter().map(|p| p.init.len()).sum::<usize>(),
-        "passed": cmp.passed() && errors.is_empty(),
+        "passed": cmp.passed() && resumed_identical && errors.is_empty(),
+        "resumed_identical": resumed_identical,
         "worst_kind": worst_kind,
         "worst_ratio": worst_ratio,
         "worst_at": worst_at,
