@@ -48,7 +48,7 @@ const browser = await chromium.launch({
 });
 
 async function open(url, resultName) {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 900 } });
+  const page = await browser.newPage({ viewport: { width: 1180, height: 690 } });
   const errors = [];
   page.on('console', (m) => {
     if (m.type() === 'error') errors.push(m.text());
