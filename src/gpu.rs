@@ -273,6 +273,16 @@ impl GpuAdamW {
             )));
         }
         let limits = device.limits();
+        let need = crate::kernel::storage_buffers_per_stage();
+        if limits.max_storage_buffers_per_shader_stage < need {
+            return Err(Error::DeviceLimit(format!(
+                "the update pipeline binds {need} storage buffers per shader stage and the device \
+                 allows {}: create it with at least WebGPU's default limits \
+                 (wgpu::Limits::default(), {need} per stage; wgpu::Limits::downlevel_defaults() \
+                 has 4)",
+                limits.max_storage_buffers_per_shader_stage
+            )));
+        }
         let align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
         let mut max_binding = limits
             .max_storage_buffer_binding_size

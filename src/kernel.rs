@@ -379,6 +379,23 @@ pub const BINDINGS: &[LayoutBindings] = &[
     },
 ];
 
+/// The most storage buffers one of the kernel's pipelines binds (the `update` and
+/// `update_mixed` layouts: 8, WebGPU's default `max_storage_buffers_per_shader_stage`).
+pub fn storage_buffers_per_stage() -> u32 {
+    BINDINGS
+        .iter()
+        .map(|l| {
+            l.bindings
+                .iter()
+                .filter(|(_, k)| {
+                    matches!(k, BindingKind::StorageRead | BindingKind::StorageReadWrite)
+                })
+                .count() as u32
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The bindings of layout `name` in [`BINDINGS`].
 fn bindings(name: &str) -> &'static [(u32, BindingKind)] {
     BINDINGS

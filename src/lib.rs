@@ -31,6 +31,14 @@
 //! [`trace`] for the recorded traces both backends are tested against, [`CpuAdamW`] for the
 //! CPU reference and [`schedule`] for the f64 closed forms.
 //!
+//! ## On the web
+//! The crate builds for `wasm32-unknown-unknown` (wgpu's WebGPU backend) and fits WebGPU's
+//! default limits. Nothing there may block: create with [`GpuContext::new_async`] and
+//! [`GpuAdamW::new_async`], read back with the `_async` forms ([`GpuAdamW::state_async`],
+//! [`GpuAdamW::checkpoint_bytes_async`], [`read_buffer_async`], ...); the blocking forms
+//! return [`Error::Unsupported`] there. The `web/` directory of the repository runs the
+//! traces, the benchmark and the demo in headless Chromium.
+//!
 //! ## Numerics
 //! Everything that is constant across steps (`1 - beta`, `ln(beta)`, eps) is computed on the
 //! host in f64. On the device, the bias corrections are `-expm1(t * ln(beta))`, the cosine

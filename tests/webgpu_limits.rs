@@ -55,3 +55,42 @@ fn every_trace_replays_within_webgpu_default_limits() {
         );
     }
 }
+
+/// A device with fewer storage buffers per stage than the update pipeline binds (wgpu's
+/// downlevel limits: 4) is refused at creation with an error that names the limit and what
+/// fits, not a pipeline validation error.
+#[test]
+fn too_few_storage_buffers_is_a_clear_error() {
+    let ctx = common::gpu();
+    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("downlevel limits"),
+        required_limits: wgpu::Limits::downlevel_defaults(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let buffer = |label| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 4096,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    };
+    let (p, g) = (buffer("p"), buffer("g"));
+    let e = wgpu_adamw::GpuAdamW::new(
+        &device,
+        &queue,
+        wgpu_adamw::AdamWConfig::default(),
+        vec![wgpu_adamw::ParamGroup {
+            tensors: vec![wgpu_adamw::TensorBinding::whole(&p, &g)],
+            ..Default::default()
+        }],
+    )
+    .unwrap_err();
+    assert!(matches!(e, wgpu_adamw::Error::DeviceLimit(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("8 storage buffers") && text.contains("allows 4"),
+        "{text}"
+    );
+}

@@ -55,7 +55,7 @@ cp "$root"/tests/data/*.safetensors "$dist/traces/"
 echo "== the native demo, the page's reference ($steps steps, seed 0, every default schedule)"
 # The test profile: what `cargo test --workspace` (.ci/run) has already built.
 cargo run --manifest-path "$root/Cargo.toml" --profile test -q -p wgpu-adamw-cli -- \
-    demo --steps "$steps" --seeds 1 --out "$dist/native-demo" > "$dist/native-demo.txt"
+    demo --steps "$steps" --seeds 1 --out "$dist/native-demo" > "$dist/native-demo.txt" 2>&1
 
 echo "== headless Chromium"
 if [ ! -d "$here/driver/node_modules/playwright-core" ]; then
