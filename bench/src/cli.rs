@@ -117,10 +117,11 @@ pub fn main(args: impl IntoIterator<Item = String>) -> Result<()> {
     match inv.mode {
         Mode::Help => println!("{USAGE}"),
         Mode::CpuOnly => {
-            for (name, params, ms) in crate::run_cpu(&inv.opts)? {
-                let gbps = params as f64 * 28.0 / (ms * 1e6);
+            for (name, params, bytes, ms) in crate::run_cpu(&inv.opts)? {
+                let gbps = bytes as f64 / (ms * 1e6);
+                let per = bytes / params as u64;
                 println!(
-                    "{name:<18} params={params:>11} cpu_ms={ms:.3} ({gbps:.1} GB/s at 28 B/param)"
+                    "{name:<18} params={params:>11} cpu_ms={ms:.3} ({gbps:.1} GB/s at {per} B/param)"
                 );
             }
         }

@@ -648,8 +648,9 @@ fn time_cpu(opts: &BenchOptions, progress: &Progress, w: &Workload, h: &Hyper) -
 }
 
 /// Times only the CPU reference on each workload (no adapter needed): `(workload, params,
-/// median ms per step)`, to put beside `torch_adamw_bench.py --device cpu`.
-pub fn run_cpu(opts: &BenchOptions) -> Result<Vec<(String, usize, f64)>> {
+/// bytes one step moves, median ms per step)`, to put beside `torch_adamw_bench.py --device
+/// cpu`.
+pub fn run_cpu(opts: &BenchOptions) -> Result<Vec<(String, usize, u64, f64)>> {
     let mut progress = Progress {
         on: opts.progress,
         tty: std::io::stderr().is_terminal(),
@@ -664,7 +665,7 @@ pub fn run_cpu(opts: &BenchOptions) -> Result<Vec<(String, usize, f64)>> {
         progress.set(format!("{}:", w.name));
         let ms = time_cpu(opts, &progress, &w, &Hyper::default())?;
         progress.done();
-        out.push((w.name.clone(), w.params(), ms));
+        out.push((w.name.clone(), w.params(), w.bytes_per_step(), ms));
     }
     Ok(out)
 }
