@@ -861,11 +861,28 @@ impl GpuAdamW {
     /// caught with error scopes and returned, never passed to the device's uncaptured-error
     /// handler (whose default panics).
     pub fn step(&self) -> Result<wgpu::SubmissionIndex> {
-        checked(&self.device, || {
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            self.encode_step(&mut encoder);
-            self.queue.submit([encoder.finish()])
-        })
+        checked(&self.device, || self.submit_step())
+    }
+
+    /// [`GpuAdamW::step`] whose device errors come back as an [`Error::Device`] on the web
+    /// too: it awaits the error scopes' results, which the browser delivers only after
+    /// control returns to it (natively they are ready at once). It does not wait for the
+    /// step to run.
+    pub async fn step_async(&self) -> Result<wgpu::SubmissionIndex> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let index = self.submit_step();
+        let oom = oom.pop().await;
+        match oom.or(validation.pop().await) {
+            Some(e) => Err(Error::Device(e.to_string())),
+            None => Ok(index),
+        }
+    }
+
+    fn submit_step(&self) -> wgpu::SubmissionIndex {
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.encode_step(&mut encoder);
+        self.queue.submit([encoder.finish()])
     }
 
     /// Reads back the learning rate each group used at the last step (0 before the first).

@@ -227,3 +227,33 @@ fn damaged_checkpoints_are_clean_errors() {
     }
     assert_eq!(opt.state(), before);
 }
+
+/// `step_async` (the web's form: it awaits the error scopes) steps as `step` does and turns a
+/// device error into `Error::Device` too.
+#[test]
+fn step_async_steps_and_reports_device_errors() {
+    let ctx = common::gpu();
+    let values: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+    let (p1, g1) = (
+        storage_buffer(&ctx.device, &ctx.queue, &values),
+        storage_buffer(&ctx.device, &ctx.queue, &[0.25; 64]),
+    );
+    let (p2, g2) = (
+        storage_buffer(&ctx.device, &ctx.queue, &values),
+        storage_buffer(&ctx.device, &ctx.queue, &[0.25; 64]),
+    );
+    let sync = common::one_tensor_optimizer(&ctx, &p1, &g1).unwrap();
+    let async_ = common::one_tensor_optimizer(&ctx, &p2, &g2).unwrap();
+    for _ in 0..3 {
+        sync.step().unwrap();
+        pollster::block_on(async_.step_async()).unwrap();
+    }
+    assert_eq!(sync.state().unwrap(), async_.state().unwrap());
+    assert_eq!(
+        common::read_f32(&ctx, &p1, 0, 64),
+        common::read_f32(&ctx, &p2, 0, 64)
+    );
+    g2.destroy();
+    let r = pollster::block_on(async_.step_async());
+    assert!(matches!(r, Err(Error::Device(_))), "{r:?}");
+}

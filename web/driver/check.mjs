@@ -77,6 +77,10 @@ try {
       for (const e of t.device_errors) fail(`  device error: ${e}`);
     }
     if (r.traces.length === 0) fail('FAIL no traces');
+    const s = r.stepAsync;
+    const sLine = `step_async: 3 steps bit-identical to CpuAdamW: ${s.identical}; a destroyed gradient buffer reported as an Err: ${s.error_reported ? JSON.stringify(s.error_reported.split('\n')[0]) : s.error ?? 'no'}`;
+    if (s.passed && (s.device_errors ?? []).length === 0) console.log(`PASS ${sLine}`);
+    else fail(`FAIL ${sLine}; uncaptured: ${JSON.stringify(s.device_errors)}`);
     if (r.bench) {
       console.log(`quick benchmark (${r.bench.steps} steps per round, best of 2, page clock):`);
       for (const b of r.bench.rows) {

@@ -6,7 +6,8 @@
 //!   tolerances;
 //! - [`bench`]: the quick benchmark's workloads, the fused step against a copy of the same
 //!   bytes;
-//! - [`demo`]: the learning-curve demo trained step by step, for `www/demo.html` to plot live.
+//! - [`demo`]: the learning-curve demo trained step by step, for `www/demo.html` to plot live;
+//! - [`api`]: `GpuAdamW::step_async` against the CPU reference, and its error reporting.
 //!
 //! Nothing here blocks: every read-back is awaited and the browser polls the device. Errors
 //! the device reports outside an error scope are collected ([`take_device_errors`]) so a check
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod bench;
 pub mod demo;
 pub mod replay;

@@ -1,6 +1,6 @@
 // Drives the check: every trace in traces/index.json, then the quick benchmark. The result
 // is left in `window.checkResult` for web/driver/check.mjs (and shown on the page).
-import init, { adapter_info, replay_trace, bench_quick } from './pkg/wgpu_adamw_web.js';
+import init, { adapter_info, replay_trace, bench_quick, step_async_check } from './pkg/wgpu_adamw_web.js';
 
 const out = document.getElementById('out');
 const fixed = (x, d = 3) => (typeof x === 'number' ? x.toFixed(d) : String(x));
@@ -33,6 +33,13 @@ async function main() {
       : `${r.passed ? 'PASS' : 'FAIL'} ${name}: worst ${fixed(r.worst_ratio)} of tolerance (${r.worst_kind} at ${r.worst_at}), ${fixed(r.ms, 0)} ms`,
     !r.passed);
   }
+  let stepAsync;
+  try {
+    stepAsync = JSON.parse(await step_async_check());
+  } catch (e) {
+    stepAsync = { passed: false, error: String(e) };
+  }
+  log(`${stepAsync.passed ? 'PASS' : 'FAIL'} step_async: ${JSON.stringify(stepAsync)}`, !stepAsync.passed);
   let bench = null;
   if (params.get('bench') !== '0') {
     log('quick benchmark ...');
@@ -41,7 +48,7 @@ async function main() {
       log(`${b.workload}: fused ${b.fused_ms.toFixed(2)} ms (${b.fused_gbps.toFixed(2)} GB/s), copy ${b.copy_ms.toFixed(2)} ms (${b.copy_gbps.toFixed(2)} GB/s), fused/copy ${b.fused_vs_copy.toFixed(2)}`);
     }
   }
-  window.checkResult = { adapter, traces, bench };
+  window.checkResult = { adapter, traces, stepAsync, bench };
   log('done');
 }
 
