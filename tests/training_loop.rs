@@ -321,18 +321,7 @@ fn pure_bf16_training_loop_resumes_bit_for_bit_mid_accumulation() {
 #[test]
 fn every_stream_at_once_runs_within_webgpu_default_limits() {
     let ctx = common::gpu();
-    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("WebGPU default limits"),
-        required_limits: wgpu::Limits::default(),
-        ..Default::default()
-    }))
-    .unwrap();
-    let small = GpuContext {
-        instance: ctx.instance.clone(),
-        adapter: ctx.adapter.clone(),
-        device,
-        queue,
-    };
+    let small = common::with_limits(&ctx, "WebGPU default limits", wgpu::Limits::default());
     let scaler = GradScalerConfig {
         init_scale: 256.0,
         ..Default::default()

@@ -13,18 +13,7 @@ use wgpu_adamw::GpuContext;
 #[test]
 fn every_trace_replays_within_webgpu_default_limits() {
     let ctx = common::gpu();
-    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("WebGPU default limits"),
-        required_limits: wgpu::Limits::default(),
-        ..Default::default()
-    }))
-    .unwrap();
-    let small = GpuContext {
-        instance: ctx.instance.clone(),
-        adapter: ctx.adapter.clone(),
-        device,
-        queue,
-    };
+    let small = common::with_limits(&ctx, "WebGPU default limits", wgpu::Limits::default());
     assert_eq!(
         small.device.limits().max_storage_buffers_per_shader_stage,
         8
@@ -62,12 +51,8 @@ fn every_trace_replays_within_webgpu_default_limits() {
 #[test]
 fn too_few_storage_buffers_is_a_clear_error() {
     let ctx = common::gpu();
-    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("downlevel limits"),
-        required_limits: wgpu::Limits::downlevel_defaults(),
-        ..Default::default()
-    }))
-    .unwrap();
+    let GpuContext { device, queue, .. } =
+        common::with_limits(&ctx, "downlevel limits", wgpu::Limits::downlevel_defaults());
     let buffer = |label| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -17,6 +17,22 @@ pub fn gpu() -> GpuContext {
     }
 }
 
+/// A second device on `ctx`'s adapter, created with `limits` (WebGPU's defaults, say).
+pub fn with_limits(ctx: &GpuContext, label: &str, limits: wgpu::Limits) -> GpuContext {
+    let (device, queue) = pollster::block_on(ctx.adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some(label),
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    GpuContext {
+        instance: ctx.instance.clone(),
+        adapter: ctx.adapter.clone(),
+        device,
+        queue,
+    }
+}
+
 /// A small deterministic generator (xorshift64*).
 pub struct Rng(pub u64);
 
