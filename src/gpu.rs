@@ -869,14 +869,8 @@ impl GpuAdamW {
     /// control returns to it (natively they are ready at once). It does not wait for the
     /// step to run.
     pub async fn step_async(&self) -> Result<wgpu::SubmissionIndex> {
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let index = self.submit_step();
-        let oom = oom.pop().await;
-        match oom.or(validation.pop().await) {
-            Some(e) => Err(Error::Device(e.to_string())),
-            None => Ok(index),
-        }
+        let (index, caught) = in_error_scopes(&self.device, || self.submit_step()).await;
+        scoped(index, caught)
     }
 
     fn submit_step(&self) -> wgpu::SubmissionIndex {
@@ -1392,11 +1386,10 @@ pub(crate) fn checked<T>(_device: &wgpu::Device, f: impl FnOnce() -> T) -> Resul
 /// See the wasm32 version above.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let oom = pollster::block_on(oom.pop());
-    let validation = pollster::block_on(validation.pop());
+    // Natively the scopes' results are ready at once.
+    let (out, caught) = pollster::block_on(in_error_scopes(device, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+    }));
     let out = out.map_err(|payload| {
         let what = payload
             .downcast_ref::<String>()
@@ -1407,7 +1400,25 @@ pub(crate) fn checked<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result
             "wgpu panicked ({what}): is every buffer from this device's wgpu::Instance?"
         ))
     })?;
-    match oom.or(validation) {
+    scoped(out, caught)
+}
+
+/// Runs `f` inside validation and out-of-memory error scopes and awaits what they caught
+/// (see [`scoped`]).
+async fn in_error_scopes<T>(
+    device: &wgpu::Device,
+    f: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let out = f();
+    let oom = oom.pop().await;
+    (out, oom.or(validation.pop().await))
+}
+
+/// `out`, or what an error scope caught as an [`Error::Device`].
+fn scoped<T>(out: T, caught: Option<wgpu::Error>) -> Result<T> {
+    match caught {
         Some(e) => Err(Error::Device(e.to_string())),
         None => Ok(out),
     }
