@@ -119,6 +119,26 @@ impl Layout {
         }
     }
 
+    /// Every tensor's binding for the optimizer: parameters in `p`, gradients in `g`, at this
+    /// layout's element offsets, elements of `(param, grad)` bytes.
+    pub fn bindings(
+        &self,
+        p: &Array,
+        g: &Array,
+        (param_bytes, grad_bytes): (u64, u64),
+    ) -> Vec<wgpu_adamw::TensorBinding> {
+        self.tensors
+            .iter()
+            .map(|t| wgpu_adamw::TensorBinding {
+                param: p.buffers[t.arena].clone(),
+                param_offset: t.offset * param_bytes,
+                grad: g.buffers[t.arena].clone(),
+                grad_offset: t.offset * grad_bytes,
+                len: t.len,
+            })
+            .collect()
+    }
+
     /// Every tensor cut into pieces that each fit one binding (the unfused baseline binds
     /// tensor by tensor, as PyTorch launches its kernels).
     pub fn tensor_pieces(&self) -> Vec<Span> {

@@ -313,17 +313,7 @@ fn run_workload(
     g.upload(queue, device, |i| device::value(i, 2, 1e-3))?;
 
     // The fused step on the workload's tensors.
-    let bindings: Vec<TensorBinding> = layout
-        .tensors
-        .iter()
-        .map(|t| TensorBinding {
-            param: p.buffers[t.arena].clone(),
-            param_offset: t.offset * 4,
-            grad: g.buffers[t.arena].clone(),
-            grad_offset: t.offset * 4,
-            len: t.len,
-        })
-        .collect();
+    let bindings = layout.bindings(&p, &g, (4, 4));
     let config = fused_config(w.amsgrad, &hyper);
     let opt = GpuAdamW::with_options(
         device,
@@ -512,17 +502,7 @@ fn run_workload_mixed(
     let g = Array::new(device, &half, "grad16");
     p.upload_words(queue, device, |i| packed16(pt, i, 1, 0.02))?;
     g.upload_words(queue, device, |i| packed16(gt, i, 2, 1e-3))?;
-    let bindings: Vec<TensorBinding> = layout
-        .tensors
-        .iter()
-        .map(|t| TensorBinding {
-            param: p.buffers[t.arena].clone(),
-            param_offset: t.offset * pt.size(),
-            grad: g.buffers[t.arena].clone(),
-            grad_offset: t.offset * gt.size(),
-            len: t.len,
-        })
-        .collect();
+    let bindings = layout.bindings(&p, &g, (pt.size(), gt.size()));
     let config = fused_config(false, &hyper).with_precision(prec.0);
     let opt = GpuAdamW::with_options(
         device,

@@ -4,7 +4,7 @@
 
 use crate::{gpu, js_error, now_ms, take_device_errors, work_done};
 use wasm_bindgen::prelude::*;
-use wgpu_adamw::{wgpu, GpuAdamW, ParamGroup, TensorBinding};
+use wgpu_adamw::{wgpu, GpuAdamW, ParamGroup};
 use wgpu_adamw_bench::device::{value, Array, BaselineArrays, CopyKernel, Hyper, Layout};
 use wgpu_adamw_bench::{fused_config, workloads};
 
@@ -42,23 +42,12 @@ pub async fn bench_quick(steps: u32, filter: String) -> Result<String, JsValue> 
             ),
         };
         let copy = CopyKernel::new(device, queue, &layout, &p, &g, &state);
-        let tensors = layout
-            .tensors
-            .iter()
-            .map(|t| TensorBinding {
-                param: p.buffers[t.arena].clone(),
-                param_offset: t.offset * 4,
-                grad: g.buffers[t.arena].clone(),
-                grad_offset: t.offset * 4,
-                len: t.len,
-            })
-            .collect();
         let opt = GpuAdamW::new(
             device,
             queue,
             fused_config(w.amsgrad, &Hyper::default()),
             vec![ParamGroup {
-                tensors,
+                tensors: layout.bindings(&p, &g, (4, 4)),
                 ..Default::default()
             }],
         )
