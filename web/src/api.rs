@@ -30,7 +30,7 @@ pub async fn step_async_check() -> Result<String, JsValue> {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        queue.write_buffer(&b, 0, le_bytes(data).as_slice());
+        queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
         b
     };
     let (p, g) = (buffer("params", &init), buffer("grads", &grads));
@@ -80,8 +80,4 @@ pub async fn step_async_check() -> Result<String, JsValue> {
         "device_errors": take_device_errors(),
     })
     .to_string())
-}
-
-fn le_bytes(data: &[f32]) -> Vec<u8> {
-    data.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -138,7 +138,7 @@ impl DemoRun {
             let (device, queue) = (device.clone(), queue.clone());
             async move {
                 let words = read_buffer_async(&device, &queue, &buffer, 0, bytes).await?;
-                Ok::<Vec<f32>, wgpu_adamw::Error>(words_as_f32(&words))
+                Ok::<Vec<f32>, wgpu_adamw::Error>(bytemuck::cast_slice(&words).to_vec())
             }
         };
         wasm_bindgen_futures::future_to_promise(async move {
@@ -176,8 +176,4 @@ impl DemoRun {
             ))
         })
     }
-}
-
-fn words_as_f32(words: &[u32]) -> Vec<f32> {
-    words.iter().map(|&w| f32::from_bits(w)).collect()
 }
