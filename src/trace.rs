@@ -615,12 +615,13 @@ fn replay_gpu(
             run.step(s)?;
         }
     }
-    let logs = run
+    let io = &run.io;
+    let logs = io
         .log_ranges()
         .iter()
-        .map(|&(b, off, size)| read_buffer(run.device, run.queue, b, off, size))
+        .map(|&(b, off, size)| read_buffer(io.device, io.queue, b, off, size))
         .collect::<Result<Vec<_>>>()?;
-    run.output(&logs, run.opt.state()?)
+    io.output(&logs, run.opt.state()?)
 }
 
 /// [`replay`] on the GPU without blocking: every read-back is awaited, so it runs on the
@@ -646,13 +647,10 @@ pub async fn replay_async(
         if checkpoint_at == Some(s as u32) {
             let bytes = run.opt.checkpoint_bytes_async().await?;
             let state = OptimizerState::from_bytes(&bytes, Path::new("<checkpoint bytes>"))?;
-            run.opt = GpuAdamW::new_async(
-                run.device,
-                run.queue,
-                state.config.clone(),
-                run.groups.clone(),
-            )
-            .await?;
+            let io = &run.io;
+            run.opt =
+                GpuAdamW::new_async(io.device, io.queue, state.config.clone(), io.groups.clone())
+                    .await?;
             run.opt.load_state(&state)?;
         }
         if s < trace.steps as usize {
@@ -660,20 +658,27 @@ pub async fn replay_async(
         }
     }
     let mut logs = Vec::new();
-    for (b, off, size) in run.log_ranges() {
-        logs.push(read_buffer_async(run.device, run.queue, b, off, size).await?);
+    let io = &run.io;
+    for (b, off, size) in io.log_ranges() {
+        logs.push(read_buffer_async(io.device, io.queue, b, off, size).await?);
     }
     let state = run.opt.state_async().await?;
-    run.output(&logs, state)
+    io.output(&logs, state)
 }
 
-/// A trace being replayed by [`GpuAdamW`]: its buffers, and the logs of lr, beta1 and the
-/// loss-scaling control words, one record per step, read back once at the end.
+/// A trace being replayed by [`GpuAdamW`].
 struct GpuReplay<'a> {
+    io: ReplayBuffers<'a>,
+    opt: GpuAdamW,
+}
+
+/// A replay's buffers: the trace's parameters and gradients, and the logs of lr, beta1 and
+/// the loss-scaling control words, one record per step, read back once at the end.
+struct ReplayBuffers<'a> {
     trace: &'a Trace,
     device: &'a wgpu::Device,
     queue: &'a wgpu::Queue,
-    opt: GpuAdamW,
+    /// The optimizer's groups over `pbuf` and `gbuf`.
     groups: Vec<ParamGroup>,
     /// Each trace param's first element in `pbuf` and `gbuf`.
     offsets: Vec<u64>,
@@ -703,13 +708,11 @@ fn buffer_words(values: &mut dyn Iterator<Item = f32>, ty: ElemType) -> Vec<u32>
     }
 }
 
-/// The last part of a [`GpuReplay`]'s creation, once its optimizer exists.
-type WithOptimizer<'a> = Box<dyn FnOnce(GpuAdamW) -> Result<GpuReplay<'a>> + 'a>;
-
 impl<'a> GpuReplay<'a> {
     fn new(trace: &'a Trace, device: &'a wgpu::Device, queue: &'a wgpu::Queue) -> Result<Self> {
-        let (groups, with_optimizer) = Self::start(trace, device, queue);
-        with_optimizer(GpuAdamW::new(device, queue, trace.config.clone(), groups)?)
+        let io = ReplayBuffers::new(trace, device, queue);
+        let opt = GpuAdamW::new(device, queue, trace.config.clone(), io.groups.clone())?;
+        Self::with(io, opt)
     }
 
     /// [`GpuReplay::new`] without blocking (master weights and EMA read the parameters back).
@@ -718,17 +721,80 @@ impl<'a> GpuReplay<'a> {
         device: &'a wgpu::Device,
         queue: &'a wgpu::Queue,
     ) -> Result<Self> {
-        let (groups, with_optimizer) = Self::start(trace, device, queue);
-        with_optimizer(GpuAdamW::new_async(device, queue, trace.config.clone(), groups).await?)
+        let io = ReplayBuffers::new(trace, device, queue);
+        let opt =
+            GpuAdamW::new_async(device, queue, trace.config.clone(), io.groups.clone()).await?;
+        Self::with(io, opt)
     }
 
-    /// The buffers, with the trace's initial parameters: the optimizer's groups, and the
-    /// rest of the creation.
-    fn start(
-        trace: &'a Trace,
-        device: &'a wgpu::Device,
-        queue: &'a wgpu::Queue,
-    ) -> (Vec<ParamGroup>, WithOptimizer<'a>) {
+    /// The replay of `io` by `opt`, its master weights the trace's initial values.
+    fn with(io: ReplayBuffers<'a>, opt: GpuAdamW) -> Result<Self> {
+        let trace = io.trace;
+        if trace.config.precision.master_weights {
+            let init: Vec<&[f32]> = trace.params.iter().map(|p| p.init.as_slice()).collect();
+            opt.set_master_weights(&init)?;
+        }
+        Ok(Self { io, opt })
+    }
+
+    /// A fresh optimizer over the same tensors, from `state`.
+    fn restart(&mut self, state: &OptimizerState) -> Result<()> {
+        let io = &self.io;
+        self.opt = GpuAdamW::new(io.device, io.queue, state.config.clone(), io.groups.clone())?;
+        self.opt.load_state(state)
+    }
+
+    /// Submits step `s` (0-based): its micro-batches and the copies into the logs.
+    fn step(&mut self, s: usize) -> Result<()> {
+        let io = &self.io;
+        let (trace, gbuf) = (io.trace, &io.gbuf);
+        let scaler = trace.config.grad_scaler.is_some();
+        let prec = trace.config.precision;
+        // The step's micro-batches are uploaded beside each other and copied into the
+        // gradient buffer one by one between the calls of the step, all in one submit (the
+        // micro-batch counter lives on the device).
+        let k = trace.config.accumulate as usize;
+        let mut uploads: Vec<u32> = Vec::with_capacity(k * (gbuf.size() / 4) as usize);
+        for micro in s * k..(s + 1) * k {
+            let mut w = buffer_words(
+                &mut trace
+                    .params
+                    .iter()
+                    .flat_map(|p| p.grads[micro].iter().copied()),
+                prec.grad,
+            );
+            w.resize((gbuf.size() / 4) as usize, 0);
+            uploads.extend(w);
+        }
+        io.queue
+            .write_buffer(&io.staging, 0, bytemuck::cast_slice(&uploads));
+        if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
+            self.opt.set_loss_scale(scales[s]);
+        }
+        if let Some(m) = trace.metric_before(s) {
+            self.opt.set_metric(m);
+        }
+        let mut encoder = io.device.create_command_encoder(&Default::default());
+        for m in 0..k as u64 {
+            encoder.copy_buffer_to_buffer(&io.staging, m * gbuf.size(), gbuf, 0, gbuf.size());
+            self.opt.encode_step(&mut encoder);
+        }
+        self.opt
+            .encode_copy_step_scalars(&mut encoder, &io.lr_log, io.row * s as u64)?;
+        self.opt
+            .encode_copy_control(&mut encoder, &io.amp_log, CONTROL_BYTES * s as u64)?;
+        io.queue.submit([encoder.finish()]);
+        // Let wgpu free what finished submissions held (the staging copies of the gradients):
+        // without it a long replay grows by one gradient upload per step.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = io.device.poll(wgpu::PollType::Poll);
+        Ok(())
+    }
+}
+
+impl<'a> ReplayBuffers<'a> {
+    /// The buffers, with the trace's initial parameters, and the optimizer's groups over them.
+    fn new(trace: &'a Trace, device: &'a wgpu::Device, queue: &'a wgpu::Queue) -> Self {
         let prec = trace.config.precision;
         let (pb, gb) = (prec.param.size(), prec.grad.size());
         // All params in one buffer and all grads in another, packed with no padding: most
@@ -785,92 +851,23 @@ impl<'a> GpuReplay<'a> {
         let row = 4 * u64::from(SCALAR_WORDS) * trace.groups.len() as u64;
         let log_usage = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
         let steps = u64::from(trace.steps);
-        let with_optimizer = {
-            let groups = groups.clone();
-            move |opt: GpuAdamW| {
-                if prec.master_weights {
-                    let init: Vec<&[f32]> =
-                        trace.params.iter().map(|p| p.init.as_slice()).collect();
-                    opt.set_master_weights(&init)?;
-                }
-                Ok(Self {
-                    lr_log: buffer("trace lr log", (row * steps).max(16), log_usage),
-                    amp_log: buffer("trace amp log", (CONTROL_BYTES * steps).max(16), log_usage),
-                    staging: buffer(
-                        "trace grads of one step",
-                        u64::from(trace.config.accumulate) * gbuf.size(),
-                        log_usage,
-                    ),
-                    trace,
-                    device,
-                    queue,
-                    opt,
-                    groups,
-                    offsets,
-                    pbuf,
-                    gbuf,
-                    row,
-                })
-            }
-        };
-        (groups, Box::new(with_optimizer))
-    }
-
-    /// A fresh optimizer over the same tensors, from `state`.
-    fn restart(&mut self, state: &OptimizerState) -> Result<()> {
-        self.opt = GpuAdamW::new(
-            self.device,
-            self.queue,
-            state.config.clone(),
-            self.groups.clone(),
-        )?;
-        self.opt.load_state(state)
-    }
-
-    /// Submits step `s` (0-based): its micro-batches and the copies into the logs.
-    fn step(&mut self, s: usize) -> Result<()> {
-        let (trace, gbuf) = (self.trace, &self.gbuf);
-        let scaler = trace.config.grad_scaler.is_some();
-        let prec = trace.config.precision;
-        // The step's micro-batches are uploaded beside each other and copied into the
-        // gradient buffer one by one between the calls of the step, all in one submit (the
-        // micro-batch counter lives on the device).
-        let k = trace.config.accumulate as usize;
-        let mut uploads: Vec<u32> = Vec::with_capacity(k * (gbuf.size() / 4) as usize);
-        for micro in s * k..(s + 1) * k {
-            let mut w = buffer_words(
-                &mut trace
-                    .params
-                    .iter()
-                    .flat_map(|p| p.grads[micro].iter().copied()),
-                prec.grad,
-            );
-            w.resize((gbuf.size() / 4) as usize, 0);
-            uploads.extend(w);
+        Self {
+            lr_log: buffer("trace lr log", (row * steps).max(16), log_usage),
+            amp_log: buffer("trace amp log", (CONTROL_BYTES * steps).max(16), log_usage),
+            staging: buffer(
+                "trace grads of one step",
+                u64::from(trace.config.accumulate) * gbuf.size(),
+                log_usage,
+            ),
+            trace,
+            device,
+            queue,
+            groups,
+            offsets,
+            pbuf,
+            gbuf,
+            row,
         }
-        self.queue
-            .write_buffer(&self.staging, 0, bytemuck::cast_slice(&uploads));
-        if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
-            self.opt.set_loss_scale(scales[s]);
-        }
-        if let Some(m) = trace.metric_before(s) {
-            self.opt.set_metric(m);
-        }
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        for m in 0..k as u64 {
-            encoder.copy_buffer_to_buffer(&self.staging, m * gbuf.size(), gbuf, 0, gbuf.size());
-            self.opt.encode_step(&mut encoder);
-        }
-        self.opt
-            .encode_copy_step_scalars(&mut encoder, &self.lr_log, self.row * s as u64)?;
-        self.opt
-            .encode_copy_control(&mut encoder, &self.amp_log, CONTROL_BYTES * s as u64)?;
-        self.queue.submit([encoder.finish()]);
-        // Let wgpu free what finished submissions held (the staging copies of the gradients):
-        // without it a long replay grows by one gradient upload per step.
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = self.device.poll(wgpu::PollType::Poll);
-        Ok(())
     }
 
     /// What to read back at the end: the parameters, the lr log, the control log.
@@ -882,7 +879,7 @@ impl<'a> GpuReplay<'a> {
         ]
     }
 
-    /// The output, from the words of [`GpuReplay::log_ranges`] and the final state.
+    /// The output, from the words of [`ReplayBuffers::log_ranges`] and the final state.
     fn output(&self, logs: &[Vec<u32>], state: OptimizerState) -> Result<ReplayOutput> {
         let trace = self.trace;
         let prec = trace.config.precision;
