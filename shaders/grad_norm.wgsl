@@ -166,6 +166,40 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
+// ---------------------------------------------------------------- sharded norm
+// (CPU twin: fold_shards in src/twin/grad_norm.rs; the rule: src/shard.rs)
+//
+// A shard (FLAG_SHARDED) folds its own chunk partials exactly as the unsharded prologue
+// does (strided over 256 lanes, then the tree) into one (hi, lo, flag) entry at
+// `exchange_at`. The engine's collective gathers every rank's entry, in rank order, into the
+// n_ranks entries after it, and the prologue folds those left to right: every rank then
+// computes the same norm from the same words, whatever the collective's timing.
+fn exchange_at() -> u32 {
+    return g.tensor_norms_at + 2u * g.n_tensors;
+}
+
+@compute @workgroup_size(256)
+fn fold_partials(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    var flag = 0u;
+    for (var i = lid; i < g.n_chunks; i += 256u) {
+        let p = vec2<f32>(bitcast<f32>(partials_rw[4u * i]), bitcast<f32>(partials_rw[4u * i + 1u]));
+        acc = add_double(acc, p);
+        flag = flag | partials_rw[4u * i + 2u];
+    }
+    red_hi[lid] = acc.x;
+    red_lo[lid] = acc.y;
+    red_flag[lid] = flag;
+    workgroup_tree(lid);
+    if (lid == 0u) {
+        let at = exchange_at();
+        partials_rw[at] = bitcast<u32>(red_hi[0]);
+        partials_rw[at + 1u] = bitcast<u32>(red_lo[0]);
+        partials_rw[at + 2u] = red_flag[0];
+        partials_rw[at + 3u] = 0u;
+    }
+}
+
 // ---------------------------------------------------------------- PyTorch's CPU norm order
 //
 // With FLAG_TORCH_NORM the gradient norm is summed in exactly the order of PyTorch's CPU

@@ -56,7 +56,7 @@ struct Globals {
     accumulate: u32,      // micro-batches per optimizer step (FLAG_ACCUMULATE)
     grad_round: u32,      // DTYPE_* gradient ops round to (pure 16-bit clipping), else f32
     sr_at: u32,           // stochastic rounding table in `meta` (update_mixed.wgsl), 0: off
-    _pad6: u32,
+    n_ranks: u32,         // ranks whose norm partials the prologue folds (FLAG_SHARDED), else 0
 }
 
 struct DispatchInfo {
@@ -81,6 +81,7 @@ const FLAG_CYCLE_MOMENTUM: u32 = 32u; // the schedule sets beta1 (onecycle, cycl
 const FLAG_PLATEAU: u32 = 64u;    // the schedule is ReduceLROnPlateau (a state machine)
 const FLAG_GRAD_SCALER: u32 = 128u; // GradScaler: update the loss scale after every step
 const FLAG_ACCUMULATE: u32 = 256u; // gradients accumulate over g.accumulate calls (accumulate.wgsl)
+const FLAG_SHARDED: u32 = 512u;    // one shard of several: the norm's partials are exchanged (grad_norm.wgsl)
 
 // Words of the control buffer (`amp`, binding 10/11): the host or the engine writes the loss
 // scale, the plateau metric and the lr multiplier; the prologue writes found_inf, the norm,

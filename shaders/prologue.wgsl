@@ -57,6 +57,24 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
             }
             workgroup_tree(lid);
             norm = finish_norm(b, red_flag[0], round_grad(sqrt_rn(b)));
+        } else if ((flags & FLAG_SHARDED) != 0u) {
+            // The ranks' gathered entries, folded in rank order by one invocation.
+            if (lid == 0u) {
+                var acc = vec2<f32>(0.0, 0.0);
+                var flag = 0u;
+                let at = exchange_at() + 4u;
+                for (var r = 0u; r < g.n_ranks; r++) {
+                    let p = vec2<f32>(bitcast<f32>(partials_ro[at + 4u * r]), bitcast<f32>(partials_ro[at + 4u * r + 1u]));
+                    acc = add_double(acc, p);
+                    flag = flag | partials_ro[at + 4u * r + 2u];
+                }
+                red_hi[0] = acc.x;
+                red_lo[0] = acc.y;
+                red_flag[0] = flag;
+            }
+            workgroupBarrier();
+            let sum_sq = red_hi[0] + red_lo[0];
+            norm = finish_norm(sum_sq, red_flag[0], sqrt(sum_sq));
         } else {
             var acc = vec2<f32>(0.0, 0.0);
             var flag = 0u;

@@ -8,6 +8,7 @@ use crate::plan::{cpu_chunks, CpuChunk};
 use crate::precision::{check_elems, Elems, ElemsMut};
 use crate::schedule::program::{plateau_lr_at, split, Region};
 use crate::schedule::GroupCtx;
+use crate::shard::{self, ShardLayout};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::{self, Control, Counters, StepGlobals, StepScalars};
 
@@ -37,6 +38,41 @@ pub struct CpuAdamW {
     threads: usize,
     /// The kernel's chunk plan for one buffer pair (the order of the norm's partial sums).
     chunks: Vec<CpuChunk>,
+    /// The norm summed as shards of a layout would ([`CpuAdamW::set_norm_shards`]).
+    norm_shards: Option<Vec<NormShard>>,
+}
+
+/// One shard's part of the gradient norm: its pieces and their chunk plan.
+#[derive(Clone, Debug)]
+struct NormShard {
+    pieces: Vec<shard::Piece>,
+    chunks: Vec<CpuChunk>,
+}
+
+/// The kernel's `reduce` over `chunks` (a plan of [`cpu_chunks`]), the gradients of its
+/// tensor `i` being `grads(i)`.
+fn chunk_partials<'a>(
+    chunks: &[CpuChunk],
+    grads: impl Fn(usize) -> &'a [f32],
+    inv: f32,
+) -> Vec<((f32, f32), u32)> {
+    chunks
+        .iter()
+        .map(|c| match c {
+            CpuChunk::Run {
+                tensor,
+                start,
+                count,
+            } => twin::reduce_chunk(&grads(*tensor)[*start..start + count], inv),
+            CpuChunk::Packed(members) => {
+                let joined: Vec<f32> = members
+                    .iter()
+                    .flat_map(|&t| grads(t).iter().copied())
+                    .collect();
+                twin::reduce_chunk(&joined, inv)
+            }
+        })
+        .collect()
 }
 
 /// Elements below which a tensor is updated on the calling thread.
@@ -97,6 +133,7 @@ impl CpuAdamW {
             },
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             chunks,
+            norm_shards: None,
         })
     }
 
@@ -121,6 +158,42 @@ impl CpuAdamW {
         let mut opt = Self::new(state.config.clone(), groups)?;
         opt.load_state(state)?;
         Ok(opt)
+    }
+
+    /// Sums the gradient norm as the shards of `layout` do ([`crate::shard`]): each shard's
+    /// pieces by their own chunk plan into one entry, the entries folded in rank order; the
+    /// unsharded reference that ZeRO-1 shards on their devices equal bit for bit. `None`
+    /// restores the unsharded sum. PyTorch's CPU norm order cannot be cut
+    /// ([`Error::Unsupported`] with clipping or loss scaling).
+    pub fn set_norm_shards(&mut self, layout: Option<&ShardLayout>) -> Result<()> {
+        let Some(layout) = layout else {
+            self.norm_shards = None;
+            return Ok(());
+        };
+        if self.config.grad_norm_order == GradNormOrder::TorchCpu
+            && (self.config.loss_scaling || self.config.max_grad_norm.is_some())
+        {
+            return Err(Error::Unsupported(
+                "shards sum the gradient norm in the compensated order only".into(),
+            ));
+        }
+        let lens: Vec<u64> = self
+            .tensors
+            .iter()
+            .map(|t| t.exp_avg.len() as u64)
+            .collect();
+        let shards = (0..layout.ranks())
+            .map(|rank| {
+                let pieces = layout.pieces(rank, &lens)?;
+                let piece_lens: Vec<usize> = pieces.iter().map(|p| p.len as usize).collect();
+                Ok(NormShard {
+                    chunks: cpu_chunks(&piece_lens, CHUNK as usize),
+                    pieces,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.norm_shards = Some(shards);
+        Ok(())
     }
 
     /// Sets the number of threads used for large tensors (default: available parallelism).
@@ -423,26 +496,22 @@ impl CpuAdamW {
                     .map(|g| twin::tensor_norm_torch(&self.globals, g, inv))
                     .collect();
                 twin::final_norm(&self.globals, &[], &norms)
-            } else {
-                // Chunk by chunk in the kernel's plan (short tensors packed), as its `reduce`.
-                let partials: Vec<((f32, f32), u32)> = self
-                    .chunks
+            } else if let Some(shards) = &self.norm_shards {
+                // Each shard's chunks folded into its entry, the entries in rank order.
+                let entries: Vec<((f32, f32), u32)> = shards
                     .iter()
-                    .map(|c| match c {
-                        CpuChunk::Run {
-                            tensor,
-                            start,
-                            count,
-                        } => twin::reduce_chunk(&grads[*tensor][*start..start + count], inv),
-                        CpuChunk::Packed(members) => {
-                            let joined: Vec<f32> = members
-                                .iter()
-                                .flat_map(|&t| grads[t].iter().copied())
-                                .collect();
-                            twin::reduce_chunk(&joined, inv)
-                        }
+                    .map(|s| {
+                        let piece = |i: usize| {
+                            let p = &s.pieces[i];
+                            &grads[p.tensor][p.start as usize..(p.start + p.len) as usize]
+                        };
+                        twin::reduce_partials(&chunk_partials(&s.chunks, piece, inv))
                     })
                     .collect();
+                twin::norm_of(twin::fold_shards(&entries))
+            } else {
+                // Chunk by chunk in the kernel's plan (short tensors packed), as its `reduce`.
+                let partials = chunk_partials(&self.chunks, |t| grads[t], inv);
                 twin::final_norm(&self.globals, &partials, &[])
             }
         } else {
@@ -561,6 +630,7 @@ impl CpuAdamW {
                     ..t.clone()
                 })
                 .collect(),
+            shard: None,
         }
     }
 

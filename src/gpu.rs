@@ -11,6 +11,7 @@ use crate::kernel::{
 use crate::plan::{window_of, GpuPlan, PlanLimits, PlanTensor, TableLayout, TensorInfo};
 use crate::precision::{Dtype, Precision};
 use crate::schedule::program::{plateau_lr_at, split, Region};
+use crate::shard::{ShardLayout, ShardMeta};
 use crate::state::{OptimizerState, TensorState};
 use crate::twin::Counters;
 use std::collections::HashMap;
@@ -188,6 +189,32 @@ pub struct GpuAdamW {
     stand_ins: [wgpu::Buffer; 2],
     max_binding_size: u64,
     native_f16: bool,
+    /// This optimizer's shard, where it is one ([`GpuAdamW::shard`]).
+    shard: Option<ShardMeta>,
+    /// The `fold_partials` bind group (globals, partials).
+    fold_bind_group: wgpu::BindGroup,
+}
+
+/// Where a shard's gradient-norm entries are exchanged ([`GpuAdamW::exchange`]): all in one
+/// buffer of the optimizer (`STORAGE | COPY_SRC | COPY_DST`). Each entry is 16 bytes, the
+/// words `[hi, lo, flags, 0]`: the sum of squares of the unscaled gradients as an unevaluated
+/// f32 pair, and the non-finite flags.
+#[derive(Clone, Debug)]
+pub struct ShardExchange {
+    /// The buffer.
+    pub buffer: wgpu::Buffer,
+    /// Byte offset of this rank's own entry, written by [`GpuAdamW::encode_partials`].
+    pub local: u64,
+    /// Byte offset of the gathered entries: rank `r`'s at `gathered + 16 r`, for every rank,
+    /// this one included; the engine writes them before [`GpuAdamW::encode_apply`] runs.
+    pub gathered: u64,
+    /// Number of ranks.
+    pub ranks: usize,
+}
+
+impl ShardExchange {
+    /// Bytes of one entry.
+    pub const ENTRY_BYTES: u64 = 16;
 }
 
 impl GpuAdamW {
@@ -213,7 +240,7 @@ impl GpuAdamW {
         groups: Vec<ParamGroup>,
         options: GpuOptions,
     ) -> Result<Self> {
-        let opt = Self::build(device, queue, config, &groups, options)?;
+        let opt = Self::build(device, queue, config, &groups, options, None)?;
         if opt.reads_weights() {
             let words = read_buffers(device, queue, &weight_ranges(&groups, &opt.config))?;
             opt.init_weights(&groups, &words)?;
@@ -241,7 +268,7 @@ impl GpuAdamW {
         groups: Vec<ParamGroup>,
         options: GpuOptions,
     ) -> Result<Self> {
-        let opt = Self::build(device, queue, config, &groups, options)?;
+        let opt = Self::build(device, queue, config, &groups, options, None)?;
         if opt.reads_weights() {
             let words = Readback::start(device, queue, &weight_ranges(&groups, &opt.config))?
                 .finish()
@@ -249,6 +276,96 @@ impl GpuAdamW {
             opt.init_weights(&groups, &words)?;
         }
         Ok(opt)
+    }
+
+    /// One shard of a ZeRO-1 optimizer ([`crate::shard`]): `groups` are all the tensors of
+    /// the model, as every rank registers them, and this optimizer updates (and keeps state
+    /// for) only the elements `layout` gives to `rank`. Where the step needs the global
+    /// gradient norm (clipping, loss scaling), a step is [`GpuAdamW::encode_partials`], the
+    /// engine's all-gather of the ranks' entries into [`GpuAdamW::exchange`], then
+    /// [`GpuAdamW::encode_apply`]; without them it is an ordinary step.
+    ///
+    /// The optimizer's tensors are the rank's pieces ([`ShardMeta::pieces`]): its state,
+    /// [`GpuAdamW::set_master_weights`] and [`GpuAdamW::set_grads`] take one entry per piece.
+    /// PyTorch's CPU norm order and stochastic rounding are [`Error::Unsupported`] here
+    /// (see [`crate::shard`]). With master weights or an EMA it reads the parameters back
+    /// and waits, as [`GpuAdamW::with_options`].
+    pub fn shard(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+        layout: &ShardLayout,
+        rank: usize,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        if config.grad_norm_order == GradNormOrder::TorchCpu
+            && (config.max_grad_norm.is_some() || config.loss_scaling)
+        {
+            return Err(Error::Unsupported(
+                "a shard sums the gradient norm in the compensated order only (PyTorch's CPU \
+                 order needs whole tensors)"
+                    .into(),
+            ));
+        }
+        if config.stochastic_rounding.is_some() {
+            return Err(Error::Unsupported(
+                "stochastic rounding on a shard (its seeds follow the unsharded chunk plan)".into(),
+            ));
+        }
+        let prec = config.precision;
+        let (groups, meta) = crate::shard::shard_groups(
+            &groups,
+            layout,
+            rank,
+            (prec.param.size(), prec.grad.size()),
+        )?;
+        let mut opt = Self::build(
+            device,
+            queue,
+            config,
+            &groups,
+            options,
+            Some(layout.ranks() as u32),
+        )?;
+        opt.shard = Some(meta);
+        if opt.reads_weights() {
+            let words = read_buffers(device, queue, &weight_ranges(&groups, &opt.config))?;
+            opt.init_weights(&groups, &words)?;
+        }
+        Ok(opt)
+    }
+
+    /// This optimizer's shard: its rank, the layout and the whole tensors (`None` unless it
+    /// was created by [`GpuAdamW::shard`]).
+    pub fn shard_meta(&self) -> Option<&ShardMeta> {
+        self.shard.as_ref()
+    }
+
+    /// Whether a step needs the ranks' gradient-norm entries exchanged between
+    /// [`GpuAdamW::encode_partials`] and [`GpuAdamW::encode_apply`]: a shard with clipping or
+    /// loss scaling.
+    pub fn needs_exchange(&self) -> bool {
+        self.shard.is_some() && self.needs_norm()
+    }
+
+    fn needs_norm(&self) -> bool {
+        self.config.loss_scaling || self.config.max_grad_norm.is_some()
+    }
+
+    /// Where this shard's gradient-norm entries are exchanged (`None` unless
+    /// [`GpuAdamW::needs_exchange`]).
+    pub fn exchange(&self) -> Option<ShardExchange> {
+        if !self.needs_exchange() {
+            return None;
+        }
+        let local = 4 * u64::from(self.globals.tensor_norms_at + 2 * self.globals.n_tensors);
+        Some(ShardExchange {
+            buffer: self.partials.clone(),
+            local,
+            gathered: local + ShardExchange::ENTRY_BYTES,
+            ranks: self.globals.n_ranks as usize,
+        })
     }
 
     /// Whether creation starts the master weights or the EMA from the engine's parameters.
@@ -263,6 +380,7 @@ impl GpuAdamW {
         config: AdamWConfig,
         groups: &[ParamGroup],
         options: GpuOptions,
+        ranks: Option<u32>,
     ) -> Result<Self> {
         let configs: Vec<GroupConfig> = groups.iter().map(|g| g.config).collect();
         config.validate_groups(&configs)?;
@@ -380,6 +498,12 @@ impl GpuAdamW {
             if config.stochastic_rounding.is_some() {
                 globals.sr_at = tables.sr_at;
             }
+            if let Some(ranks) = ranks {
+                globals.n_ranks = ranks;
+                globals.flags |= crate::kernel::FLAG_SHARDED;
+            }
+            // A shard's exchange area: its own entry, then one per rank.
+            let exchange_words = ranks.map_or(0, |r| 4 * (u64::from(r) + 1));
             let meta_words = tables.end as usize;
             let mut meta_init = vec![0u32; meta_words];
             meta_init[globals.sched_at as usize..][..region.words.len()]
@@ -508,7 +632,10 @@ impl GpuAdamW {
             );
             let partials = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-adamw grad-norm partials"),
-                size: (16 * tables.chunk_capacity as u64 + 8 * plan.tensors.len() as u64).max(16),
+                size: (16 * tables.chunk_capacity as u64
+                    + 8 * plan.tensors.len() as u64
+                    + 4 * exchange_words)
+                    .max(16),
                 usage: storage,
                 mapped_at_creation: false,
             });
@@ -540,7 +667,18 @@ impl GpuAdamW {
                     (13, partials.as_entire_binding()),
                 ],
             );
+            let fold_bind_group = make_bind_group(
+                device,
+                "wgpu-adamw fold partials",
+                &kernel.fold_layout,
+                vec![
+                    (0, binding(&uniform, 0, globals_size)),
+                    (12, partials.as_entire_binding()),
+                ],
+            );
             let mut opt = Self {
+                shard: None,
+                fold_bind_group,
                 device: device.clone(),
                 queue: queue.clone(),
                 config,
@@ -774,6 +912,14 @@ impl GpuAdamW {
     /// engine submits it, through the engine's error scopes or uncaptured-error handler;
     /// [`GpuAdamW::step`] records and submits inside error scopes instead.
     pub fn record_step(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.record_partials(pass);
+        self.record_apply(pass);
+    }
+
+    /// The first half of [`GpuAdamW::record_step`]: gradient accumulation and the gradient
+    /// norm's partial sums; on a shard ([`GpuAdamW::shard`]) also this rank's entry of the
+    /// [`GpuAdamW::exchange`]. Leaves pass state as `record_step` does.
+    pub fn record_partials(&self, pass: &mut wgpu::ComputePass<'_>) {
         if let Some(accumulate) = &self.kernel.accumulate {
             pass.set_pipeline(accumulate);
             for d in &self.dispatches {
@@ -796,8 +942,19 @@ impl GpuAdamW {
                     pass.set_bind_group(0, &d.reduce_bind_group, &[]);
                     pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
                 }
+                if self.shard.is_some() {
+                    pass.set_pipeline(&self.kernel.fold_partials);
+                    pass.set_bind_group(0, &self.fold_bind_group, &[]);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
             }
         }
+    }
+
+    /// The second half of [`GpuAdamW::record_step`]: the prologue (counters, schedule, the
+    /// global norm: on a shard, from the gathered entries of the [`GpuAdamW::exchange`]) and
+    /// the update. Leaves pass state as `record_step` does.
+    pub fn record_apply(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.kernel.prologue);
         pass.set_bind_group(0, &self.prologue_bind_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);
@@ -840,6 +997,24 @@ impl GpuAdamW {
         self.record_step(&mut pass);
     }
 
+    /// [`GpuAdamW::record_partials`] as its own compute pass in `encoder`.
+    pub fn encode_partials(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-adamw step partials"),
+            timestamp_writes: None,
+        });
+        self.record_partials(&mut pass);
+    }
+
+    /// [`GpuAdamW::record_apply`] as its own compute pass in `encoder`.
+    pub fn encode_apply(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-adamw step apply"),
+            timestamp_writes: None,
+        });
+        self.record_apply(&mut pass);
+    }
+
     /// [`GpuAdamW::set_grads`] and [`GpuAdamW::step`] in one submit: points the optimizer at
     /// this step's gradients, records the step and submits it, with the device's errors
     /// caught as [`GpuAdamW::step`] catches them. On an error nothing is submitted and the
@@ -847,6 +1022,7 @@ impl GpuAdamW {
     /// them after this returns is enough where the engine's later work, which may reuse
     /// their memory, goes to the same queue).
     pub fn step_with_grads(&mut self, grads: &[GradBinding]) -> Result<wgpu::SubmissionIndex> {
+        self.check_steps_alone()?;
         let device = self.device.clone();
         checked(&device, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
@@ -860,8 +1036,23 @@ impl GpuAdamW {
     /// out-of-memory errors (for example an engine buffer destroyed while registered) are
     /// caught with error scopes and returned, never passed to the device's uncaptured-error
     /// handler (whose default panics).
+    ///
+    /// A shard that exchanges norm entries ([`GpuAdamW::needs_exchange`]) cannot step alone:
+    /// that is an [`Error::Unsupported`].
     pub fn step(&self) -> Result<wgpu::SubmissionIndex> {
+        self.check_steps_alone()?;
         checked(&self.device, || self.submit_step())
+    }
+
+    fn check_steps_alone(&self) -> Result<()> {
+        if self.needs_exchange() {
+            return Err(Error::Unsupported(
+                "a shard with clipping or loss scaling steps as encode_partials, the engine's \
+                 all-gather into exchange(), then encode_apply"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// [`GpuAdamW::step`] whose device errors come back as an [`Error::Device`] on the web
@@ -869,6 +1060,7 @@ impl GpuAdamW {
     /// control returns to it (natively they are ready at once). It does not wait for the
     /// step to run.
     pub async fn step_async(&self) -> Result<wgpu::SubmissionIndex> {
+        self.check_steps_alone()?;
         let (index, caught) = in_error_scopes(&self.device, || self.submit_step()).await;
         scoped(index, caught)
     }
@@ -1172,6 +1364,7 @@ impl GpuAdamW {
                     grad_acc: gather(STREAM_GRAD_ACC, t).filter(|_| counters[COUNTER_MICRO] > 0),
                 })
                 .collect(),
+            shard: self.shard.clone(),
         }
     }
 
@@ -1204,6 +1397,24 @@ impl GpuAdamW {
         let g = &self.globals;
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
         let state_len = ((self.schedule_end() - state_at) / 4) as usize;
+        if state.shard != self.shard {
+            return Err(Error::CheckpointMismatch(
+                match (&state.shard, &self.shard) {
+                    (Some(m), None) => format!(
+                    "the checkpoint is rank {}'s of {} shards and this optimizer is not a shard \
+                     (merge the shards: shard::merge_states)",
+                    m.rank,
+                    m.layout.ranks()
+                ),
+                    (None, Some(_)) => "the checkpoint is not a shard's (split it: \
+                                    shard::split_state)"
+                        .into(),
+                    _ => "the checkpoint is another shard's (rank, layout or tensors differ; \
+                      reshard it: shard::reshard)"
+                        .into(),
+                },
+            ));
+        }
         let mut groups = self.groups.write().expect("not poisoned");
         state.check_matches(&self.config, &groups, &shape, state_len)?;
         for (i, gc) in state.groups.iter().enumerate() {

@@ -58,6 +58,10 @@ pub const FLAG_PLATEAU: u32 = 64;
 pub const FLAG_GRAD_SCALER: u32 = 128;
 /// `Globals::flags` bit: gradients accumulate over `Globals::accumulate` calls.
 pub const FLAG_ACCUMULATE: u32 = 256;
+/// `Globals::flags` bit: the optimizer is one shard of several ([`crate::shard`]): each rank
+/// folds its own gradient-norm partials, the engine gathers them, and the prologue folds the
+/// gathered ones in rank order.
+pub const FLAG_SHARDED: u32 = 512;
 /// Words per group of the per-step scalars in `meta`: lr, `1 - lr*wd`, `lr / bc1`,
 /// `sqrt(bc2)`, `1 - beta1`, `(1 - beta1) - 1`, beta1, unused.
 pub const SCALAR_WORDS: u32 = 8;
@@ -161,8 +165,8 @@ pub struct Globals {
     /// Word offset in `meta` of the stochastic rounding table (0: round to nearest): the
     /// seed (2 words), then each chunk's first element's index in registration order.
     pub sr_at: u32,
-    /// Padding.
-    pub _pad6: u32,
+    /// Ranks whose gradient-norm partials the prologue folds ([`FLAG_SHARDED`]), else 0.
+    pub n_ranks: u32,
 }
 
 impl Globals {
@@ -281,6 +285,10 @@ pub struct Kernel {
     pub accumulate_layout: wgpu::BindGroupLayout,
     /// The `accumulate` entry point (`None` without accumulation).
     pub accumulate: Option<wgpu::ComputePipeline>,
+    /// Layout of the `fold_partials` bind group: globals, partials.
+    pub fold_layout: wgpu::BindGroupLayout,
+    /// The `fold_partials` entry point (a shard's own gradient-norm entry).
+    pub fold_partials: wgpu::ComputePipeline,
 }
 
 /// How a binding is bound.
@@ -374,6 +382,14 @@ pub const BINDINGS: &[LayoutBindings] = &[
             (2, BindingKind::StorageRead),       // meta_ro
             (4, BindingKind::StorageReadWrite),  // grad
             (10, BindingKind::StorageRead),      // amp_ro
+            (12, BindingKind::StorageReadWrite), // partials
+        ],
+    },
+    LayoutBindings {
+        name: "fold",
+        entry_points: &["fold_partials"],
+        bindings: &[
+            (0, BindingKind::Globals),
             (12, BindingKind::StorageReadWrite), // partials
         ],
     },
@@ -535,7 +551,11 @@ impl Kernel {
         ];
         let reduce = pipeline_with(&reduce_layout, "reduce", &reduce_constants);
         let tensor_norms = pipeline_with(&reduce_layout, "tensor_norms", &reduce_constants);
+        let fold_layout = layout("fold");
+        let fold_partials = pipeline(&fold_layout, "fold_partials");
         Self {
+            fold_layout,
+            fold_partials,
             prologue_layout,
             update_layout,
             reduce_layout,

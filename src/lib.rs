@@ -62,6 +62,7 @@ pub mod plan;
 #[doc(hidden)]
 pub mod probe;
 pub mod schedule;
+pub mod shard;
 pub mod state;
 pub mod trace;
 #[doc(hidden)]
@@ -73,10 +74,11 @@ pub use cpu::{CpuAdamW, CpuParamGroup};
 pub use error::{Error, Result};
 pub use gpu::{
     read_buffer, read_buffer_async, F16Path, GpuAdamW, GpuOptions, GradBinding, ParamGroup,
-    TensorBinding,
+    ShardExchange, TensorBinding,
 };
 pub use precision::{Dtype, Elems, ElemsMut, Precision, StateDtype};
 pub use probe::{schedule_beta1_cpu, schedule_beta1_gpu, schedule_lrs_cpu, schedule_lrs_gpu};
+pub use shard::{Piece, ShardLayout, ShardMeta};
 pub use state::{OptimizerState, TensorState};
 pub use twin::Counters;
 /// The `wgpu` this crate is built against: use it to create the buffers you hand over.

@@ -8,6 +8,7 @@
 
 use crate::config::{AdamWConfig, GradNormOrder, GroupConfig, Schedule};
 use crate::error::{Error, Result};
+use crate::shard::{ShardLayout, ShardMeta};
 use crate::twin::Counters;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
@@ -60,6 +61,9 @@ pub struct OptimizerState {
     pub growth_tracker: u32,
     /// Per-tensor moments, in registration order.
     pub tensors: Vec<TensorState>,
+    /// A shard's checkpoint ([`crate::shard`]): its rank and layout, and the whole tensors;
+    /// `tensors` then holds the rank's pieces. `None` for an unsharded optimizer.
+    pub shard: Option<ShardMeta>,
 }
 
 fn opt_json(x: Option<f64>) -> Value {
@@ -187,6 +191,9 @@ impl OptimizerState {
                 "backoff_factor": s.backoff_factor, "growth_interval": s.growth_interval})),
             "groups": self.groups.iter().map(|g| json!({"lr": opt_json(g.lr), "weight_decay": opt_json(g.weight_decay)})).collect::<Vec<_>>(),
             "tensor_groups": self.tensors.iter().map(|t| t.group).collect::<Vec<_>>(),
+            "shard": self.shard.as_ref().map(|m| json!({
+                "rank": m.rank, "bounds": m.layout.bounds(),
+                "tensors": m.tensors.iter().map(|&(g, n)| [g as u64, n]).collect::<Vec<_>>()})),
         });
         let meta = HashMap::from([
             ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
@@ -360,7 +367,25 @@ impl OptimizerState {
         if st.len() != 1 + extra + masters + tensors.len() * per_tensor {
             return Err(bad(path, "unexpected extra tensors"));
         }
+        let shard = match &cfg["shard"] {
+            Value::Null => None,
+            v => Some(parse_shard_json(v, groups.len()).map_err(|e| bad(path, e))?),
+        };
+        if let Some(m) = &shard {
+            let pieces = m.pieces().map_err(|e| bad(path, e.to_string()))?;
+            let fits = pieces.len() == tensors.len()
+                && pieces.iter().zip(&tensors).all(|(p, t)| {
+                    p.len == t.exp_avg.len() as u64 && t.group == m.tensors[p.tensor].0
+                });
+            if !fits {
+                return Err(bad(
+                    path,
+                    "the tensors are not the pieces of its shard layout",
+                ));
+            }
+        }
         Ok(Self {
+            shard,
             config,
             groups,
             counters: Counters {
@@ -508,6 +533,33 @@ impl OptimizerState {
         }
         Ok(())
     }
+}
+
+/// The `shard` metadata of a checkpoint: `{"rank", "bounds", "tensors": [[group, len], ..]}`.
+fn parse_shard_json(v: &Value, n_groups: usize) -> std::result::Result<ShardMeta, String> {
+    let u64s =
+        |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(Value::as_u64).collect() };
+    let rank = v["rank"].as_u64().ok_or("bad shard rank")? as usize;
+    let bounds = u64s(&v["bounds"]).ok_or("bad shard bounds")?;
+    let layout = ShardLayout::new(bounds).map_err(|e| e.to_string())?;
+    let tensors = v["tensors"]
+        .as_array()
+        .ok_or("bad shard tensors")?
+        .iter()
+        .map(|t| match u64s(t).as_deref() {
+            Some(&[g, n]) if (g as usize) < n_groups => Some((g as usize, n)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or("bad shard tensors")?;
+    if rank >= layout.ranks() {
+        return Err(format!("shard rank {rank} of {} ranks", layout.ranks()));
+    }
+    Ok(ShardMeta {
+        rank,
+        layout,
+        tensors,
+    })
 }
 
 fn view(data: &[f32]) -> Result<TensorView<'_>> {

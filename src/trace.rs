@@ -437,7 +437,7 @@ pub fn replay(
         }
     }
     match backend {
-        Backend::Cpu => replay_cpu(trace, checkpoint_at),
+        Backend::Cpu => replay_cpu(trace, trace.config.clone(), checkpoint_at, &[]),
         Backend::Gpu(ctx) => replay_gpu(trace, ctx, checkpoint_at),
     }
 }
@@ -459,11 +459,36 @@ fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
         .collect()
 }
 
-fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<ReplayOutput> {
+/// The config a sharded replay of `trace` runs with: the trace's, the gradient norm in the
+/// compensated order (a shard cannot follow PyTorch's per-tensor CPU order, see
+/// [`crate::shard`]).
+pub fn sharded_config(trace: &Trace) -> AdamWConfig {
+    let mut config = trace.config.clone();
+    config.grad_norm_order = GradNormOrder::Compensated;
+    config
+}
+
+/// The unsharded reference of a sharded replay ([`ShardReplay`]): [`CpuAdamW`] with
+/// [`sharded_config`], its norm summed as the shards of a layout sum it
+/// ([`CpuAdamW::set_norm_shards`]). `layouts` holds `(step, layout)` pairs: from 0-based step
+/// `step` on, the layout is `layout` (a run re-sharded between steps changes it).
+pub fn replay_cpu_sharded(
+    trace: &Trace,
+    layouts: &[(u32, crate::shard::ShardLayout)],
+) -> Result<ReplayOutput> {
+    replay_cpu(trace, sharded_config(trace), None, layouts)
+}
+
+fn replay_cpu(
+    trace: &Trace,
+    config: AdamWConfig,
+    checkpoint_at: Option<(u32, &Path)>,
+    layouts: &[(u32, crate::shard::ShardLayout)],
+) -> Result<ReplayOutput> {
     let prec = trace.config.precision;
     let scaler = trace.config.grad_scaler.is_some();
     let mut grad_scale = Vec::with_capacity(trace.steps as usize);
-    let mut opt = CpuAdamW::new(trace.config.clone(), cpu_groups(trace))?;
+    let mut opt = CpuAdamW::new(config, cpu_groups(trace))?;
     // The engine's parameters: f32, or 16-bit patterns.
     let mut p32: Vec<Vec<f32>> = Vec::new();
     let mut p16: Vec<Vec<u16>> = Vec::new();
@@ -503,6 +528,9 @@ fn replay_cpu(trace: &Trace, checkpoint_at: Option<(u32, &Path)>) -> Result<Repl
         }
         if s == trace.steps as usize {
             break;
+        }
+        if let Some((_, layout)) = layouts.iter().rfind(|(k, _)| *k as usize == s) {
+            opt.set_norm_shards(Some(layout))?;
         }
         if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
             opt.set_loss_scale(scales[s]);
@@ -792,6 +820,237 @@ impl<'a> GpuReplay<'a> {
     }
 }
 
+/// One rank's replay of a trace with a shard of a ZeRO-1 optimizer ([`GpuAdamW::shard`],
+/// config [`sharded_config`]): like every rank of a data-parallel run, it holds the trace's
+/// whole parameters and gradients, and it updates the range of the flattened space its
+/// layout gives it. Each call of a step (one per micro-batch with accumulation) is
+/// [`ShardReplay::partials`] on every rank, the engine's all-gather of the entries of
+/// [`ShardReplay::exchange`] (nothing to gather without clipping or loss scaling), then
+/// [`ShardReplay::apply`]. The flattened space is the trace's params in registration order
+/// (group by group).
+pub struct ShardReplay<'a> {
+    io: ReplayBuffers<'a>,
+    opt: GpuAdamW,
+    /// Trace param indices in registration order.
+    order: Vec<usize>,
+}
+
+impl<'a> ShardReplay<'a> {
+    /// Rank `rank` of `layout`, from the trace's initial parameters.
+    pub fn new(
+        trace: &'a Trace,
+        device: &'a wgpu::Device,
+        queue: &'a wgpu::Queue,
+        layout: &crate::shard::ShardLayout,
+        rank: usize,
+    ) -> Result<Self> {
+        let io = ReplayBuffers::new(trace, device, queue);
+        let opt = GpuAdamW::shard(
+            device,
+            queue,
+            sharded_config(trace),
+            io.groups.clone(),
+            layout,
+            rank,
+            crate::gpu::GpuOptions::default(),
+        )?;
+        let order: Vec<usize> = (0..trace.groups.len())
+            .flat_map(|gi| (0..trace.params.len()).filter(move |&i| trace.params[i].group == gi))
+            .collect();
+        let run = Self { io, opt, order };
+        if trace.config.precision.master_weights {
+            let init: Vec<f32> = run.flat(|p| &p.init);
+            let pieces = run.pieces(&init)?;
+            run.opt.set_master_weights(&pieces)?;
+        }
+        Ok(run)
+    }
+
+    /// A shard resumed from its checkpoint `state` (its rank and layout are the
+    /// checkpoint's) and the whole flattened parameters of that step, `params`
+    /// ([`ShardReplay::params`] of every rank, joined in rank order).
+    pub fn resume(
+        trace: &'a Trace,
+        device: &'a wgpu::Device,
+        queue: &'a wgpu::Queue,
+        state: &OptimizerState,
+        params: &[f32],
+    ) -> Result<Self> {
+        let meta = state.shard.as_ref().ok_or_else(|| {
+            Error::CheckpointMismatch("not a shard's checkpoint (no shard metadata)".into())
+        })?;
+        let run = Self::new(trace, device, queue, &meta.layout, meta.rank)?;
+        run.set_params(params)?;
+        run.opt.load_state(state)?;
+        Ok(run)
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &GpuAdamW {
+        &self.opt
+    }
+
+    /// A per-param quantity of the trace, flattened in registration order.
+    fn flat(&self, f: impl Fn(&TraceParam) -> &Vec<f32>) -> Vec<f32> {
+        let params = &self.io.trace.params;
+        self.order
+            .iter()
+            .flat_map(|&i| f(&params[i]).iter().copied())
+            .collect()
+    }
+
+    /// This rank's pieces of a flattened quantity.
+    fn pieces<'v>(&self, flat: &'v [f32]) -> Result<Vec<&'v [f32]>> {
+        let meta = self.opt.shard_meta().expect("a shard");
+        let mut starts = Vec::with_capacity(meta.tensors.len());
+        let mut at = 0usize;
+        for &(_, n) in &meta.tensors {
+            starts.push(at);
+            at += n as usize;
+        }
+        Ok(meta
+            .pieces()?
+            .iter()
+            .map(|p| &flat[starts[p.tensor] + p.start as usize..][..p.len as usize])
+            .collect())
+    }
+
+    /// Writes the whole flattened parameters (registration order) into the engine's buffer.
+    pub fn set_params(&self, params: &[f32]) -> Result<()> {
+        let io = &self.io;
+        let total: usize = io.trace.params.iter().map(|p| p.init.len()).sum();
+        if params.len() != total {
+            return Err(Error::ShapeMismatch(format!(
+                "{} parameters for a trace of {total}",
+                params.len()
+            )));
+        }
+        // Back to trace order, which is the buffer's.
+        let mut by_param = vec![&[][..]; io.trace.params.len()];
+        let mut at = 0;
+        for &i in &self.order {
+            let n = io.trace.params[i].init.len();
+            by_param[i] = &params[at..at + n];
+            at += n;
+        }
+        let words = buffer_words(
+            &mut by_param.iter().flat_map(|p| p.iter().copied()),
+            io.trace.config.precision.param,
+        );
+        io.queue
+            .write_buffer(&io.pbuf, 0, bytemuck::cast_slice(&words));
+        Ok(())
+    }
+
+    /// The first half of call `micro` of 0-based step `s`: the micro-batch's gradients, the
+    /// loss scale and metric the trace gives, and [`GpuAdamW::encode_partials`], submitted.
+    pub fn partials(&mut self, s: usize, micro: usize) -> Result<()> {
+        let io = &self.io;
+        let trace = io.trace;
+        let k = trace.config.accumulate as usize;
+        if s >= trace.steps as usize || micro >= k {
+            return Err(Error::ShapeMismatch(format!(
+                "call {micro} of step {s}: the trace has {} steps of {k} calls",
+                trace.steps
+            )));
+        }
+        let words = buffer_words(
+            &mut trace
+                .params
+                .iter()
+                .flat_map(|p| p.grads[s * k + micro].iter().copied()),
+            trace.config.precision.grad,
+        );
+        io.queue
+            .write_buffer(&io.gbuf, 0, bytemuck::cast_slice(&words));
+        if micro == 0 {
+            if let Some(scales) = trace
+                .grad_scale
+                .as_ref()
+                .filter(|_| trace.config.grad_scaler.is_none())
+            {
+                self.opt.set_loss_scale(scales[s]);
+            }
+            if let Some(m) = trace.metric_before(s) {
+                self.opt.set_metric(m);
+            }
+        }
+        let mut encoder = io.device.create_command_encoder(&Default::default());
+        self.opt.encode_partials(&mut encoder);
+        io.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Where this rank's entry is and where the gathered entries go (`None`: nothing to
+    /// exchange).
+    pub fn exchange(&self) -> Option<crate::gpu::ShardExchange> {
+        self.opt.exchange()
+    }
+
+    /// The second half of call `micro` of step `s`: [`GpuAdamW::encode_apply`] and, after the
+    /// last call, the copies into the lr and control logs, submitted.
+    pub fn apply(&mut self, s: usize, micro: usize) -> Result<()> {
+        let io = &self.io;
+        let mut encoder = io.device.create_command_encoder(&Default::default());
+        self.opt.encode_apply(&mut encoder);
+        if micro + 1 == io.trace.config.accumulate as usize {
+            self.opt
+                .encode_copy_step_scalars(&mut encoder, &io.lr_log, io.row * s as u64)?;
+            self.opt
+                .encode_copy_control(&mut encoder, &io.amp_log, CONTROL_BYTES * s as u64)?;
+        }
+        io.queue.submit([encoder.finish()]);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = io.device.poll(wgpu::PollType::Poll);
+        Ok(())
+    }
+
+    /// This rank's range of the flattened parameters (16-bit ones widened).
+    pub fn params(&self) -> Result<Vec<f32>> {
+        let io = &self.io;
+        let words = read_buffer(io.device, io.queue, &io.pbuf, 0, io.pbuf.size())?;
+        let ty = io.trace.config.precision.param;
+        let elem = |i: usize| match ty {
+            ElemType::F32 => f32::from_bits(words[i]),
+            ty => ty.widen((words[i / 2] >> (16 * (i % 2))) as u16),
+        };
+        // The buffer is in trace order; the flattened space in registration order.
+        let mut flat = Vec::new();
+        for &i in &self.order {
+            let (off, n) = (io.offsets[i] as usize, io.trace.params[i].init.len());
+            flat.extend((off..off + n).map(elem));
+        }
+        let range = self
+            .opt
+            .shard_meta()
+            .expect("a shard")
+            .layout
+            .range(self.opt.shard_meta().expect("a shard").rank)?;
+        Ok(flat[range.start as usize..range.end as usize].to_vec())
+    }
+
+    /// The run's output from the whole flattened parameters (every rank's
+    /// [`ShardReplay::params`], in rank order) and the merged state
+    /// ([`crate::shard::merge_states`]); the lr and loss-scale logs are this rank's (steps it
+    /// did not run read 0).
+    pub fn output(&self, params: &[f32], state: OptimizerState) -> Result<ReplayOutput> {
+        let io = &self.io;
+        let mut by_param = vec![Vec::new(); io.trace.params.len()];
+        let mut at = 0;
+        for &i in &self.order {
+            let n = io.trace.params[i].init.len();
+            by_param[i] = params
+                .get(at..at + n)
+                .ok_or_else(|| Error::ShapeMismatch("too few parameters".into()))?
+                .to_vec();
+            at += n;
+        }
+        let log = read_buffer(io.device, io.queue, &io.lr_log, 0, io.lr_log.size())?;
+        let amp = read_buffer(io.device, io.queue, &io.amp_log, 0, io.amp_log.size())?;
+        io.output_from(by_param, &log, &amp, state)
+    }
+}
+
 impl<'a> ReplayBuffers<'a> {
     /// The buffers, with the trace's initial parameters, and the optimizer's groups over them.
     fn new(trace: &'a Trace, device: &'a wgpu::Device, queue: &'a wgpu::Queue) -> Self {
@@ -900,6 +1159,19 @@ impl<'a> ReplayBuffers<'a> {
                     .collect()
             })
             .collect();
+        self.output_from(params, log, amp, state)
+    }
+
+    /// The output from the final parameters (per trace param), the words of the lr and
+    /// control logs, and the final state.
+    fn output_from(
+        &self,
+        params: Vec<Vec<f32>>,
+        log: &[u32],
+        amp: &[u32],
+        state: OptimizerState,
+    ) -> Result<ReplayOutput> {
+        let trace = self.trace;
         let n_groups = trace.groups.len();
         let w = SCALAR_WORDS as usize;
         let column = |word: usize| -> Vec<Vec<f32>> {

@@ -92,6 +92,7 @@ fn globals_layout_matches_the_shader() {
         ("accumulate", offset_of!(Globals, accumulate)),
         ("grad_round", offset_of!(Globals, grad_round)),
         ("sr_at", offset_of!(Globals, sr_at)),
+        ("n_ranks", offset_of!(Globals, n_ranks)),
     ];
     let named: Vec<(String, u32)> = members
         .into_iter()

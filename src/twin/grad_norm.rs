@@ -135,6 +135,23 @@ pub fn reduce_partials(partials: &[((f32, f32), u32)]) -> ((f32, f32), u32) {
     (acc[0], flag[0])
 }
 
+/// The prologue's fold of the ranks' entries ([`reduce_partials`] of each shard's chunks), as
+/// a sharded optimizer's prologue does it: left to right in rank order, from zero.
+pub fn fold_shards(shards: &[((f32, f32), u32)]) -> ((f32, f32), u32) {
+    shards
+        .iter()
+        .fold(((0.0, 0.0), 0), |(acc, flags), &(x, f)| {
+            (add_double(acc, x), flags | f)
+        })
+}
+
+/// The global norm of a folded `(hi, lo)` sum of squares and its flags, as the prologue
+/// finishes it (compensated order, sharded or not).
+pub fn norm_of(((hi, lo), flags): ((f32, f32), u32)) -> (f32, u32) {
+    let sum_sq = hi + lo;
+    (finish_norm(sum_sq, flags, sum_sq.sqrt()), flags)
+}
+
 /// `acc + x * x` with two roundings, as ATen's (unfused) CPU norm kernel adds a square.
 #[inline(always)]
 fn add_square(acc: f32, x: f32) -> f32 {
@@ -190,7 +207,5 @@ pub fn final_norm(
             flags,
         );
     }
-    let ((hi, lo), flags) = reduce_partials(partials);
-    let sum_sq = hi + lo;
-    (finish_norm(sum_sq, flags, sum_sq.sqrt()), flags)
+    norm_of(reduce_partials(partials))
 }
