@@ -89,6 +89,22 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Train a small MLP on the GPU under four lr schedules and plot the learning curves.
     Demo(demo_cmd::DemoArgs),
+    /// Move the checkpoints of a sharded (ZeRO-1) optimizer, one file per rank, to another
+    /// number of ranks or other cuts, bit for bit. Writes `OUT/rank-{r}-of-{M}.safetensors`.
+    Reshard {
+        /// Every rank's checkpoint file, in any order.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// Cut the flattened parameters into this many nearly equal ranges.
+        #[arg(long, required_unless_present = "bounds", conflicts_with = "bounds")]
+        ranks: Option<usize>,
+        /// Or cut them at these element indices: comma-separated, from 0 to the total.
+        #[arg(long, value_name = "0,B1,..,N")]
+        bounds: Option<String>,
+        /// The directory to write the new checkpoints into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// An error that makes the input unusable (exit status 2).
@@ -157,6 +173,12 @@ fn main() -> ExitCode {
         Command::Adapters => adapters(),
         Command::Bench(args) => bench_cmd::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo_cmd::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Reshard {
+            shards,
+            ranks,
+            bounds,
+            out,
+        } => reshard(&shards, ranks, bounds.as_deref(), &out),
     };
     match result {
         Ok(code) => code,
@@ -171,6 +193,45 @@ fn main() -> ExitCode {
             ExitCode::from(status)
         }
     }
+}
+
+fn reshard(
+    files: &[PathBuf],
+    ranks: Option<usize>,
+    bounds: Option<&str>,
+    out: &Path,
+) -> Result<ExitCode> {
+    use wgpu_adamw::shard::{self, ShardLayout};
+    let states = files
+        .iter()
+        .map(wgpu_adamw::OptimizerState::load)
+        .collect::<wgpu_adamw::Result<Vec<_>>>()
+        .map_err(unusable)?;
+    let whole = shard::merge_states(&states).map_err(unusable)?;
+    let total: u64 = whole.tensors.iter().map(|t| t.exp_avg.len() as u64).sum();
+    let layout = match (ranks, bounds) {
+        (Some(r), _) => ShardLayout::even(total, r),
+        (None, Some(b)) => {
+            let bounds = b
+                .split(',')
+                .map(|x| x.trim().parse::<u64>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| unusable(format!("--bounds {b}: {e}")))?;
+            ShardLayout::new(bounds)
+        }
+        (None, None) => unreachable!("clap requires one of --ranks and --bounds"),
+    }
+    .map_err(unusable)?;
+    // Everything is computed before the first file is written.
+    let moved = shard::split_state(&whole, &layout).map_err(unusable)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let m = layout.ranks();
+    for (r, s) in moved.iter().enumerate() {
+        let path = out.join(format!("rank-{r}-of-{m}.safetensors"));
+        s.save(&path)?;
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay(

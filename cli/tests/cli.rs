@@ -558,3 +558,78 @@ fn plot_draws_every_schedule_with_a_legend() {
     assert!(text.contains("learning-rate schedules"));
     std::fs::remove_file(&svg).unwrap();
 }
+
+#[test]
+fn reshard_moves_shard_checkpoints_to_another_rank_count_bit_for_bit() {
+    use wgpu_adamw::shard::{merge_states, split_state, ShardLayout};
+    use wgpu_adamw::{AdamWConfig, CpuAdamW, CpuParamGroup, OptimizerState};
+    let lens = [5usize, 40, 3];
+    let mut cpu = CpuAdamW::new(
+        AdamWConfig::default().with_amsgrad(true),
+        vec![CpuParamGroup {
+            lens: lens.to_vec(),
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| vec![0.5; n]).collect();
+    let grads: Vec<Vec<f32>> = lens
+        .iter()
+        .map(|&n| (0..n).map(|i| (i as f32 * 0.7).sin()).collect())
+        .collect();
+    let g: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+    let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| &mut p[..]).collect();
+    cpu.step(&mut p, &g).unwrap();
+    let whole = cpu.state();
+    let dir = tmp("reshard");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<String> = split_state(&whole, &ShardLayout::even(48, 2).unwrap())
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(r, s)| {
+            let f = dir.join(format!("in-{r}.safetensors"));
+            s.save(&f).unwrap();
+            f.to_str().unwrap().to_string()
+        })
+        .collect();
+    let out = dir.join("out");
+    let o = run(&[
+        "reshard",
+        &files[1],
+        &files[0],
+        "--ranks",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let three: Vec<OptimizerState> = (0..3)
+        .map(|r| OptimizerState::load(out.join(format!("rank-{r}-of-3.safetensors"))).unwrap())
+        .collect();
+    assert_eq!(
+        three[1].shard.as_ref().unwrap().layout.bounds(),
+        [0, 16, 32, 48]
+    );
+    assert_eq!(merge_states(&three).unwrap(), whole);
+    let o = run(&[
+        "reshard",
+        &files[0],
+        "--bounds",
+        "0,1,47,48",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a missing shard is unusable input"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("1 shard checkpoints for a layout of 2 ranks"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
