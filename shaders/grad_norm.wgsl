@@ -174,6 +174,8 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 // `exchange_at`. The engine's collective gathers every rank's entry, in rank order, into the
 // n_ranks entries after it, and the prologue folds those left to right: every rank then
 // computes the same norm from the same words, whatever the collective's timing.
+// `fold_partials` repeats the prologue's loop: WGSL functions cannot take a storage buffer
+// as an argument (portably), and the two entry points bind `partials` differently.
 fn exchange_at() -> u32 {
     return g.tensor_norms_at + 2u * g.n_tensors;
 }

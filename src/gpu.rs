@@ -899,6 +899,11 @@ impl GpuAdamW {
 
     /// Records one optimizer step into `pass`, an open compute pass of the engine's.
     ///
+    /// A shard that exchanges norm entries ([`GpuAdamW::needs_exchange`]) records its two
+    /// halves instead, [`GpuAdamW::record_partials`] and [`GpuAdamW::record_apply`], with the
+    /// engine's all-gather between them: this call would fold the entries of the last
+    /// exchange.
+    ///
     /// What it leaves behind: a compute pass keeps its state from one dispatch to the next
     /// (WebGPU semantics), and this call sets the pass's **pipeline** (to one of this
     /// optimizer's update pipelines) and **bind group 0** (to one of its own). It

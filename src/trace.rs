@@ -807,16 +807,7 @@ impl<'a> GpuReplay<'a> {
             encoder.copy_buffer_to_buffer(&io.staging, m * gbuf.size(), gbuf, 0, gbuf.size());
             self.opt.encode_step(&mut encoder);
         }
-        self.opt
-            .encode_copy_step_scalars(&mut encoder, &io.lr_log, io.row * s as u64)?;
-        self.opt
-            .encode_copy_control(&mut encoder, &io.amp_log, CONTROL_BYTES * s as u64)?;
-        io.queue.submit([encoder.finish()]);
-        // Let wgpu free what finished submissions held (the staging copies of the gradients):
-        // without it a long replay grows by one gradient upload per step.
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = io.device.poll(wgpu::PollType::Poll);
-        Ok(())
+        io.submit_logged(&self.opt, encoder, Some(s))
     }
 }
 
@@ -993,33 +984,21 @@ impl<'a> ShardReplay<'a> {
         let io = &self.io;
         let mut encoder = io.device.create_command_encoder(&Default::default());
         self.opt.encode_apply(&mut encoder);
-        if micro + 1 == io.trace.config.accumulate as usize {
-            self.opt
-                .encode_copy_step_scalars(&mut encoder, &io.lr_log, io.row * s as u64)?;
-            self.opt
-                .encode_copy_control(&mut encoder, &io.amp_log, CONTROL_BYTES * s as u64)?;
-        }
-        io.queue.submit([encoder.finish()]);
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = io.device.poll(wgpu::PollType::Poll);
-        Ok(())
+        let last = micro + 1 == io.trace.config.accumulate as usize;
+        io.submit_logged(&self.opt, encoder, last.then_some(s))
     }
 
     /// This rank's range of the flattened parameters (16-bit ones widened).
     pub fn params(&self) -> Result<Vec<f32>> {
         let io = &self.io;
         let words = read_buffer(io.device, io.queue, &io.pbuf, 0, io.pbuf.size())?;
-        let ty = io.trace.config.precision.param;
-        let elem = |i: usize| match ty {
-            ElemType::F32 => f32::from_bits(words[i]),
-            ty => ty.widen((words[i / 2] >> (16 * (i % 2))) as u16),
-        };
+        let mut by_param = io.param_values(&words);
         // The buffer is in trace order; the flattened space in registration order.
-        let mut flat = Vec::new();
-        for &i in &self.order {
-            let (off, n) = (io.offsets[i] as usize, io.trace.params[i].init.len());
-            flat.extend((off..off + n).map(elem));
-        }
+        let flat: Vec<f32> = self
+            .order
+            .iter()
+            .flat_map(|&i| std::mem::take(&mut by_param[i]))
+            .collect();
         let range = self
             .opt
             .shard_meta()
@@ -1140,16 +1119,19 @@ impl<'a> ReplayBuffers<'a> {
 
     /// The output, from the words of [`ReplayBuffers::log_ranges`] and the final state.
     fn output(&self, logs: &[Vec<u32>], state: OptimizerState) -> Result<ReplayOutput> {
-        let trace = self.trace;
-        let prec = trace.config.precision;
         let [flat, log, amp] = logs else {
             return Err(Error::Readback("three logs expected".into()));
         };
-        let elem = |i: usize| match prec.param {
-            ElemType::F32 => f32::from_bits(flat[i]),
-            ty => ty.widen((flat[i / 2] >> (16 * (i % 2))) as u16),
+        self.output_from(self.param_values(flat), log, amp, state)
+    }
+
+    /// Each trace param's values (16-bit ones widened) from the words of `pbuf`.
+    fn param_values(&self, words: &[u32]) -> Vec<Vec<f32>> {
+        let elem = |i: usize| match self.trace.config.precision.param {
+            ElemType::F32 => f32::from_bits(words[i]),
+            ty => ty.widen((words[i / 2] >> (16 * (i % 2))) as u16),
         };
-        let params = trace
+        self.trace
             .params
             .iter()
             .zip(&self.offsets)
@@ -1158,8 +1140,27 @@ impl<'a> ReplayBuffers<'a> {
                     .map(elem)
                     .collect()
             })
-            .collect();
-        self.output_from(params, log, amp, state)
+            .collect()
+    }
+
+    /// Submits `encoder`, after the copies of step `s`'s scalars and control words into the
+    /// logs where `s` is given.
+    fn submit_logged(
+        &self,
+        opt: &GpuAdamW,
+        mut encoder: wgpu::CommandEncoder,
+        s: Option<usize>,
+    ) -> Result<()> {
+        if let Some(s) = s {
+            opt.encode_copy_step_scalars(&mut encoder, &self.lr_log, self.row * s as u64)?;
+            opt.encode_copy_control(&mut encoder, &self.amp_log, CONTROL_BYTES * s as u64)?;
+        }
+        self.queue.submit([encoder.finish()]);
+        // Let wgpu free what finished submissions held (the staging copies of the gradients):
+        // without it a long replay grows by one gradient upload per step.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        Ok(())
     }
 
     /// The output from the final parameters (per trace param), the words of the lr and
