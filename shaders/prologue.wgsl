@@ -63,7 +63,9 @@ fn prologue(@builtin(local_invocation_index) lid: u32) {
                 var acc = vec2<f32>(0.0, 0.0);
                 var flag = 0u;
                 let at = exchange_at() + 4u;
-                for (var r = 0u; r < g.n_ranks; r++) {
+                // `| dz`: a loop bound of uniform values alone makes lavapipe re-optimise the
+                // prologue at every dispatch (see layout.wgsl).
+                for (var r = 0u; r < (g.n_ranks | dz); r++) {
                     let p = vec2<f32>(bitcast<f32>(partials_ro[at + 4u * r]), bitcast<f32>(partials_ro[at + 4u * r + 1u]));
                     acc = add_double(acc, p);
                     flag = flag | partials_ro[at + 4u * r + 2u];

@@ -470,7 +470,7 @@ impl GpuAdamW {
                 mixed,
             };
             let plan = GpuPlan::new(&plan_tensors, plan_limits)?;
-            let kernel = Kernel::new(device, ept, &config, native_f16);
+            let kernel = Kernel::new(device, ept, &config, native_f16, ranks.is_some());
             let n_groups = groups.len() as u32;
             let mut globals = Globals::new(&config, n_groups);
             globals.groups_at = COUNTER_WORDS;
@@ -934,25 +934,25 @@ impl GpuAdamW {
                 }
             }
         }
-        if self.config.loss_scaling || self.config.max_grad_norm.is_some() {
-            if self.config.grad_norm_order == GradNormOrder::TorchCpu {
-                pass.set_pipeline(&self.kernel.tensor_norms);
-                for d in self.dispatches.iter().filter(|d| d.tensor_groups > 0) {
-                    pass.set_bind_group(0, &d.reduce_bind_group, &[]);
-                    pass.dispatch_workgroups(d.tensor_groups, 1, 1);
-                }
-            } else {
-                pass.set_pipeline(&self.kernel.reduce);
-                for d in &self.dispatches {
-                    pass.set_bind_group(0, &d.reduce_bind_group, &[]);
-                    pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
-                }
-                if self.shard.is_some() {
-                    pass.set_pipeline(&self.kernel.fold_partials);
-                    pass.set_bind_group(0, &self.fold_bind_group, &[]);
-                    pass.dispatch_workgroups(1, 1, 1);
-                }
+        // The kernel has these pipelines exactly where the config clips or scales the loss.
+        if let Some(tensor_norms) = &self.kernel.tensor_norms {
+            pass.set_pipeline(tensor_norms);
+            for d in self.dispatches.iter().filter(|d| d.tensor_groups > 0) {
+                pass.set_bind_group(0, &d.reduce_bind_group, &[]);
+                pass.dispatch_workgroups(d.tensor_groups, 1, 1);
             }
+        }
+        if let Some(reduce) = &self.kernel.reduce {
+            pass.set_pipeline(reduce);
+            for d in &self.dispatches {
+                pass.set_bind_group(0, &d.reduce_bind_group, &[]);
+                pass.dispatch_workgroups(d.grid.0, d.grid.1, 1);
+            }
+        }
+        if let Some(fold) = &self.kernel.fold_partials {
+            pass.set_pipeline(fold);
+            pass.set_bind_group(0, &self.fold_bind_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
         }
     }
 

@@ -264,10 +264,12 @@ pub struct Kernel {
     pub update_layout: wgpu::BindGroupLayout,
     /// Layout of a reduce bind group: globals, dispatch info, meta, grad, amp, partials.
     pub reduce_layout: wgpu::BindGroupLayout,
-    /// The `reduce` entry point (gradient norm and non-finite check, per chunk).
-    pub reduce: wgpu::ComputePipeline,
-    /// The `tensor_norms` entry point (per-tensor norms in PyTorch's CPU order).
-    pub tensor_norms: wgpu::ComputePipeline,
+    /// The `reduce` entry point (gradient norm and non-finite check, per chunk), where the
+    /// config clips or scales the loss in the compensated norm order.
+    pub reduce: Option<wgpu::ComputePipeline>,
+    /// The `tensor_norms` entry point (per-tensor norms in PyTorch's CPU order), where the
+    /// config clips or scales the loss in that order.
+    pub tensor_norms: Option<wgpu::ComputePipeline>,
     /// The `prologue` entry point.
     pub prologue: wgpu::ComputePipeline,
     /// The `update` entry point (chunks that are runs of one tensor).
@@ -287,8 +289,9 @@ pub struct Kernel {
     pub accumulate: Option<wgpu::ComputePipeline>,
     /// Layout of the `fold_partials` bind group: globals, partials.
     pub fold_layout: wgpu::BindGroupLayout,
-    /// The `fold_partials` entry point (a shard's own gradient-norm entry).
-    pub fold_partials: wgpu::ComputePipeline,
+    /// The `fold_partials` entry point (a shard's own gradient-norm entry), for a shard that
+    /// reduces.
+    pub fold_partials: Option<wgpu::ComputePipeline>,
 }
 
 /// How a binding is bound.
@@ -465,12 +468,15 @@ impl Kernel {
     /// Compiles the shader and builds its pipelines on `device`, with `elems_per_thread`
     /// elements per invocation of `update` and `reduce`, and the mixed-precision update for
     /// `config`'s precision and EMA unless it needs neither; f16 through WGSL's `f16` type with
-    /// `native_f16` (the device needs `SHADER_F16`).
+    /// `native_f16` (the device needs `SHADER_F16`). Only the pipelines `config` uses are
+    /// built (each costs a compile of the module's entry point: seconds on lavapipe); the
+    /// gradient norm's with clipping or loss scaling, `fold_partials` for a `sharded` one.
     pub fn new(
         device: &wgpu::Device,
         elems_per_thread: u32,
         config: &AdamWConfig,
         native_f16: bool,
+        sharded: bool,
     ) -> Self {
         let precision = &config.precision;
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -549,10 +555,14 @@ impl Kernel {
             ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
             ("G_DTYPE", f64::from(config.grad_read_dtype().code())),
         ];
-        let reduce = pipeline_with(&reduce_layout, "reduce", &reduce_constants);
-        let tensor_norms = pipeline_with(&reduce_layout, "tensor_norms", &reduce_constants);
+        let norm = config.loss_scaling || config.max_grad_norm.is_some();
+        let torch_order = config.grad_norm_order == GradNormOrder::TorchCpu;
+        let reduce = (norm && !torch_order)
+            .then(|| pipeline_with(&reduce_layout, "reduce", &reduce_constants));
+        let tensor_norms = (norm && torch_order)
+            .then(|| pipeline_with(&reduce_layout, "tensor_norms", &reduce_constants));
         let fold_layout = layout("fold");
-        let fold_partials = pipeline(&fold_layout, "fold_partials");
+        let fold_partials = (norm && sharded).then(|| pipeline(&fold_layout, "fold_partials"));
         Self {
             fold_layout,
             fold_partials,

@@ -39,6 +39,13 @@
 //! return [`Error::Unsupported`] there. The `web/` directory of the repository runs the
 //! traces, the benchmark and the demo in headless Chromium.
 //!
+//! ## Sharded (ZeRO-1)
+//! [`GpuAdamW::shard`] updates one rank's range of the flattened parameters and keeps state
+//! for it only; with clipping or loss scaling the engine all-gathers the ranks' 16-byte norm
+//! entries between [`GpuAdamW::encode_partials`] and [`GpuAdamW::encode_apply`]. The result is
+//! bit-identical to one process ([`CpuAdamW::set_norm_shards`]); see [`shard`] for the rule,
+//! per-shard checkpoints and re-sharding. `integrations/mpi` runs it across processes.
+//!
 //! ## Numerics
 //! Everything that is constant across steps (`1 - beta`, `ln(beta)`, eps) is computed on the
 //! host in f64. On the device, the bias corrections are `-expm1(t * ln(beta))`, the cosine
