@@ -74,6 +74,13 @@ fn gather(ranks: &[ShardReplay<'_>]) -> (Vec<f32>, OptimizerState) {
         .iter()
         .map(|r| r.optimizer().state().unwrap())
         .collect();
+    // Each rank keeps state for its own range only.
+    for s in &states {
+        let meta = s.shard.as_ref().unwrap();
+        let range = meta.layout.range(meta.rank).unwrap();
+        let held: usize = s.tensors.iter().map(|t| t.exp_avg.len()).sum();
+        assert_eq!(held as u64, range.end - range.start, "rank {}", meta.rank);
+    }
     (params, merge_states(&states).unwrap())
 }
 
