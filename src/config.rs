@@ -301,6 +301,12 @@ impl AdamWConfig {
         }
     }
 
+    /// A step reduces the gradients (their global norm and non-finite check): with clipping
+    /// or loss scaling.
+    pub(crate) fn reduces_gradients(&self) -> bool {
+        self.loss_scaling || self.max_grad_norm.is_some()
+    }
+
     /// The GPU updates with the mixed-precision kernel: a 16-bit stream, master weights, an
     /// EMA or accumulation.
     pub(crate) fn needs_mixed_update(&self) -> bool {

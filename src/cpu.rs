@@ -163,20 +163,15 @@ impl CpuAdamW {
     /// Sums the gradient norm as the shards of `layout` do ([`crate::shard`]): each shard's
     /// pieces by their own chunk plan into one entry, the entries folded in rank order; the
     /// unsharded reference that ZeRO-1 shards on their devices equal bit for bit. `None`
-    /// restores the unsharded sum. PyTorch's CPU norm order cannot be cut
-    /// ([`Error::Unsupported`] with clipping or loss scaling).
+    /// restores the unsharded sum. What a shard refuses is refused here too
+    /// ([`Error::Unsupported`]): PyTorch's CPU norm order with clipping or loss scaling, which
+    /// cannot be cut, and stochastic rounding.
     pub fn set_norm_shards(&mut self, layout: Option<&ShardLayout>) -> Result<()> {
         let Some(layout) = layout else {
             self.norm_shards = None;
             return Ok(());
         };
-        if self.config.grad_norm_order == GradNormOrder::TorchCpu
-            && (self.config.loss_scaling || self.config.max_grad_norm.is_some())
-        {
-            return Err(Error::Unsupported(
-                "shards sum the gradient norm in the compensated order only".into(),
-            ));
-        }
+        shard::check_config(&self.config)?;
         let lens: Vec<u64> = self
             .tensors
             .iter()
@@ -232,7 +227,7 @@ impl CpuAdamW {
         let Some(step) = self.begin_step(grads)? else {
             return Ok(());
         };
-        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let amp = self.config.reduces_gradients();
         let effective: Vec<Vec<f32>>;
         let grads: &[&[f32]] = if amp {
             effective = grads
@@ -367,7 +362,7 @@ impl CpuAdamW {
         let Some(step) = self.begin_step(&wide_refs)? else {
             return Ok(());
         };
-        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let amp = self.config.reduces_gradients();
         let state = prec.state_dtype();
         let (ema_ty, first) = (self.config.ema_dtype(), self.counters.adam == 1);
         let g = &self.globals;
@@ -487,7 +482,7 @@ impl CpuAdamW {
     fn begin_step(&mut self, grads: &[&[f32]]) -> Result<Option<StepGlobals>> {
         // Loss scaling and clipping: the kernel's `reduce` per chunk of each tensor, then
         // its prologue. A skipped step only advances the schedule.
-        let amp = self.config.loss_scaling || self.config.max_grad_norm.is_some();
+        let amp = self.config.reduces_gradients();
         let reduced = if amp {
             let inv = twin::grad_multiplier(&self.globals, self.control.loss_scale);
             if self.config.grad_norm_order == GradNormOrder::TorchCpu {

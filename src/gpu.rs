@@ -240,7 +240,22 @@ impl GpuAdamW {
         groups: Vec<ParamGroup>,
         options: GpuOptions,
     ) -> Result<Self> {
-        let opt = Self::build(device, queue, config, &groups, options, None)?;
+        Self::create(device, queue, config, groups, options, None)
+    }
+
+    /// [`GpuAdamW::with_options`], or a shard's ([`GpuAdamW::shard`]) where `shard` is given
+    /// (`groups` are then its pieces).
+    fn create(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+        options: GpuOptions,
+        shard: Option<ShardMeta>,
+    ) -> Result<Self> {
+        let ranks = shard.as_ref().map(|m| m.layout.ranks() as u32);
+        let mut opt = Self::build(device, queue, config, &groups, options, ranks)?;
+        opt.shard = shard;
         if opt.reads_weights() {
             let words = read_buffers(device, queue, &weight_ranges(&groups, &opt.config))?;
             opt.init_weights(&groups, &words)?;
@@ -299,20 +314,7 @@ impl GpuAdamW {
         rank: usize,
         options: GpuOptions,
     ) -> Result<Self> {
-        if config.grad_norm_order == GradNormOrder::TorchCpu
-            && (config.max_grad_norm.is_some() || config.loss_scaling)
-        {
-            return Err(Error::Unsupported(
-                "a shard sums the gradient norm in the compensated order only (PyTorch's CPU \
-                 order needs whole tensors)"
-                    .into(),
-            ));
-        }
-        if config.stochastic_rounding.is_some() {
-            return Err(Error::Unsupported(
-                "stochastic rounding on a shard (its seeds follow the unsharded chunk plan)".into(),
-            ));
-        }
+        crate::shard::check_config(&config)?;
         let prec = config.precision;
         let (groups, meta) = crate::shard::shard_groups(
             &groups,
@@ -320,20 +322,7 @@ impl GpuAdamW {
             rank,
             (prec.param.size(), prec.grad.size()),
         )?;
-        let mut opt = Self::build(
-            device,
-            queue,
-            config,
-            &groups,
-            options,
-            Some(layout.ranks() as u32),
-        )?;
-        opt.shard = Some(meta);
-        if opt.reads_weights() {
-            let words = read_buffers(device, queue, &weight_ranges(&groups, &opt.config))?;
-            opt.init_weights(&groups, &words)?;
-        }
-        Ok(opt)
+        Self::create(device, queue, config, groups, options, Some(meta))
     }
 
     /// This optimizer's shard: its rank, the layout and the whole tensors (`None` unless it
@@ -346,11 +335,7 @@ impl GpuAdamW {
     /// [`GpuAdamW::encode_partials`] and [`GpuAdamW::encode_apply`]: a shard with clipping or
     /// loss scaling.
     pub fn needs_exchange(&self) -> bool {
-        self.shard.is_some() && self.needs_norm()
-    }
-
-    fn needs_norm(&self) -> bool {
-        self.config.loss_scaling || self.config.max_grad_norm.is_some()
+        self.shard.is_some() && self.config.reduces_gradients()
     }
 
     /// Where this shard's gradient-norm entries are exchanged (`None` unless
@@ -465,7 +450,7 @@ impl GpuAdamW {
                 stride,
                 chunk,
                 torch_norm: config.grad_norm_order == GradNormOrder::TorchCpu
-                    && (config.max_grad_norm.is_some() || config.loss_scaling),
+                    && config.reduces_gradients(),
                 elem_bytes: (prec.param.size(), prec.grad.size()),
                 mixed,
             };
@@ -1403,22 +1388,21 @@ impl GpuAdamW {
         let state_at = 4 * u64::from(g.sched_at + g.sched_state_at);
         let state_len = ((self.schedule_end() - state_at) / 4) as usize;
         if state.shard != self.shard {
-            return Err(Error::CheckpointMismatch(
-                match (&state.shard, &self.shard) {
-                    (Some(m), None) => format!(
+            let why = match (&state.shard, &self.shard) {
+                (Some(m), None) => format!(
                     "the checkpoint is rank {}'s of {} shards and this optimizer is not a shard \
                      (merge the shards: shard::merge_states)",
                     m.rank,
                     m.layout.ranks()
                 ),
-                    (None, Some(_)) => "the checkpoint is not a shard's (split it: \
-                                    shard::split_state)"
-                        .into(),
-                    _ => "the checkpoint is another shard's (rank, layout or tensors differ; \
+                (None, Some(_)) => {
+                    "the checkpoint is not a shard's (split it: shard::split_state)".into()
+                }
+                _ => "the checkpoint is another shard's (rank, layout or tensors differ; \
                       reshard it: shard::reshard)"
-                        .into(),
-                },
-            ));
+                    .into(),
+            };
+            return Err(Error::CheckpointMismatch(why));
         }
         let mut groups = self.groups.write().expect("not poisoned");
         state.check_matches(&self.config, &groups, &shape, state_len)?;

@@ -555,7 +555,7 @@ impl Kernel {
             ("ELEMS_PER_THREAD", f64::from(elems_per_thread)),
             ("G_DTYPE", f64::from(config.grad_read_dtype().code())),
         ];
-        let norm = config.loss_scaling || config.max_grad_norm.is_some();
+        let norm = config.reduces_gradients();
         let torch_order = config.grad_norm_order == GradNormOrder::TorchCpu;
         let reduce = (norm && !torch_order)
             .then(|| pipeline_with(&reduce_layout, "reduce", &reduce_constants));

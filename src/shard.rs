@@ -33,6 +33,7 @@
 //! and the whole tensors' shapes), so that [`reshard`] can move them to another rank count
 //! offline, bit for bit ([`merge_states`] then [`split_state`]).
 
+use crate::config::{AdamWConfig, GradNormOrder};
 use crate::error::{Error, Result};
 use crate::gpu::{ParamGroup, TensorBinding};
 use crate::state::{OptimizerState, TensorState};
@@ -143,6 +144,25 @@ impl ShardLayout {
         }
         Ok(out)
     }
+}
+
+/// Refuses what a shard cannot do alike on every rank: PyTorch's CPU norm order (per whole
+/// tensor) with clipping or loss scaling, and stochastic rounding (seeded by the unsharded
+/// chunk plan).
+pub(crate) fn check_config(config: &AdamWConfig) -> Result<()> {
+    if config.grad_norm_order == GradNormOrder::TorchCpu && config.reduces_gradients() {
+        return Err(Error::Unsupported(
+            "a shard sums the gradient norm in the compensated order only (PyTorch's CPU order \
+             needs whole tensors)"
+                .into(),
+        ));
+    }
+    if config.stochastic_rounding.is_some() {
+        return Err(Error::Unsupported(
+            "stochastic rounding on a shard (its seeds follow the unsharded chunk plan)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What a shard's checkpoint records besides its pieces' state: its rank, the layout, and

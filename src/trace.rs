@@ -775,33 +775,20 @@ impl<'a> GpuReplay<'a> {
     /// Submits step `s` (0-based): its micro-batches and the copies into the logs.
     fn step(&mut self, s: usize) -> Result<()> {
         let io = &self.io;
-        let (trace, gbuf) = (io.trace, &io.gbuf);
-        let scaler = trace.config.grad_scaler.is_some();
-        let prec = trace.config.precision;
+        let gbuf = &io.gbuf;
         // The step's micro-batches are uploaded beside each other and copied into the
         // gradient buffer one by one between the calls of the step, all in one submit (the
         // micro-batch counter lives on the device).
-        let k = trace.config.accumulate as usize;
+        let k = io.trace.config.accumulate as usize;
         let mut uploads: Vec<u32> = Vec::with_capacity(k * (gbuf.size() / 4) as usize);
         for micro in s * k..(s + 1) * k {
-            let mut w = buffer_words(
-                &mut trace
-                    .params
-                    .iter()
-                    .flat_map(|p| p.grads[micro].iter().copied()),
-                prec.grad,
-            );
+            let mut w = io.grad_words(micro);
             w.resize((gbuf.size() / 4) as usize, 0);
             uploads.extend(w);
         }
         io.queue
             .write_buffer(&io.staging, 0, bytemuck::cast_slice(&uploads));
-        if let Some(scales) = trace.grad_scale.as_ref().filter(|_| !scaler) {
-            self.opt.set_loss_scale(scales[s]);
-        }
-        if let Some(m) = trace.metric_before(s) {
-            self.opt.set_metric(m);
-        }
+        io.set_controls(&self.opt, s);
         let mut encoder = io.device.create_command_encoder(&Default::default());
         for m in 0..k as u64 {
             encoder.copy_buffer_to_buffer(&io.staging, m * gbuf.size(), gbuf, 0, gbuf.size());
@@ -890,6 +877,27 @@ impl<'a> ShardReplay<'a> {
             .collect()
     }
 
+    /// The whole flattened parameters (registration order) split per trace param, in trace
+    /// order.
+    fn by_param<'v>(&self, flat: &'v [f32]) -> Result<Vec<&'v [f32]>> {
+        let params = &self.io.trace.params;
+        let total: usize = params.iter().map(|p| p.init.len()).sum();
+        if flat.len() != total {
+            return Err(Error::ShapeMismatch(format!(
+                "{} parameters for a trace of {total}",
+                flat.len()
+            )));
+        }
+        let mut by_param = vec![&[][..]; params.len()];
+        let mut at = 0;
+        for &i in &self.order {
+            let n = params[i].init.len();
+            by_param[i] = &flat[at..at + n];
+            at += n;
+        }
+        Ok(by_param)
+    }
+
     /// This rank's pieces of a flattened quantity.
     fn pieces<'v>(&self, flat: &'v [f32]) -> Result<Vec<&'v [f32]>> {
         let meta = self.opt.shard_meta().expect("a shard");
@@ -909,21 +917,8 @@ impl<'a> ShardReplay<'a> {
     /// Writes the whole flattened parameters (registration order) into the engine's buffer.
     pub fn set_params(&self, params: &[f32]) -> Result<()> {
         let io = &self.io;
-        let total: usize = io.trace.params.iter().map(|p| p.init.len()).sum();
-        if params.len() != total {
-            return Err(Error::ShapeMismatch(format!(
-                "{} parameters for a trace of {total}",
-                params.len()
-            )));
-        }
         // Back to trace order, which is the buffer's.
-        let mut by_param = vec![&[][..]; io.trace.params.len()];
-        let mut at = 0;
-        for &i in &self.order {
-            let n = io.trace.params[i].init.len();
-            by_param[i] = &params[at..at + n];
-            at += n;
-        }
+        let by_param = self.by_param(params)?;
         let words = buffer_words(
             &mut by_param.iter().flat_map(|p| p.iter().copied()),
             io.trace.config.precision.param,
@@ -945,26 +940,11 @@ impl<'a> ShardReplay<'a> {
                 trace.steps
             )));
         }
-        let words = buffer_words(
-            &mut trace
-                .params
-                .iter()
-                .flat_map(|p| p.grads[s * k + micro].iter().copied()),
-            trace.config.precision.grad,
-        );
+        let words = io.grad_words(s * k + micro);
         io.queue
             .write_buffer(&io.gbuf, 0, bytemuck::cast_slice(&words));
         if micro == 0 {
-            if let Some(scales) = trace
-                .grad_scale
-                .as_ref()
-                .filter(|_| trace.config.grad_scaler.is_none())
-            {
-                self.opt.set_loss_scale(scales[s]);
-            }
-            if let Some(m) = trace.metric_before(s) {
-                self.opt.set_metric(m);
-            }
+            io.set_controls(&self.opt, s);
         }
         let mut encoder = io.device.create_command_encoder(&Default::default());
         self.opt.encode_partials(&mut encoder);
@@ -999,12 +979,8 @@ impl<'a> ShardReplay<'a> {
             .iter()
             .flat_map(|&i| std::mem::take(&mut by_param[i]))
             .collect();
-        let range = self
-            .opt
-            .shard_meta()
-            .expect("a shard")
-            .layout
-            .range(self.opt.shard_meta().expect("a shard").rank)?;
+        let meta = self.opt.shard_meta().expect("a shard");
+        let range = meta.layout.range(meta.rank)?;
         Ok(flat[range.start as usize..range.end as usize].to_vec())
     }
 
@@ -1014,16 +990,7 @@ impl<'a> ShardReplay<'a> {
     /// did not run read 0).
     pub fn output(&self, params: &[f32], state: OptimizerState) -> Result<ReplayOutput> {
         let io = &self.io;
-        let mut by_param = vec![Vec::new(); io.trace.params.len()];
-        let mut at = 0;
-        for &i in &self.order {
-            let n = io.trace.params[i].init.len();
-            by_param[i] = params
-                .get(at..at + n)
-                .ok_or_else(|| Error::ShapeMismatch("too few parameters".into()))?
-                .to_vec();
-            at += n;
-        }
+        let by_param = self.by_param(params)?.iter().map(|p| p.to_vec()).collect();
         let log = read_buffer(io.device, io.queue, &io.lr_log, 0, io.lr_log.size())?;
         let amp = read_buffer(io.device, io.queue, &io.amp_log, 0, io.amp_log.size())?;
         io.output_from(by_param, &log, &amp, state)
@@ -1123,6 +1090,34 @@ impl<'a> ReplayBuffers<'a> {
             return Err(Error::Readback("three logs expected".into()));
         };
         self.output_from(self.param_values(flat), log, amp, state)
+    }
+
+    /// The words of micro-batch `micro`'s gradients, all params end to end (trace order).
+    fn grad_words(&self, micro: usize) -> Vec<u32> {
+        buffer_words(
+            &mut self
+                .trace
+                .params
+                .iter()
+                .flat_map(|p| p.grads[micro].iter().copied()),
+            self.trace.config.precision.grad,
+        )
+    }
+
+    /// Step `s`'s loss scale (where the trace gives it and no GradScaler keeps it) and
+    /// plateau metric, written into `opt`'s control buffer.
+    fn set_controls(&self, opt: &GpuAdamW, s: usize) {
+        let trace = self.trace;
+        if let Some(scales) = trace
+            .grad_scale
+            .as_ref()
+            .filter(|_| trace.config.grad_scaler.is_none())
+        {
+            opt.set_loss_scale(scales[s]);
+        }
+        if let Some(m) = trace.metric_before(s) {
+            opt.set_metric(m);
+        }
     }
 
     /// Each trace param's values (16-bit ones widened) from the words of `pbuf`.

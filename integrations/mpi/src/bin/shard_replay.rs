@@ -144,8 +144,9 @@ fn run() -> Result<bool> {
             std::fs::write(dir.join("params.f32"), bytes)?;
         }
     }
-    let bytes: Vec<u8> = all_gather_varcount(&world, &state.to_bytes()?)?;
-    let lens: Vec<u64> = all_gather_varcount(&world, &[state.to_bytes()?.len() as u64])?;
+    let own = state.to_bytes()?;
+    let bytes: Vec<u8> = all_gather_varcount(&world, &own)?;
+    let lens: Vec<u64> = all_gather_varcount(&world, &[own.len() as u64])?;
     if rank != 0 {
         return Ok(true);
     }
