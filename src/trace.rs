@@ -462,14 +462,14 @@ fn cpu_groups(trace: &Trace) -> Vec<CpuParamGroup> {
 /// The config a sharded replay of `trace` runs with: the trace's, the gradient norm in the
 /// compensated order (a shard cannot follow PyTorch's per-tensor CPU order, see
 /// [`crate::shard`]).
-pub fn sharded_config(trace: &Trace) -> AdamWConfig {
+fn sharded_config(trace: &Trace) -> AdamWConfig {
     let mut config = trace.config.clone();
     config.grad_norm_order = GradNormOrder::Compensated;
     config
 }
 
-/// The unsharded reference of a sharded replay ([`ShardReplay`]): [`CpuAdamW`] with
-/// [`sharded_config`], its norm summed as the shards of a layout sum it
+/// The unsharded reference of a sharded replay ([`ShardReplay`]): [`CpuAdamW`] with the
+/// trace's config in the compensated norm order, its norm summed as the shards of a layout sum it
 /// ([`CpuAdamW::set_norm_shards`]). `layouts` holds `(step, layout)` pairs: from 0-based step
 /// `step` on, the layout is `layout` (a run re-sharded between steps changes it).
 pub fn replay_cpu_sharded(
@@ -798,8 +798,8 @@ impl<'a> GpuReplay<'a> {
     }
 }
 
-/// One rank's replay of a trace with a shard of a ZeRO-1 optimizer ([`GpuAdamW::shard`],
-/// config [`sharded_config`]): like every rank of a data-parallel run, it holds the trace's
+/// One rank's replay of a trace with a shard of a ZeRO-1 optimizer ([`GpuAdamW::shard`], the
+/// trace's config in the compensated norm order, as a shard needs): like every rank of a data-parallel run, it holds the trace's
 /// whole parameters and gradients, and it updates the range of the flattened space its
 /// layout gives it. Each call of a step (one per micro-batch with accumulation) is
 /// [`ShardReplay::partials`] on every rank, the engine's all-gather of the entries of
