@@ -207,6 +207,10 @@ pub struct ShardExchange {
     pub local: u64,
     /// Byte offset of the gathered entries: rank `r`'s at `gathered + 16 r`, for every rank,
     /// this one included; the engine writes them before [`GpuAdamW::encode_apply`] runs.
+    ///
+    /// With gradient accumulation ([`AdamWConfig::accumulate`] `= k`) only the `k`-th call
+    /// of a step reads them: the other calls only accumulate, so the engine exchanges once
+    /// per optimizer step, on the call that completes it.
     pub gathered: u64,
     /// Number of ranks.
     pub ranks: usize,
@@ -333,7 +337,8 @@ impl GpuAdamW {
 
     /// Whether a step needs the ranks' gradient-norm entries exchanged between
     /// [`GpuAdamW::encode_partials`] and [`GpuAdamW::encode_apply`]: a shard with clipping or
-    /// loss scaling.
+    /// loss scaling. With accumulation, only on the call that completes a step
+    /// ([`ShardExchange::gathered`]).
     pub fn needs_exchange(&self) -> bool {
         self.shard.is_some() && self.config.reduces_gradients()
     }

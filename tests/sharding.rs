@@ -52,14 +52,31 @@ fn exchange(ctx: &GpuContext, ranks: &[ShardReplay<'_>]) {
     ctx.queue.submit([encoder.finish()]);
 }
 
-/// Runs steps `steps` of `trace` on the shards `ranks`.
+/// Fills every rank's gathered area with entries no exchange could produce (NaN sums, every
+/// non-finite flag): what a call that must not read them finds there.
+fn poison(ctx: &GpuContext, ranks: &[ShardReplay<'_>]) {
+    for ex in ranks.iter().filter_map(|r| r.exchange()) {
+        let entry = [f32::NAN.to_bits(), f32::NAN.to_bits(), u32::MAX, u32::MAX];
+        let words: Vec<u32> = entry.repeat(ex.ranks);
+        ctx.queue
+            .write_buffer(&ex.buffer, ex.gathered, bytemuck::cast_slice(&words));
+    }
+}
+
+/// Runs steps `steps` of `trace` on the shards `ranks`, exchanging once per step: on the
+/// call that completes it. The other calls of an accumulating step find garbage in the
+/// gathered area, which they must not read.
 fn run(ctx: &GpuContext, ranks: &mut [ShardReplay<'_>], steps: std::ops::Range<usize>, k: usize) {
     for s in steps {
         for micro in 0..k {
             for r in ranks.iter_mut() {
                 r.partials(s, micro).unwrap();
             }
-            exchange(ctx, ranks);
+            if micro + 1 == k {
+                exchange(ctx, ranks);
+            } else {
+                poison(ctx, ranks);
+            }
             for r in ranks.iter_mut() {
                 r.apply(s, micro).unwrap();
             }

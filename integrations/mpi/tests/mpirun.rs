@@ -61,6 +61,12 @@ fn three_ranks_equal_one_process_bit_for_bit() {
     // even cut of 1232 elements at 821 splits a 32-bit word of two f16 values.
     let out = mpirun(3, &["run", &trace("x_mp_f16_master_scaler_accum")]);
     assert_eq!(passes(&out), 7, "{out}");
+    // 50 steps of 2 calls: one exchange per step, on the call that completes it (the other
+    // call never reads the gathered entries, so it is not exchanged).
+    assert!(
+        out.contains("100 calls") && out.contains("(50 exchanges)"),
+        "{out}"
+    );
 }
 
 #[test]
