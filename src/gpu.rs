@@ -305,7 +305,8 @@ impl GpuAdamW {
     /// [`GpuAdamW::encode_apply`]; without them it is an ordinary step.
     ///
     /// The optimizer's tensors are the rank's pieces ([`ShardMeta::pieces`]): its state,
-    /// [`GpuAdamW::set_master_weights`] and [`GpuAdamW::set_grads`] take one entry per piece.
+    /// [`GpuAdamW::set_master_weights`] and [`GpuAdamW::set_grads`] take one entry per piece
+    /// ([`GpuAdamW::shard_grads`] makes them for gradients left by a reduce-scatter).
     /// PyTorch's CPU norm order and stochastic rounding are [`Error::Unsupported`] here
     /// (see [`crate::shard`]). With master weights or an EMA it reads the parameters back
     /// and waits, as [`GpuAdamW::with_options`].
@@ -356,6 +357,35 @@ impl GpuAdamW {
             gathered: local + ShardExchange::ENTRY_BYTES,
             ranks: self.globals.n_ranks as usize,
         })
+    }
+
+    /// A shard's gradients where a reduce-scatter leaves them: the rank's range of the
+    /// flattened gradients end to end, from byte `offset` of `buffer` (element
+    /// `range.start + i` at byte `offset + i * size`, `size` the gradient type's). One
+    /// binding per piece of [`ShardMeta::pieces`], in their order, for
+    /// [`GpuAdamW::set_grads`], which checks them. An optimizer that is not a shard is an
+    /// [`Error::InvalidArgument`].
+    pub fn shard_grads(&self, buffer: &wgpu::Buffer, offset: u64) -> Result<Vec<GradBinding>> {
+        let meta = self.shard.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "not a shard (GpuAdamW::shard): bind its gradients per tensor".into(),
+            )
+        })?;
+        let size = self.config.precision.grad.size();
+        let mut at = offset;
+        Ok(meta
+            .pieces()?
+            .iter()
+            .map(|p| {
+                let binding = GradBinding {
+                    buffer: buffer.clone(),
+                    offset: at,
+                    len: p.len,
+                };
+                at += p.len * size;
+                binding
+            })
+            .collect())
     }
 
     /// Whether creation starts the master weights or the EMA from the engine's parameters.

@@ -811,6 +811,9 @@ pub struct ShardReplay<'a> {
     opt: GpuAdamW,
     /// Trace param indices in registration order.
     order: Vec<usize>,
+    /// The rank's range of the gradients alone, where [`ShardReplay::scatter_grads`] put
+    /// them.
+    scattered: Option<wgpu::Buffer>,
 }
 
 impl<'a> ShardReplay<'a> {
@@ -835,7 +838,12 @@ impl<'a> ShardReplay<'a> {
         let order: Vec<usize> = (0..trace.groups.len())
             .flat_map(|gi| (0..trace.params.len()).filter(move |&i| trace.params[i].group == gi))
             .collect();
-        let run = Self { io, opt, order };
+        let run = Self {
+            io,
+            opt,
+            order,
+            scattered: None,
+        };
         if trace.config.precision.master_weights {
             let init: Vec<f32> = run.flat(|p| &p.init);
             let pieces = run.pieces(&init)?;
@@ -866,6 +874,27 @@ impl<'a> ShardReplay<'a> {
     /// The optimizer.
     pub fn optimizer(&self) -> &GpuAdamW {
         &self.opt
+    }
+
+    /// From now on each call writes only this rank's range of the flattened gradients, into
+    /// a buffer of its own that the shard reads through [`GpuAdamW::shard_grads`]: what a
+    /// rank holds after the engine's reduce-scatter.
+    pub fn scatter_grads(&mut self) -> Result<()> {
+        let meta = self.opt.shard_meta().expect("a shard");
+        let range = meta.layout.range(meta.rank)?;
+        let size = self.io.trace.config.precision.grad.size();
+        let buffer = self.io.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("the rank's range of the gradients"),
+            size: ((range.end - range.start) * size).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let grads = self.opt.shard_grads(&buffer, 0)?;
+        let mut encoder = self.io.device.create_command_encoder(&Default::default());
+        self.opt.set_grads(&mut encoder, &grads)?;
+        self.io.queue.submit([encoder.finish()]);
+        self.scattered = Some(buffer);
+        Ok(())
     }
 
     /// A per-param quantity of the trace, flattened in registration order.
@@ -940,9 +969,27 @@ impl<'a> ShardReplay<'a> {
                 trace.steps
             )));
         }
-        let words = io.grad_words(s * k + micro);
-        io.queue
-            .write_buffer(&io.gbuf, 0, bytemuck::cast_slice(&words));
+        let c = s * k + micro;
+        match &self.scattered {
+            Some(buffer) => {
+                let meta = self.opt.shard_meta().expect("a shard");
+                let range = meta.layout.range(meta.rank)?;
+                let flat = self.flat(|p| &p.grads[c]);
+                let words = buffer_words(
+                    &mut flat[range.start as usize..range.end as usize]
+                        .iter()
+                        .copied(),
+                    trace.config.precision.grad,
+                );
+                io.queue
+                    .write_buffer(buffer, 0, bytemuck::cast_slice(&words));
+            }
+            None => {
+                let words = io.grad_words(c);
+                io.queue
+                    .write_buffer(&io.gbuf, 0, bytemuck::cast_slice(&words));
+            }
+        }
         if micro == 0 {
             io.set_controls(&self.opt, s);
         }

@@ -101,6 +101,27 @@ fn gather(ranks: &[ShardReplay<'_>]) -> (Vec<f32>, OptimizerState) {
     (params, merge_states(&states).unwrap())
 }
 
+/// Where each rank reads its gradients.
+#[derive(Clone, Copy)]
+enum Grads {
+    /// The whole model's, in the buffer registered at creation (after an all-reduce).
+    Whole,
+    /// Its range alone, in a buffer of its own (after a reduce-scatter).
+    Scattered,
+}
+
+/// Ranks of `layout` reading their gradients as `grads` says.
+fn shards<'a>(ranks: impl Iterator<Item = ShardReplay<'a>>, grads: Grads) -> Vec<ShardReplay<'a>> {
+    ranks
+        .map(|mut r| {
+            if let Grads::Scattered = grads {
+                r.scatter_grads().unwrap();
+            }
+            r
+        })
+        .collect()
+}
+
 /// The sharded replay of `trace` on `layout`, re-sharded to `then` (through checkpoint
 /// bytes) before 0-based step `at` when given.
 fn sharded(
@@ -108,12 +129,15 @@ fn sharded(
     trace: &Trace,
     layout: &ShardLayout,
     then: Option<(usize, &ShardLayout)>,
+    grads: Grads,
 ) -> ReplayOutput {
     let k = trace.config.accumulate as usize;
     let steps = trace.steps as usize;
-    let mut ranks: Vec<ShardReplay<'_>> = (0..layout.ranks())
-        .map(|r| ShardReplay::new(trace, &ctx.device, &ctx.queue, layout, r).unwrap())
-        .collect();
+    let mut ranks = shards(
+        (0..layout.ranks())
+            .map(|r| ShardReplay::new(trace, &ctx.device, &ctx.queue, layout, r).unwrap()),
+        grads,
+    );
     let at = then.map_or(steps, |(at, _)| at);
     run(ctx, &mut ranks, 0..at, k);
     let mut early = None;
@@ -130,10 +154,12 @@ fn sharded(
             .map(|b| OptimizerState::from_bytes(b, "shard".as_ref()).unwrap())
             .collect();
         let moved = reshard(&states, next).unwrap();
-        ranks = moved
-            .iter()
-            .map(|s| ShardReplay::resume(trace, &ctx.device, &ctx.queue, s, &params).unwrap())
-            .collect();
+        ranks = shards(
+            moved
+                .iter()
+                .map(|s| ShardReplay::resume(trace, &ctx.device, &ctx.queue, s, &params).unwrap()),
+            grads,
+        );
         run(ctx, &mut ranks, at..steps, k);
     }
     let (params, state) = gather(&ranks);
@@ -215,7 +241,7 @@ fn shards_equal_the_reference_cut_the_same_way_and_pytorch() {
         }
         for layout in layouts {
             let what = format!("{name} on {:?}", layout.bounds());
-            let got = sharded(&ctx, &trace, &layout, None);
+            let got = sharded(&ctx, &trace, &layout, None, Grads::Whole);
             let want = replay_cpu_sharded(&trace, &[(0, layout.clone())]).unwrap();
             assert_same(&got, &want, &what);
             let lr = |o: &ReplayOutput| bits(&o.lr);
@@ -227,11 +253,29 @@ fn shards_equal_the_reference_cut_the_same_way_and_pytorch() {
 }
 
 #[test]
+fn shards_reading_their_range_of_gradients_alone_equal_the_reference() {
+    let ctx = common::gpu();
+    // What a rank holds after a reduce-scatter: its range of the flattened gradients, in a
+    // buffer of its own (`GpuAdamW::shard_grads`). On f16 the even 3-rank cuts (410, 821)
+    // start a range mid-tensor and, at 821, mid-word: its parameters then begin in the
+    // upper half of a word, its gradients at element 0 of their buffer.
+    for name in ["amp_clip", "x_mp_f16_master_scaler_accum"] {
+        let trace = trace(name);
+        let layout = ShardLayout::even(total(&trace), 3).unwrap();
+        let got = sharded(&ctx, &trace, &layout, None, Grads::Scattered);
+        let want = replay_cpu_sharded(&trace, &[(0, layout.clone())]).unwrap();
+        let what = format!("{name} on {:?}, scattered gradients", layout.bounds());
+        assert_eq!(bits(&got.lr), bits(&want.lr), "{what}: lr");
+        assert_same(&got, &want, &what);
+    }
+}
+
+#[test]
 fn one_shard_is_the_unsharded_optimizer_bit_for_bit() {
     let ctx = common::gpu();
     let mut trace = trace("amp_clip");
     let layout = ShardLayout::even(total(&trace), 1).unwrap();
-    let got = sharded(&ctx, &trace, &layout, None);
+    let got = sharded(&ctx, &trace, &layout, None, Grads::Whole);
     trace.config.grad_norm_order = GradNormOrder::Compensated;
     let want =
         wgpu_adamw::trace::replay(&trace, wgpu_adamw::trace::Backend::Gpu(&ctx), None).unwrap();
@@ -249,7 +293,7 @@ fn resharding_two_to_three_ranks_resumes_bit_exactly() {
             ShardLayout::even(n, 3).unwrap(),
         );
         let at = trace.steps as usize / 2;
-        let got = sharded(&ctx, &trace, &two, Some((at, &three)));
+        let got = sharded(&ctx, &trace, &two, Some((at, &three)), Grads::Whole);
         let want =
             replay_cpu_sharded(&trace, &[(0, two.clone()), (at as u32, three.clone())]).unwrap();
         assert_eq!(bits(&got.lr), bits(&want.lr), "{name}: lr");
@@ -409,6 +453,19 @@ fn bad_layouts_and_shard_misuse_are_typed_errors() {
     let mut unsharded = opt.state().unwrap();
     unsharded.shard = None;
     refused(&unsharded);
+    // Rank 1's range [3, 10) end to end: element 3 of tensor 0, then all of tensor 1.
+    let at: Vec<(u64, u64)> = opt
+        .shard_grads(&grads, 8)
+        .unwrap()
+        .iter()
+        .map(|g| (g.offset, g.len))
+        .collect();
+    assert_eq!(at, [(8, 1), (12, 6)]);
+    let whole = GpuAdamW::new(&ctx.device, &ctx.queue, clip.clone(), groups.clone()).unwrap();
+    assert!(matches!(
+        whole.shard_grads(&grads, 0),
+        Err(Error::InvalidArgument(_))
+    ));
     // Without clipping or loss scaling a shard steps on its own.
     let plain = shard(AdamWConfig::default(), 0).unwrap();
     assert!(!plain.needs_exchange() && plain.exchange().is_none());

@@ -1,6 +1,7 @@
 //! One MPI rank of a ZeRO-1 replay of a PyTorch trace: each rank runs its shard of the
-//! optimizer on its own device, the gradient norm's entries are all-gathered through MPI
-//! every step, and rank 0 checks the gathered result against the single-process reference
+//! optimizer on its own device and is given only its range of each micro-batch's gradients
+//! (what the engine's reduce-scatter would leave), the gradient norm's entries are
+//! all-gathered through MPI every step, and rank 0 checks the gathered result against the single-process reference
 //! (the CPU optimizer with its norm cut the same way) bit for bit, and against PyTorch.
 //!
 //! ```text
@@ -106,6 +107,8 @@ fn run() -> Result<bool> {
         }
         _ => bail!("{usage}"),
     };
+    // Each rank gets its range of the gradients alone, as after a reduce-scatter.
+    shard.scatter_grads()?;
 
     // The collective alone: an all-gather of one 16-byte entry per rank, timed over 1000
     // rounds (what the exchange costs beyond the read-back and the ranks' skew).
