@@ -146,6 +146,12 @@ impl ShardLayout {
     }
 }
 
+/// The file name of rank `rank`'s checkpoint among `ranks` shards, as `wgpu-adamw reshard`
+/// writes them: `rank-{rank}-of-{ranks}.safetensors`.
+pub fn checkpoint_name(rank: usize, ranks: usize) -> String {
+    format!("rank-{rank}-of-{ranks}.safetensors")
+}
+
 /// Refuses what a shard cannot do alike on every rank: PyTorch's CPU norm order (per whole
 /// tensor) with clipping or loss scaling, and stochastic rounding (seeded by the unsharded
 /// chunk plan).
@@ -314,11 +320,10 @@ pub fn merge_states(shards: &[OptimizerState]) -> Result<OptimizerState> {
         .iter()
         .map(|_| std::array::from_fn(|_| None))
         .collect();
+    let lens: Vec<u64> = meta0.tensors.iter().map(|t| t.1).collect();
     for (rank, s) in by_rank.iter().enumerate() {
         let s = s.expect("every rank present");
-        let pieces = meta0
-            .layout
-            .pieces(rank, &meta0.tensors.iter().map(|t| t.1).collect::<Vec<_>>())?;
+        let pieces = meta0.layout.pieces(rank, &lens)?;
         if pieces.len() != s.tensors.len() {
             return Err(mismatch(format!(
                 "rank {rank} holds {} pieces, its checkpoint {} tensors",

@@ -421,6 +421,37 @@ pub struct ReplayOutput {
     pub final_growth_tracker: u32,
 }
 
+impl ReplayOutput {
+    /// Which of its values `other` holds bit for bit, by name: the parameters, each moment,
+    /// the other streams (AMSGrad maximum, 16-bit model, EMA: an absent one equals only an
+    /// absent one), the lr of every step, and the skipped steps with the final loss scale.
+    pub fn same_bits(&self, other: &Self) -> Vec<(&'static str, bool)> {
+        let bits =
+            |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+        let opt = |v: &Option<Vec<Vec<f32>>>| v.as_deref().map(bits);
+        vec![
+            ("parameters", bits(&self.params) == bits(&other.params)),
+            ("exp_avg", bits(&self.exp_avg) == bits(&other.exp_avg)),
+            (
+                "exp_avg_sq",
+                bits(&self.exp_avg_sq) == bits(&other.exp_avg_sq),
+            ),
+            (
+                "max_exp_avg_sq, 16-bit model, EMA",
+                opt(&self.max_exp_avg_sq) == opt(&other.max_exp_avg_sq)
+                    && opt(&self.model) == opt(&other.model)
+                    && opt(&self.ema) == opt(&other.ema),
+            ),
+            ("lr", bits(&self.lr) == bits(&other.lr)),
+            (
+                "skipped steps and loss scale",
+                self.skipped == other.skipped
+                    && self.final_scale.to_bits() == other.final_scale.to_bits(),
+            ),
+        ]
+    }
+}
+
 /// Replays `trace`. With `checkpoint_at = Some((k, file))`, the state after step `k` is saved
 /// to `file`, a fresh optimizer is built from that file, and it finishes the run.
 pub fn replay(
@@ -799,9 +830,10 @@ impl<'a> GpuReplay<'a> {
 }
 
 /// One rank's replay of a trace with a shard of a ZeRO-1 optimizer ([`GpuAdamW::shard`], the
-/// trace's config in the compensated norm order, as a shard needs): like every rank of a data-parallel run, it holds the trace's
-/// whole parameters and gradients, and it updates the range of the flattened space its
-/// layout gives it. Each call of a step (one per micro-batch with accumulation) is
+/// trace's config in the compensated norm order, as a shard needs): like every rank of a
+/// data-parallel run, it holds the trace's whole parameters, and the whole gradients or
+/// (after [`ShardReplay::scatter_grads`]) its range of them; it updates the range of the
+/// flattened space its layout gives it. Each call of a step (one per micro-batch with accumulation) is
 /// [`ShardReplay::partials`] on every rank, the engine's all-gather of the entries of
 /// [`ShardReplay::exchange`] (nothing to gather without clipping or loss scaling), then
 /// [`ShardReplay::apply`]. The flattened space is the trace's params in registration order

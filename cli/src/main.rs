@@ -227,7 +227,7 @@ fn reshard(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let m = layout.ranks();
     for (r, s) in moved.iter().enumerate() {
-        let path = out.join(format!("rank-{r}-of-{m}.safetensors"));
+        let path = out.join(shard::checkpoint_name(r, m));
         s.save(&path)?;
         println!("{}", path.display());
     }

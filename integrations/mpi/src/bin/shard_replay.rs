@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wgpu_adamw::shard::{merge_states, ShardLayout};
-use wgpu_adamw::trace::{compare, replay_cpu_sharded, ReplayOutput, ShardReplay, Trace};
+use wgpu_adamw::trace::{compare, replay_cpu_sharded, ShardReplay, Trace};
 use wgpu_adamw::{GpuContext, OptimizerState};
 use wgpu_adamw_mpi::{all_gather_varcount, exchange, ExchangeTiming};
 
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 /// Checkpoint file of `rank` of `ranks` in `dir`.
 fn shard_file(dir: &Path, rank: usize, ranks: usize) -> PathBuf {
-    dir.join(format!("rank-{rank}-of-{ranks}.safetensors"))
+    dir.join(wgpu_adamw::shard::checkpoint_name(rank, ranks))
 }
 
 fn run() -> Result<bool> {
@@ -191,7 +191,7 @@ fn run() -> Result<bool> {
         }
     }
     let mut ok = true;
-    for (what, same) in same_bits(&got, &want) {
+    for (what, same) in got.same_bits(&want) {
         println!(
             "{} {what}: {} ranks {} the single-process reference",
             if same { "PASS" } else { "FAIL" },
@@ -214,31 +214,6 @@ fn run() -> Result<bool> {
         ok &= c.passed();
     }
     Ok(ok)
-}
-
-/// Which outputs are bit-identical.
-fn same_bits(got: &ReplayOutput, want: &ReplayOutput) -> Vec<(&'static str, bool)> {
-    let bits = |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
-    let opt = |v: &Option<Vec<Vec<f32>>>| v.as_deref().map(bits);
-    vec![
-        ("parameters", bits(&got.params) == bits(&want.params)),
-        ("exp_avg", bits(&got.exp_avg) == bits(&want.exp_avg)),
-        (
-            "exp_avg_sq",
-            bits(&got.exp_avg_sq) == bits(&want.exp_avg_sq),
-        ),
-        (
-            "max_exp_avg_sq, master weights, EMA",
-            opt(&got.max_exp_avg_sq) == opt(&want.max_exp_avg_sq)
-                && opt(&got.model) == opt(&want.model)
-                && opt(&got.ema) == opt(&want.ema),
-        ),
-        ("lr", bits(&got.lr) == bits(&want.lr)),
-        (
-            "skipped steps and loss scale",
-            got.skipped == want.skipped && got.final_scale.to_bits() == want.final_scale.to_bits(),
-        ),
-    ]
 }
 
 /// Rank 0's timing line: the wall time per optimizer call and the exchange's share.
